@@ -1,0 +1,524 @@
+"""The query planner: a batch of kernel (or agent) ids -> a few vectorized PromQL queries.
+
+A GraphQL list page asks for the live_stat of hundreds or thousands of kernels. The planner
+answers with a *fixed* set of query shapes, independent of the number of ids, each grouped
+``by (kernel_id, container_metric_name[, stat])`` so only the labels it needs come back:
+
+* **recorded plan** (the generated recording rules are loaded): one shape per level, a single
+  selector on the recorded ``...:live_stat`` family, whose ``stat`` label carries current,
+  capacity, max, avg and rate;
+* **raw plan** (fallback: no rules on this backend): one shape per stat, built by
+  :mod:`promstat.expressions` from the raw series (window stats as subqueries).
+
+Each shape's id set matcher is split into chunks under a query-bytes budget (default 16 KiB,
+VictoriaMetrics' ``-search.maxQueryLen``) and an alternatives budget (default 256, Prometheus'
+postings fast path). Chunks run concurrently under a semaphore, all at one pinned evaluation
+time. When a batch covers most of the live fleet (``fleet_fraction``), one unfiltered query per
+shape is cheaper than many chunks of a long regex, and the planner picks rows client-side.
+
+A chunk the server rejects as too large (413/414/431, "too long query") is split and retried.
+A chunk that fails gives its own ids the error; the other ids still get their values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time as _time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from . import live_stat
+from .catalog import DEFAULT_CATALOG, Catalog
+from .conventions import SeriesNames
+from .errors import ConfigError, ExecutionError, PromstatError, QueryTooLargeError
+from .expressions import LiveStatExpressions
+from .metrics import PromstatMetrics
+from .promql import chunk_values, parse_duration, set_matcher
+
+__all__ = [
+    "BatchOutcome",
+    "Planner",
+    "PlannerConfig",
+    "QueryExecutor",
+]
+
+Payload = dict[str, Any]
+
+#: Placeholder the planner substitutes with each chunk's id matcher.
+_IDS = "__PROMSTAT_IDS__"
+
+
+class QueryExecutor(Protocol):
+    """What the planner needs from a client (``PrometheusClient`` satisfies it)."""
+
+    async def query_vector(
+        self, query: str, *, labels: type[Any], time: float | None = ...
+    ) -> Any:  # pragma: no cover - protocol
+        """Run an instant query and decode a vector with typed labels."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """Knobs of the planner. Defaults suit Prometheus and VictoriaMetrics alike.
+
+    Attributes:
+        names: metric and label names of raw and recorded series.
+        catalog: the metric catalog (kinds, unit hints, stats keys).
+        interval: scrape / rule evaluation interval (subquery step on the raw path).
+        lookback: range of ``irate`` for rate counters (the instant lookback).
+        window: window of ``stats.max``/``stats.avg``.
+        max_query_bytes: query text budget per request (VictoriaMetrics rejects > 16 KiB).
+        max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
+        concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
+        fleet_fraction: use the unfiltered fleet-wide plan when the batch has at least this
+            share of the live fleet's ids (and needs more than one chunk). ``None`` disables it.
+        use_recorded: ``True``/``False`` to force a plan, ``None`` to detect recorded series.
+        detect_ttl: seconds to trust the last detection of recorded series / fleet size.
+        max_split_depth: how many times a too-large chunk may be halved.
+    """
+
+    names: SeriesNames = SeriesNames()  # noqa: RUF009 - frozen, immutable default
+    catalog: Catalog = DEFAULT_CATALOG
+    interval: str = "15s"
+    lookback: str = "5m"
+    window: str = "5m"
+    max_query_bytes: int = 16 * 1024
+    max_alternatives: int = 256
+    concurrency: int = 8
+    fleet_fraction: float | None = 0.5
+    use_recorded: bool | None = None
+    detect_ttl: float = 300.0
+    max_split_depth: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "lookback", "window"):
+            parse_duration(getattr(self, name))  # raises ConfigError with the bad text
+        if self.max_alternatives < 1 or self.concurrency < 1:
+            raise ConfigError("max_alternatives and concurrency must be >= 1")
+        if self.fleet_fraction is not None and not 0.0 < self.fleet_fraction <= 1.0:
+            raise ConfigError(f"fleet_fraction must be in (0, 1], not {self.fleet_fraction}")
+
+    @property
+    def expressions(self) -> LiveStatExpressions:
+        """The shared PromQL definitions for these settings."""
+        return LiveStatExpressions(
+            names=self.names,
+            catalog=self.catalog,
+            lookback=self.lookback,
+            window=self.window,
+            interval=self.interval,
+        )
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one planner call produced.
+
+    Attributes:
+        payloads: one entry per requested id: the live_stat payload, ``None`` (no data) or the
+            :class:`PromstatError` that its chunk failed with.
+        uncacheable: ids whose data came with warnings (a partial answer): never cache them.
+        warnings: the warnings and infos the server returned, de-duplicated.
+        queries: HTTP queries sent (after splits).
+        plan: ``recorded``/``raw`` + ``filtered``/``fleet``.
+        at: the pinned evaluation time (Unix seconds).
+    """
+
+    payloads: dict[str, Payload | PromstatError | None]
+    uncacheable: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    queries: int = 0
+    plan: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """One query shape: an expression with an id placeholder and how to read its rows."""
+
+    expr: str  # contains _IDS where the chunk's id matcher goes
+    fleet: str  # the same query without an id filter (fleet-wide plan)
+    id_label: str  # label the id matcher applies to
+    labels: type[Any]  # msgspec Struct with fields id/metric/stat/device as needed
+    stat: str | None  # fixed stat for raw shapes; None when rows carry a `stat` label
+    node: bool = False  # agent plans: node rows (no device label)
+
+
+class _Accumulator:
+    """Rows demultiplexed by id -> (device or None) -> metric -> stat -> value string."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str | None, dict[str, dict[str, str]]]] = {}
+
+    def add(self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]) -> None:
+        rows = self.rows
+        fixed = shape.stat
+        for s in series:
+            lab = s.metric
+            ident = lab.id
+            if ident not in wanted:  # fleet-wide plans return everyone; keep the batch only
+                continue
+            device = None if shape.node else getattr(lab, "device", None)
+            per_id = rows.get(ident)
+            if per_id is None:
+                per_id = rows[ident] = {}
+            per_dev = per_id.get(device)
+            if per_dev is None:
+                per_dev = per_id[device] = {}
+            per_metric = per_dev.get(lab.metric)
+            if per_metric is None:
+                per_metric = per_dev[lab.metric] = {}
+            per_metric[fixed or lab.stat] = s.value[1]
+
+
+def _present(metrics: Mapping[str, Mapping[str, str]]) -> dict[str, Mapping[str, str]]:
+    # A metric is shown only while it has a latest `current` sample: window statistics of a
+    # series that went stale (terminated kernel) must not resurrect it.
+    return {name: stats for name, stats in metrics.items() if "current" in stats}
+
+
+class Planner:
+    """Turns batches of ids into concurrent chunked queries and legacy payloads.
+
+    Args:
+        client: anything with ``query_vector`` (a :class:`~promstat.client.PrometheusClient`).
+        config: planner settings.
+        metrics: counters to report splits and plan choices to.
+        clock: wall clock for the default evaluation time (Unix seconds).
+    """
+
+    def __init__(
+        self,
+        client: QueryExecutor,
+        config: PlannerConfig | None = None,
+        *,
+        metrics: PromstatMetrics | None = None,
+        clock: Callable[[], float] = _time.time,
+    ) -> None:
+        self.client = client
+        self.config = config or PlannerConfig()
+        self.metrics = metrics or PromstatMetrics()
+        self._clock = clock
+        self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._detected: dict[str, tuple[float, bool, int]] = {}
+        self._detect_lock = asyncio.Lock()
+        self._build_shapes()
+
+    # -- shapes -----------------------------------------------------------------------------
+
+    def _build_shapes(self) -> None:
+        cfg, n = self.config, self.config.names
+        exprs = cfg.expressions
+        kernel_row = msgspec.defstruct(
+            "KernelRow",
+            [("id", str, ""), ("metric", str, ""), ("stat", str, "")],
+            rename={"id": n.kernel_label, "metric": n.container_metric_label, "stat": n.stat_label},
+            frozen=True,
+            gc=False,
+        )
+        device_row = msgspec.defstruct(
+            "DeviceRow",
+            [("id", str, ""), ("device", str, ""), ("metric", str, ""), ("stat", str, "")],
+            rename={
+                "id": n.agent_label,
+                "device": n.device_label,
+                "metric": n.device_metric_label,
+                "stat": n.stat_label,
+            },
+            frozen=True,
+            gc=False,
+        )
+        node_row = msgspec.defstruct(
+            "NodeRow",
+            [("id", str, ""), ("metric", str, ""), ("stat", str, "")],
+            rename={"id": n.agent_label, "metric": n.device_metric_label, "stat": n.stat_label},
+            frozen=True,
+            gc=False,
+        )
+        k, c, st = n.kernel_label, n.container_metric_label, n.stat_label
+        a, d, dm = n.agent_label, n.device_label, n.device_metric_label
+        kernel_by, device_by, node_by = (
+            f"{k}, {c}, {st}",
+            f"{a}, {d}, {dm}, {st}",
+            f"{a}, {dm}, {st}",
+        )
+        self._kernel_recorded = (
+            _Shape(
+                f"max by ({kernel_by}) ({n.kernel_live_stat}{{{_IDS}}})",
+                f"max by ({kernel_by}) ({n.kernel_live_stat})",
+                k,
+                kernel_row,
+                None,
+            ),
+        )
+        self._agent_recorded = (
+            _Shape(
+                f"max by ({device_by}) ({n.device_live_stat}{{{_IDS}}})",
+                f"max by ({device_by}) ({n.device_live_stat})",
+                a,
+                device_row,
+                None,
+            ),
+            _Shape(
+                f"max by ({node_by}) ({n.agent_live_stat}{{{_IDS}}})",
+                f"max by ({node_by}) ({n.agent_live_stat})",
+                a,
+                node_row,
+                None,
+                True,
+            ),
+        )
+        kernel_raw = []
+        for stat in ("current", "capacity", "rate", "max", "avg"):
+            expr = exprs.kernel(stat, matchers=_IDS)
+            if expr is not None:
+                fleet = exprs.kernel(stat)
+                assert fleet is not None
+                kernel_raw.append(_Shape(expr, fleet, k, kernel_row, stat))
+        self._kernel_raw = tuple(kernel_raw)
+        agent_raw = []
+        for stat in ("current", "capacity", "rate", "max", "avg"):
+            dev = exprs.device(stat, matchers=_IDS)
+            if dev is not None:
+                fleet = exprs.device(stat)
+                assert fleet is not None
+                agent_raw.append(_Shape(dev, fleet, a, device_row, stat))
+            node = exprs.node_raw(stat, matchers=_IDS)
+            if node is not None:
+                fleet = exprs.node_raw(stat)
+                assert fleet is not None
+                agent_raw.append(_Shape(node, fleet, a, node_row, stat, True))
+        self._agent_raw = tuple(agent_raw)
+
+    def shapes(self, level: str, *, recorded: bool) -> tuple[str, ...]:
+        """The query shapes (with an ``__PROMSTAT_IDS__`` placeholder) a plan would send.
+
+        Args:
+            level: ``"kernel"`` or ``"agent"``.
+            recorded: the recorded-series plan (True) or the raw fallback (False).
+        """
+        return tuple(s.expr for s in self._select(level, recorded))
+
+    def _select(self, level: str, recorded: bool) -> tuple[_Shape, ...]:
+        if level == "kernel":
+            return self._kernel_recorded if recorded else self._kernel_raw
+        if level == "agent":
+            return self._agent_recorded if recorded else self._agent_raw
+        raise ConfigError(f"unknown level {level!r}; expected 'kernel' or 'agent'")
+
+    # -- detection --------------------------------------------------------------------------
+
+    async def detect(
+        self, level: str, *, at: float | None = None, refresh: bool = False
+    ) -> tuple[bool, int]:
+        """Whether recorded series exist for ``level``, and how many ids the live fleet has.
+
+        One cheap ``count(count by (id) (...))`` query; the answer is cached for
+        ``detect_ttl`` seconds (``refresh=True`` asks again). ``at`` is the evaluation time
+        (default: now).
+
+        Returns:
+            ``(recorded_available, live_ids)``; ``live_ids`` counts ids in the series the
+            chosen plan reads (0 when unknown).
+        """
+        now = _time.monotonic()
+        cached = self._detected.get(level)
+        if cached is not None and not refresh and now - cached[0] < self.config.detect_ttl:
+            return cached[1], cached[2]
+        async with self._detect_lock:
+            cached = self._detected.get(level)
+            if (
+                cached is not None
+                and not refresh
+                and _time.monotonic() - cached[0] < self.config.detect_ttl
+            ):
+                return cached[1], cached[2]
+            n = self.config.names
+            if level == "kernel":
+                label, recorded_sel = (
+                    n.kernel_label,
+                    f'{n.kernel_live_stat}{{{n.stat_label}="current"}}',
+                )
+                raw_sel = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
+            else:
+                label, recorded_sel = (
+                    n.agent_label,
+                    f'{n.agent_live_stat}{{{n.stat_label}="current"}}',
+                )
+                raw_sel = f'{n.device_metric}{{{n.value_type_label}="{n.current_value}"}}'
+            count_row = msgspec.defstruct("CountRow", [], frozen=True, gc=False)
+            forced = self.config.use_recorded
+            recorded, live = False, 0
+            if forced is not False:
+                res = await self.client.query_vector(
+                    f"count(count by ({label}) ({recorded_sel}))", labels=count_row, time=at
+                )
+                if res.series:
+                    recorded, live = True, int(float(res.series[0].value[1]))
+            if forced is True:
+                recorded = True
+            if not recorded:
+                res = await self.client.query_vector(
+                    f"count(count by ({label}) ({raw_sel}))", labels=count_row, time=at
+                )
+                live = int(float(res.series[0].value[1])) if res.series else 0
+            self._detected[level] = (_time.monotonic(), recorded, live)
+            return recorded, live
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def kernels(self, ids: Sequence[str], *, at: float | None = None) -> BatchOutcome:
+        """Live stats of kernels, in the legacy kernel shape, one entry per distinct id."""
+        return await self._fetch("kernel", ids, at)
+
+    async def agents(self, ids: Sequence[str], *, at: float | None = None) -> BatchOutcome:
+        """Live stats of agents, in the legacy ``{"node", "devices"}`` shape."""
+        return await self._fetch("agent", ids, at)
+
+    async def _fetch(self, level: str, ids: Sequence[str], at: float | None) -> BatchOutcome:
+        wanted = dict.fromkeys(ids)
+        at = self._clock() if at is None else float(at)
+        outcome = BatchOutcome(payloads={}, at=at)
+        if not wanted:
+            return outcome
+        try:
+            recorded, live = await self.detect(level, at=at)
+        except PromstatError as exc:
+            outcome.payloads = dict.fromkeys(wanted, exc)
+            return outcome
+        shapes = self._select(level, recorded)
+        ordered = sorted(wanted)
+        chunks = self._chunks(shapes, ordered)
+        fleet = (
+            self.config.fleet_fraction is not None
+            and len(chunks) > 1
+            and live > 0
+            and len(ordered) >= self.config.fleet_fraction * live
+        )
+        outcome.plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
+        self.metrics.on_plan(outcome.plan)
+        acc = _Accumulator()
+        failed: dict[str, PromstatError] = {}
+        units: list[Awaitable[None]] = []
+        for shape in shapes:
+            if fleet:
+                units.append(self._run(shape, None, at, acc, wanted, failed, outcome, 0))
+            else:
+                for chunk in chunks:
+                    units.append(self._run(shape, chunk, at, acc, wanted, failed, outcome, 0))
+        await asyncio.gather(*units)
+        render = self._render_kernel if level == "kernel" else self._render_agent
+        rows = acc.rows
+        payloads: dict[str, Payload | PromstatError | None] = {}
+        for ident in wanted:
+            err = failed.get(ident)
+            payloads[ident] = err if err is not None else render(rows.get(ident))
+        outcome.payloads = payloads
+        return outcome
+
+    def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
+        # One chunking for all shapes of a plan, sized for the shape that repeats the matcher
+        # most, so every id sits in the same chunk everywhere and fails or succeeds as one.
+        worst = max(shapes, key=lambda s: (s.expr.count(_IDS), len(s.expr)))
+        repeats = worst.expr.count(_IDS)
+        # `label=~"` + `"` around each matcher; chunk_values counts the escaped values.
+        overhead = len(worst.id_label) + 5
+        fixed = len(worst.expr.encode()) - repeats * (len(_IDS) - overhead)
+        return chunk_values(
+            ordered,
+            fixed_bytes=fixed,
+            max_bytes=self.config.max_query_bytes,
+            max_alternatives=self.config.max_alternatives,
+            repeats=repeats,
+        )
+
+    async def _run(
+        self,
+        shape: _Shape,
+        chunk: tuple[str, ...] | None,
+        at: float,
+        acc: _Accumulator,
+        wanted: Mapping[str, object],
+        failed: dict[str, PromstatError],
+        outcome: BatchOutcome,
+        depth: int,
+    ) -> None:
+        if chunk is None:
+            expr = shape.fleet
+        else:
+            expr = shape.expr.replace(_IDS, set_matcher(shape.id_label, chunk))
+        try:
+            async with self._sem:
+                outcome.queries += 1
+                res = await self.client.query_vector(expr, labels=shape.labels, time=at)
+        except (QueryTooLargeError, ExecutionError) as exc:
+            splittable = (
+                chunk is not None and len(chunk) > 1 and depth < self.config.max_split_depth
+            )
+            too_many_samples = isinstance(exc, ExecutionError) and not isinstance(
+                exc, QueryTooLargeError
+            )
+            if too_many_samples and "too many samples" not in exc.error.lower():
+                splittable = False
+            if not splittable:
+                for ident in chunk if chunk is not None else wanted:
+                    failed.setdefault(ident, exc)
+                return
+            assert chunk is not None
+            self.metrics.on_split()
+            half = len(chunk) // 2
+            await asyncio.gather(
+                self._run(shape, chunk[:half], at, acc, wanted, failed, outcome, depth + 1),
+                self._run(shape, chunk[half:], at, acc, wanted, failed, outcome, depth + 1),
+            )
+            return
+        except PromstatError as exc:
+            for ident in chunk if chunk is not None else wanted:
+                failed.setdefault(ident, exc)
+            return
+        acc.add(shape, res.series, wanted)
+        notes = (*res.warnings, *res.infos)
+        if res.warnings:
+            outcome.uncacheable.update(chunk if chunk is not None else wanted)
+        for note in notes:
+            if note not in outcome.warnings:
+                outcome.warnings.append(note)
+
+    # -- rendering --------------------------------------------------------------------------
+
+    def _render_kernel(
+        self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
+    ) -> Payload | None:
+        if not rows:
+            return None
+        metrics = _present(rows.get(None, {}))
+        if not metrics:
+            return None
+        return live_stat.render_kernel(metrics, catalog=self.config.catalog)
+
+    def _render_agent(
+        self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
+    ) -> Payload | None:
+        if not rows:
+            return None
+        node = _present(rows.get(None, {}))
+        devices: dict[str, dict[str, Mapping[str, str]]] = {}
+        for device, metrics in rows.items():
+            if device is None:
+                continue
+            for metric, stats in _present(metrics).items():
+                devices.setdefault(metric, {})[device] = stats
+        if not node and not devices:
+            return None
+        return live_stat.render_agent(node, devices, catalog=self.config.catalog)
+
+
+def ids_of(keys: Iterable[str]) -> list[str]:
+    """De-duplicate ids keeping first-seen order (a helper for callers building batches)."""
+    return list(dict.fromkeys(keys))

@@ -1,0 +1,152 @@
+"""The façade a manager uses: :class:`LiveStats`.
+
+It wires the pieces in the order of the data flow::
+
+    resolver -> DataLoader (per request) -> SharedLoader (all requests: single-flight + TTL)
+             -> Planner (chunked, concurrent PromQL) -> PrometheusClient -> legacy payloads
+
+Typical use in a manager process::
+
+    async with PrometheusClient("http://prometheus:9090") as prom:
+        stats = LiveStats(prom)
+        ...
+        # in each GraphQL request:
+        loader = stats.kernel_loader()
+        payload = await loader.load(kernel_id)       # dict in the legacy shape, or None
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import ConfigError, PromstatError
+from .history import History, HistoryResult
+from .loader import DataLoader, FetchResult, SharedLoader
+from .metrics import PromstatMetrics
+from .planner import Planner, PlannerConfig, QueryExecutor
+from .promql import parse_duration
+
+__all__ = ["LiveStats"]
+
+Payload = dict[str, Any]
+
+
+class LiveStats:
+    """Kernel and agent live_stat in the legacy wire shape, batched and cached.
+
+    Args:
+        client: a :class:`~promstat.client.PrometheusClient` (or anything with
+            ``query_vector``/``query_range``).
+        config: planner settings (names, catalog, windows, budgets).
+        cache_ttl: seconds a live value is shared across requests; default one scrape
+            interval (``config.interval``). 0 keeps single-flight but caches nothing.
+        cache_entries: bound of each shared cache.
+        metrics: counters to report to (a new :class:`PromstatMetrics` by default); pass the
+            same object as the client's ``observer`` to see HTTP costs as well.
+    """
+
+    def __init__(
+        self,
+        client: QueryExecutor,
+        config: PlannerConfig | None = None,
+        *,
+        cache_ttl: float | None = None,
+        cache_entries: int = 100_000,
+        metrics: PromstatMetrics | None = None,
+    ) -> None:
+        self.config = config or PlannerConfig()
+        self.metrics = metrics or PromstatMetrics()
+        self.planner = Planner(client, self.config, metrics=self.metrics)
+        ttl = parse_duration(self.config.interval) if cache_ttl is None else cache_ttl
+        if ttl < 0:
+            raise ConfigError(f"cache_ttl must be >= 0, not {ttl}")
+        self._kernels: SharedLoader[str, Payload] = SharedLoader(
+            self._fetch_kernels, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+        )
+        self._agents: SharedLoader[str, Payload] = SharedLoader(
+            self._fetch_agents, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+        )
+        self.history = History(client, self.config, metrics=self.metrics)
+
+    async def _fetch_kernels(self, ids: list[str]) -> FetchResult[str, Payload]:
+        out = await self.planner.kernels(ids)
+        return FetchResult(out.payloads, out.uncacheable)
+
+    async def _fetch_agents(self, ids: list[str]) -> FetchResult[str, Payload]:
+        out = await self.planner.agents(ids)
+        return FetchResult(out.payloads, out.uncacheable)
+
+    # -- batch functions (the contract aiodataloader / strawberry loaders call) -------------
+
+    async def load_kernels(
+        self, kernel_ids: Sequence[str], *, at: float | None = None
+    ) -> list[Payload | BaseException | None]:
+        """Legacy kernel live_stat for each id: payload, ``None`` (no data) or its error.
+
+        With ``at`` (Unix seconds) the values are evaluated at that time and bypass the shared
+        cache (used for final stats of terminated kernels).
+        """
+        if at is None:
+            return await self._kernels.batch_load(kernel_ids)
+        out = await self.planner.kernels(kernel_ids, at=at)
+        return [out.payloads[k] for k in kernel_ids]
+
+    async def load_agents(
+        self, agent_ids: Sequence[str], *, at: float | None = None
+    ) -> list[Payload | BaseException | None]:
+        """Legacy agent live_stat (``{"node", "devices"}``) for each id, or ``None``/error."""
+        if at is None:
+            return await self._agents.batch_load(agent_ids)
+        out = await self.planner.agents(agent_ids, at=at)
+        return [out.payloads[a] for a in agent_ids]
+
+    # -- per-request loaders ----------------------------------------------------------------
+
+    def kernel_loader(self, *, max_batch_size: int | None = None) -> DataLoader[str, Payload]:
+        """A new per-request DataLoader over :meth:`load_kernels`."""
+        return DataLoader(self.load_kernels, max_batch_size=max_batch_size)
+
+    def agent_loader(self, *, max_batch_size: int | None = None) -> DataLoader[str, Payload]:
+        """A new per-request DataLoader over :meth:`load_agents`."""
+        return DataLoader(self.load_agents, max_batch_size=max_batch_size)
+
+    # -- more than legacy had ---------------------------------------------------------------
+
+    async def final_stats(
+        self, terminated: Mapping[str, float]
+    ) -> dict[str, Payload | PromstatError | None]:
+        """Live stats of kernels at their termination times, for persisting ``last_stat``.
+
+        Args:
+            terminated: kernel id -> termination time (Unix seconds). Kernels that share a
+                time are fetched in one batch.
+
+        Returns:
+            kernel id -> payload, ``None`` or the error of its batch.
+        """
+        by_time: dict[float, list[str]] = {}
+        for kernel_id, at in terminated.items():
+            by_time.setdefault(float(at), []).append(kernel_id)
+        out: dict[str, Payload | PromstatError | None] = {}
+        for at, ids in sorted(by_time.items()):
+            batch = await self.planner.kernels(ids, at=at)
+            out.update(batch.payloads)
+        return out
+
+    async def kernel_history(
+        self,
+        kernel_ids: Sequence[str],
+        metrics: Sequence[str],
+        *,
+        start: float,
+        end: float,
+        step: float,
+    ) -> HistoryResult:
+        """Trend series for many kernels and metrics at once (see :class:`History`)."""
+        return await self.history.kernels(kernel_ids, metrics, start=start, end=end, step=step)
+
+    def invalidate(self) -> None:
+        """Drop every value in the shared caches (e.g. after a kernel was destroyed)."""
+        self._kernels.invalidate()
+        self._agents.invalidate()

@@ -1,0 +1,276 @@
+"""Tests for promstat.loader: the per-request DataLoader and the cross-request SharedLoader."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from promstat.errors import BatchSizeMismatchError, PromstatError
+from promstat.loader import DataLoader, FetchResult, SharedLoader
+
+
+class Recorder:
+    """A batch function that records its calls and answers from a table."""
+
+    def __init__(self, answers: dict[str, object] | None = None, delay: float = 0.0) -> None:
+        self.calls: list[list[str]] = []
+        self.answers = answers or {}
+        self.delay = delay
+        self.started = asyncio.Event()
+
+    async def __call__(self, keys: list[str]) -> list[object]:
+        self.calls.append(list(keys))
+        self.started.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return [self.answers.get(k, f"v:{k}") for k in keys]
+
+
+async def test_loads_in_one_tick_form_one_deduplicated_batch() -> None:
+    """Loads made in the same tick are sent as one batch with each key once."""
+    fn = Recorder()
+    loader: DataLoader[str, object] = DataLoader(fn)
+    got = await asyncio.gather(loader.load("a"), loader.load("b"), loader.load("a"))
+    assert got == ["v:a", "v:b", "v:a"]
+    assert fn.calls == [["a", "b"]]
+
+
+async def test_max_batch_size_splits_batches() -> None:
+    """A batch larger than max_batch_size is split into several calls."""
+    fn = Recorder()
+    loader: DataLoader[str, object] = DataLoader(fn, max_batch_size=2)
+    await loader.load_many(["a", "b", "c", "d", "e"])
+    assert fn.calls == [["a", "b"], ["c", "d"], ["e"]]
+
+
+async def test_values_are_cached_per_loader() -> None:
+    """A second load of a key in a later tick is served from the loader's cache."""
+    fn = Recorder()
+    loader: DataLoader[str, object] = DataLoader(fn)
+    assert await loader.load("a") == "v:a"
+    assert await loader.load("a") == "v:a"
+    assert fn.calls == [["a"]]
+    loader.clear("a")
+    await loader.load("a")
+    assert fn.calls == [["a"], ["a"]]
+
+
+async def test_per_key_errors_reject_only_their_key_and_are_not_cached() -> None:
+    """An exception in one slot rejects that key only, and a later load retries it."""
+    fn = Recorder({"bad": PromstatError("boom"), "none": None})
+    loader: DataLoader[str, object] = DataLoader(fn)
+    results = await asyncio.gather(
+        loader.load("ok"), loader.load("bad"), loader.load("none"), return_exceptions=True
+    )
+    assert results[0] == "v:ok"
+    assert isinstance(results[1], PromstatError)
+    assert results[2] is None
+    fn.answers["bad"] = "fixed"
+    assert await loader.load("bad") == "fixed"
+    assert fn.calls == [["ok", "bad", "none"], ["bad"]]
+
+
+async def test_whole_batch_failure_rejects_and_evicts_every_key() -> None:
+    """When the batch function raises, every key fails and none stays cached."""
+    calls = 0
+
+    async def failing(keys: list[str]) -> list[object]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise PromstatError("down")
+        return list(keys)
+
+    loader: DataLoader[str, object] = DataLoader(failing)
+    results = await asyncio.gather(loader.load("a"), loader.load("b"), return_exceptions=True)
+    assert all(isinstance(r, PromstatError) for r in results)
+    assert await loader.load_many(["a", "b"]) == ["a", "b"]
+
+
+async def test_wrong_result_count_is_a_typed_error() -> None:
+    """A batch function returning the wrong number of values fails with BatchSizeMismatchError."""
+
+    async def short(keys: list[str]) -> list[object]:
+        return [1]
+
+    loader: DataLoader[str, object] = DataLoader(short)
+    with pytest.raises(BatchSizeMismatchError, match="returned 1 results for 2 keys"):
+        await loader.load_many(["a", "b"])
+
+
+async def test_batch_is_skipped_when_every_caller_cancelled_before_dispatch() -> None:
+    """Loads cancelled before the batch is dispatched never reach the batch function."""
+    fn = Recorder()
+    loader: DataLoader[str, object] = DataLoader(fn)
+    task = asyncio.ensure_future(loader.load("a"))
+    await asyncio.sleep(0)  # the load registers its key
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.01)
+    assert fn.calls == []
+    assert await loader.load("a") == "v:a"  # the cancelled key was not cached
+
+
+async def test_in_flight_batch_is_cancelled_when_its_last_caller_goes() -> None:
+    """Cancelling every caller of an in-flight batch cancels the batch function."""
+    cancelled = asyncio.Event()
+
+    async def slow(keys: list[str]) -> list[object]:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return list(keys)
+
+    loader: DataLoader[str, object] = DataLoader(slow)
+    task = asyncio.ensure_future(loader.load_many(["a", "b"]))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.wait_for(cancelled.wait(), 5)
+
+
+async def test_one_cancelled_caller_does_not_fail_the_others() -> None:
+    """A cancelled caller leaves other callers of the same key with their value."""
+    fn = Recorder(delay=0.05)
+    loader: DataLoader[str, object] = DataLoader(fn)
+    first = asyncio.ensure_future(loader.load("a"))
+    second = asyncio.ensure_future(loader.load("a"))
+    await fn.started.wait()
+    first.cancel()
+    assert await second == "v:a"
+    assert fn.calls == [["a"]]
+
+
+async def test_prime_answers_without_a_batch() -> None:
+    """A primed key is answered from the cache without calling the batch function."""
+    fn = Recorder()
+    loader: DataLoader[str, object] = DataLoader(fn)
+    loader.prime("a", "primed")
+    assert await loader.load("a") == "primed"
+    assert fn.calls == []
+
+
+class Clock:
+    """A manually advanced monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fetcher(
+    answers: dict[str, object] | None = None,
+    *,
+    delay: float = 0.0,
+    uncacheable: set[str] | None = None,
+) -> tuple[list[list[str]], object]:
+    """A SharedLoader fetch function that records calls."""
+    calls: list[list[str]] = []
+
+    async def fetch(keys: list[str]) -> FetchResult[str, object]:
+        calls.append(list(keys))
+        if delay:
+            await asyncio.sleep(delay)
+        values = {k: (answers or {}).get(k, f"v:{k}") for k in keys}
+        return FetchResult(values, set(uncacheable or ()) & set(keys))  # type: ignore[arg-type]
+
+    return calls, fetch
+
+
+async def test_shared_loader_single_flight_across_concurrent_requests() -> None:
+    """Two requests loading overlapping keys at once share one fetch per key."""
+    calls, fetch = fetcher(delay=0.05)
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=10)  # type: ignore[arg-type]
+    a, b = await asyncio.gather(shared.batch_load(["k1", "k2"]), shared.batch_load(["k2", "k3"]))
+    assert a == ["v:k1", "v:k2"] and b == ["v:k2", "v:k3"]
+    assert sorted(k for call in calls for k in call) == ["k1", "k2", "k3"]
+
+
+async def test_shared_loader_ttl_cache_hits_and_expiry() -> None:
+    """Values are reused within the TTL and fetched again after it."""
+    clock = Clock()
+    calls, fetch = fetcher()
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=15, clock=clock)  # type: ignore[arg-type]
+    await shared.batch_load(["a"])
+    clock.now += 14.9
+    await shared.batch_load(["a"])
+    assert calls == [["a"]]
+    clock.now += 0.2
+    await shared.batch_load(["a"])
+    assert calls == [["a"], ["a"]]
+    snap = shared.metrics.snapshot()
+    assert (snap.cache_hits, snap.cache_misses) == (1, 2)
+
+
+async def test_shared_loader_never_caches_errors_or_warned_values() -> None:
+    """Errors and values that came with warnings are answered but not kept."""
+    calls, fetch = fetcher({"bad": PromstatError("x")}, uncacheable={"warned"})
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60)  # type: ignore[arg-type]
+    first = await shared.batch_load(["ok", "bad", "warned"])
+    assert first[0] == "v:ok" and isinstance(first[1], PromstatError) and first[2] == "v:warned"
+    await shared.batch_load(["ok", "bad", "warned"])
+    assert calls == [["ok", "bad", "warned"], ["bad", "warned"]]
+
+
+async def test_shared_loader_caches_none_results() -> None:
+    """A key with no data (None) is a real answer and is cached like a value."""
+    calls, fetch = fetcher({"gone": None})
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60)  # type: ignore[arg-type]
+    assert await shared.batch_load(["gone"]) == [None]
+    assert await shared.batch_load(["gone"]) == [None]
+    assert calls == [["gone"]]
+
+
+async def test_shared_loader_is_bounded() -> None:
+    """The cache evicts least recently used entries beyond max_entries."""
+    calls, fetch = fetcher()
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60, max_entries=2)  # type: ignore[arg-type]
+    await shared.batch_load(["a", "b", "c"])
+    assert len(shared) == 2
+    await shared.batch_load(["a"])  # evicted, fetched again
+    assert calls[-1] == ["a"]
+
+
+async def test_shared_fetch_failure_answers_every_key_with_the_error() -> None:
+    """A fetch that raises gives every key the error and caches nothing."""
+    attempts = 0
+
+    async def fetch(keys: list[str]) -> FetchResult[str, object]:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise PromstatError("unreachable")
+        return FetchResult({k: k for k in keys})
+
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60)
+    out = await shared.batch_load(["a", "b"])
+    assert all(isinstance(v, PromstatError) for v in out)
+    assert await shared.batch_load(["a", "b"]) == ["a", "b"]
+
+
+async def test_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
+    """When one request is cancelled, another request waiting for the same keys still gets them."""
+    calls, fetch = fetcher(delay=0.05)
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60)  # type: ignore[arg-type]
+    first = asyncio.ensure_future(shared.batch_load(["a"]))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(shared.batch_load(["a"]))
+    await asyncio.sleep(0)
+    first.cancel()
+    assert await second == ["v:a"]
+    assert calls == [["a"]]
+
+
+async def test_dataloader_over_shared_loader_contract() -> None:
+    """A per-request DataLoader can sit directly on SharedLoader.batch_load."""
+    calls, fetch = fetcher()
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60)  # type: ignore[arg-type]
+    req1: DataLoader[str, object] = DataLoader(shared.batch_load)  # type: ignore[arg-type]
+    req2: DataLoader[str, object] = DataLoader(shared.batch_load)  # type: ignore[arg-type]
+    await asyncio.gather(req1.load_many(["a", "b"]), req2.load_many(["b", "c"]))
+    assert sorted(k for call in calls for k in call) == ["a", "b", "c"]
