@@ -1,0 +1,1 @@
+"""promstat benchmarks: standalone scripts (`python -m benchmarks.<name>`), each with `run()`."""
