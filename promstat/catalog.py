@@ -256,7 +256,8 @@ class Catalog:
             ConfigError: the file is missing, not YAML, or an entry is invalid; the message
                 names the entry.
         """
-        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+        # A str is a path unless it looks like YAML text (a newline or a "key:" in it).
+        if isinstance(source, Path) or ("\n" not in source and ":" not in source):
             path = Path(source)
             try:
                 text = path.read_text(encoding="utf-8")
@@ -293,6 +294,18 @@ def _spec_from_mapping(entry: Mapping[str, Any], *, where: str) -> MetricSpec:
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     kwargs: dict[str, Any] = dict(entry)
+    for key, kind in (
+        ("unit_hint", str),
+        ("node_unit_hint", (str, type(None))),
+        ("integral", bool),
+        ("node_capacity", str),
+    ):
+        # YAML happily gives ints, lists or "yes" strings; a wrong type must not slip
+        # through as a truthy value or a non-string unit.
+        if key in kwargs and not isinstance(kwargs[key], kind):
+            raise ConfigError(f"{where}.{key}: expected {_type_name(kind)}, got {kwargs[key]!r}")
+    if "stats" in kwargs and kwargs["stats"] is None:
+        raise ConfigError(f"{where}.stats: expected a list of strings (use [] for none), got null")
     try:
         if "kind" in kwargs:
             kwargs["kind"] = Kind(kwargs["kind"])
@@ -304,10 +317,13 @@ def _spec_from_mapping(entry: Mapping[str, Any], *, where: str) -> MetricSpec:
             if key in kwargs and kwargs[key] is not None:
                 kwargs[key] = _as_str_tuple(kwargs[key], where=f"{where}.{key}")
         return replace(MetricSpec(), **kwargs)
-    except ValueError as exc:  # bad enum value, or ConfigError from __post_init__
-        if isinstance(exc, ConfigError):
-            raise ConfigError(f"{where}: {exc}") from exc
+    except ValueError as exc:  # a bad enum value, or a ConfigError from __post_init__
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
 
 
 def _as_str_tuple(value: object, *, where: str) -> tuple[str, ...]:
