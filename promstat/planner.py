@@ -147,6 +147,14 @@ class _Shape:
     stat: str | None  # fixed stat for raw shapes; None when rows carry a `stat` label
     node: bool = False  # agent plans: node rows (no device label)
 
+    def text(self, chunk: tuple[str, ...] | None) -> str:
+        """The query for one chunk of ids (``None``: the fleet-wide query)."""
+        return (
+            self.fleet
+            if chunk is None
+            else self.expr.replace(_IDS, set_matcher(self.id_label, chunk))
+        )
+
 
 class _Accumulator:
     """Rows demultiplexed by id -> (device or None) -> metric -> stat -> value string."""
@@ -305,6 +313,23 @@ class Planner:
         """
         return tuple(s.expr for s in self._select(level, recorded))
 
+    def queries(
+        self, level: str, ids: Sequence[str], *, recorded: bool, fleet: bool = False
+    ) -> list[str]:
+        """The exact PromQL texts a plan sends for ``ids`` (for inspection and cost checks).
+
+        Args:
+            level: ``"kernel"`` or ``"agent"``.
+            ids: the batch.
+            recorded: recorded-series plan or raw fallback.
+            fleet: the unfiltered fleet-wide variant instead of id chunks.
+        """
+        shapes = self._select(level, recorded)
+        if fleet:
+            return [s.text(None) for s in shapes]
+        chunks = self._chunks(shapes, sorted(set(ids)))
+        return [s.text(c) for s in shapes for c in chunks]
+
     def _select(self, level: str, recorded: bool) -> tuple[_Shape, ...]:
         if level == "kernel":
             return self._kernel_recorded if recorded else self._kernel_raw
@@ -449,10 +474,7 @@ class Planner:
         outcome: BatchOutcome,
         depth: int,
     ) -> None:
-        if chunk is None:
-            expr = shape.fleet
-        else:
-            expr = shape.expr.replace(_IDS, set_matcher(shape.id_label, chunk))
+        expr = shape.text(chunk)
         try:
             async with self._sem:
                 outcome.queries += 1

@@ -1,0 +1,454 @@
+"""One PromQL definition of every live-stat quantity, shared by the rules and the raw fallback.
+
+The recording rules (:mod:`promstat.rules`) and the planner's no-rules path both take their
+expressions from :class:`LiveStatExpressions`, so a recorded ``stat="max"`` and a raw
+``max_over_time`` subquery mean the same thing. Semantics (``contracts.md``, "Recorded series"):
+
+* ``current`` — gauges and accumulating counters: the latest value, ``max by`` over duplicate
+  series (a stale series from an old ``instance`` must never add up, as it did with upstream's
+  ``sum by``). Rate counters (``cpu_util``, ``net_*``): ``irate`` (last two samples, resets
+  handled), kept only where a latest sample still exists (``and on``: after a staleness marker
+  the range vector still holds samples, the instant selector does not), and ``0`` for a series
+  with a single sample (``or latest * 0``: never the raw counter).
+* ``capacity`` — the latest capacity series, ``max by`` over duplicates.
+* ``rate`` — the same ``irate`` construction for accumulating counters whose catalog entry
+  publishes ``stats.rate`` (``io_read``, ``io_write``).
+* ``max`` / ``avg`` — ``max_over_time`` / ``avg_over_time`` over ``window`` of the ``current``
+  values, for metrics whose catalog entry publishes that key. Raw path: a subquery
+  ``[window:interval]``; rules: the recorded ``current`` series.
+* device level: the same with device labels; a rate counter with
+  ``node_current=interval_diff`` (device ``cpu_util``) is ``irate * capacity / 1000`` (usage
+  during one collection interval), or the plain rate when it has no capacity series.
+* node level: devices summed per agent; capacity summed, or ``max`` for
+  ``node_capacity="max"``; ``max``/``avg`` over the window of the node ``current``.
+
+Every expression groups by exactly the level's labels (``kernel_id, container_metric_name``;
+``agent_id, device_id, device_metric_name``; ``agent_id, device_metric_name``), so only the
+labels a live_stat page needs cross the wire. Metric names are matched with regexes built from
+the catalog: exact names (``quote_meta``-escaped) and the catalog's own patterns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .catalog import DEFAULT_CATALOG, Catalog, Kind, MetricSpec, NodeCurrent
+from .conventions import SeriesNames
+from .errors import ConfigError, QueryBuildError
+from .promql import (
+    eq,
+    escape_string,
+    not_set_matcher,
+    parse_duration,
+    quote_meta,
+    selector,
+    set_matcher,
+)
+
+__all__ = [
+    "KERNEL_STATS",
+    "WINDOW_STATS",
+    "LiveStatExpressions",
+]
+
+#: ``stat`` values every level can have.
+KERNEL_STATS: tuple[str, ...] = ("current", "capacity", "rate", "max", "avg")
+#: ``stat`` values computed over the window.
+WINDOW_STATS: tuple[str, ...] = ("max", "avg")
+_WINDOW_FUNCS = {"max": "max_over_time", "avg": "avg_over_time"}
+
+
+@dataclass(frozen=True, slots=True)
+class _NameSet:
+    """A set of metric names as a positive regex (exact names + patterns) and exclusions."""
+
+    exact: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.exact and not self.patterns
+
+    def matchers(self, label: str) -> list[str]:
+        """Matchers selecting exactly this set on ``label`` (no matcher when it is "all")."""
+        out: list[str] = []
+        if self.patterns:
+            alternatives = [quote_meta(n) for n in sorted(set(self.exact))]
+            # A pattern holding its own alternation must not leak into its neighbours.
+            alternatives += [f"(?:{p})" if "|" in p else p for p in self.patterns]
+            out.append(f'{label}=~"{escape_string("|".join(alternatives))}"')
+        elif self.exact:
+            out.append(set_matcher(label, self.exact))
+        if self.exclude:
+            out.append(not_set_matcher(label, self.exclude))
+        return out
+
+
+def _join_or(parts: Sequence[str]) -> str:
+    return " or ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    """One level of raw series: its metric, grouping labels and metric-name label."""
+
+    metric: str
+    by: tuple[str, ...]
+    name_label: str
+
+    @property
+    def group(self) -> str:
+        return ", ".join(self.by)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatExpressions:
+    """Builds the PromQL of every live-stat quantity from the catalog and the series names.
+
+    Attributes:
+        names: metric and label names (configurable because operators relabel).
+        catalog: the metric catalog (kinds, stats keys, node overrides).
+        lookback: ``irate`` range; keep it equal to the instant-query lookback (5m).
+        window: ``max``/``avg`` window (at least 4 x ``interval``).
+        interval: rule group interval == scrape interval; the raw path's subquery step.
+
+    Raises:
+        ConfigError: a duration is invalid, ``window < 4 x interval`` or
+            ``lookback < 2 x interval`` (``irate`` needs two samples).
+    """
+
+    names: SeriesNames = field(default_factory=SeriesNames)
+    catalog: Catalog = DEFAULT_CATALOG
+    lookback: str = "5m"
+    window: str = "5m"
+    interval: str = "15s"
+
+    def __post_init__(self) -> None:
+        interval = parse_duration(self.interval)
+        window = parse_duration(self.window)
+        lookback = parse_duration(self.lookback)
+        if interval <= 0:
+            raise ConfigError(f"interval must be positive, got {self.interval!r}")
+        if window < 4 * interval:
+            raise ConfigError(
+                f"window {self.window!r} is shorter than 4 x interval {self.interval!r}: "
+                "max/avg over fewer than 4 evaluations are noise; use a longer window"
+            )
+        if lookback < 2 * interval:
+            raise ConfigError(
+                f"lookback {self.lookback!r} is shorter than 2 x interval {self.interval!r}: "
+                "irate needs two samples in its range"
+            )
+
+    # -- levels -------------------------------------------------------------------------------
+
+    @property
+    def _kernel(self) -> _Level:
+        n = self.names
+        return _Level(
+            n.container_metric, (n.kernel_label, n.container_metric_label), n.container_metric_label
+        )
+
+    @property
+    def _device(self) -> _Level:
+        n = self.names
+        return _Level(
+            n.device_metric,
+            (n.agent_label, n.device_label, n.device_metric_label),
+            n.device_metric_label,
+        )
+
+    @property
+    def _node_by(self) -> str:
+        return f"{self.names.agent_label}, {self.names.device_metric_label}"
+
+    # -- catalog partitions -------------------------------------------------------------------
+
+    def _rate_counters(self, *, node_current: NodeCurrent | None = None) -> tuple[str, ...]:
+        names = self.catalog.names_of_kind(Kind.RATE_COUNTER)
+        if node_current is None:
+            return names
+        return tuple(n for n in names if self.catalog.exact[n].node_current is node_current)
+
+    def _has(self, spec: MetricSpec, stat: str, *, node: bool) -> bool:
+        return stat in (spec.stats_node if node else spec.stats)
+
+    def _publishing(
+        self, stat: str, *, node: bool, kinds: Iterable[Kind] | None = None
+    ) -> _NameSet:
+        """Names of ``kinds`` whose spec publishes ``stat``: exact names and patterns, minus
+        exact names that a pattern matches but whose own spec does not qualify."""
+        allowed = set(kinds) if kinds is not None else set(Kind)
+
+        def accept(spec: MetricSpec) -> bool:
+            return spec.kind in allowed and self._has(spec, stat, node=node)
+
+        exact = tuple(sorted(n for n, s in self.catalog.exact.items() if accept(s)))
+        patterns: tuple[str, ...] = ()
+        if Kind.GAUGE in allowed:  # patterns are always gauges (the catalog enforces it)
+            patterns = tuple(p for p, s in self.catalog.patterns if accept(s))
+            if accept(self.catalog.default):
+                patterns = (".+",)
+        exclude = self._shadowed(patterns, lambda s: not accept(s))
+        return _NameSet(exact, patterns, exclude)
+
+    def _shadowed(
+        self, patterns: Sequence[str], reject: Callable[[MetricSpec], bool]
+    ) -> tuple[str, ...]:
+        """Exact names matched by one of ``patterns`` whose own spec is rejected."""
+        compiled = [re.compile(p) for p in patterns]
+        return tuple(
+            sorted(
+                n
+                for n, s in self.catalog.exact.items()
+                if reject(s) and any(rx.fullmatch(n) for rx in compiled)
+            )
+        )
+
+    # -- building blocks ----------------------------------------------------------------------
+
+    def _sel(self, level: _Level, value_type: str, names: _NameSet | None, matchers: str) -> str:
+        ms: list[str] = [matchers] if matchers else []
+        ms.append(eq(self.names.value_type_label, value_type))
+        if names is not None:
+            ms.extend(names.matchers(level.name_label))
+        return selector(level.metric, *ms)
+
+    def _latest(self, level: _Level, names: _NameSet | None, matchers: str) -> str:
+        cur = self._sel(level, self.names.current_value, names, matchers)
+        return f"max by ({level.group}) ({cur})"
+
+    def _irate(self, level: _Level, names: _NameSet, matchers: str) -> str:
+        cur = self._sel(level, self.names.current_value, names, matchers)
+        return f"max by ({level.group}) (irate({cur}[{self.lookback}]))"
+
+    def _counter_rate(
+        self, level: _Level, value_rate: Sequence[str], interval_diff: Sequence[str], matchers: str
+    ) -> str:
+        """``irate`` of counters, kept where a latest sample exists, ``0`` for one sample."""
+        terms: list[str] = []
+        if interval_diff:
+            ids = _NameSet(exact=tuple(interval_diff))
+            rate = self._irate(level, ids, matchers)
+            cap = self._sel(level, self.names.capacity_value, ids, matchers)
+            terms.append(
+                f"{rate} * on ({level.group}) max by ({level.group}) ({cap}) / 1000 or {rate}"
+            )
+        if value_rate:
+            terms.append(self._irate(level, _NameSet(exact=tuple(value_rate)), matchers))
+        values = _join_or(terms)
+        if len(terms) > 1 or interval_diff:
+            values = f"({values})"  # `and` binds tighter than `or`
+        everything = _NameSet(exact=(*interval_diff, *value_rate))
+        latest = self._latest(level, everything, matchers)
+        return f"({values} and on ({level.group}) {latest}) or {latest} * 0"
+
+    def _current(self, level: _Level, *, node: bool, only: str | None, matchers: str) -> str | None:
+        """``current`` of every metric, or only of those publishing ``only`` (max/avg)."""
+        rate_counters = self._rate_counters()
+        parts: list[str] = []
+        if only is None:
+            gauges = _NameSet(exclude=rate_counters)
+            counters = rate_counters
+        else:
+            pub = self._publishing(only, node=node, kinds=(Kind.GAUGE, Kind.ACCUMULATING_COUNTER))
+            gauges = pub
+            counters = tuple(
+                n for n in rate_counters if self._has(self.catalog.exact[n], only, node=node)
+            )
+        if only is None or not gauges.empty:
+            parts.append(self._latest(level, gauges, matchers))
+        if counters:
+            if node:
+                diff = [
+                    n
+                    for n in counters
+                    if self.catalog.exact[n].node_current is NodeCurrent.INTERVAL_DIFF
+                ]
+                plain = [n for n in counters if n not in diff]
+            else:
+                diff, plain = [], list(counters)
+            parts.append(self._counter_rate(level, plain, diff, matchers))
+        return _join_or(parts) if parts else None
+
+    def _rate(self, level: _Level, *, node: bool, matchers: str) -> str | None:
+        names = [
+            n
+            for n in self.catalog.names_of_kind(Kind.ACCUMULATING_COUNTER)
+            if self._has(self.catalog.exact[n], "rate", node=node)
+        ]
+        if not names:
+            return None
+        return self._counter_rate(level, names, (), matchers)
+
+    def _raw(self, level: _Level, stat: str, *, node: bool, matchers: str) -> str | None:
+        if stat == "current":
+            return self._current(level, node=node, only=None, matchers=matchers)
+        if stat == "capacity":
+            cap = self._sel(level, self.names.capacity_value, None, matchers)
+            return f"max by ({level.group}) ({cap})"
+        if stat == "rate":
+            return self._rate(level, node=node, matchers=matchers)
+        if stat in WINDOW_STATS:
+            inner = self._current(level, node=node, only=stat, matchers=matchers)
+            if inner is None:
+                return None
+            return f"{_WINDOW_FUNCS[stat]}(({inner})[{self.window}:{self.interval}])"
+        raise QueryBuildError(f"unknown stat {stat!r}; choose from {list(KERNEL_STATS)}")
+
+    def _recorded_window(
+        self, record: str, by: str, name_label: str, stat: str, *, node: bool
+    ) -> str:
+        if stat not in WINDOW_STATS:
+            raise QueryBuildError(f"{stat!r} is not a window stat; choose from {WINDOW_STATS}")
+        pub = self._publishing(stat, node=node)
+        if pub.empty:
+            raise QueryBuildError(f"no metric in the catalog publishes stats.{stat}")
+        sel = selector(record, eq(self.names.stat_label, "current"), *pub.matchers(name_label))
+        # The outer max by is a no-op per group; it drops stat="current" so the result has
+        # exactly the level's labels (the rule then sets stat=max/avg).
+        return f"max by ({by}) ({_WINDOW_FUNCS[stat]}({sel}[{self.window}]))"
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def kernel(self, stat: str, *, matchers: str = "") -> str | None:
+        """Per-kernel ``stat`` from the raw container series.
+
+        Args:
+            stat: one of ``current``, ``capacity``, ``rate``, ``max``, ``avg``.
+            matchers: extra matcher text (e.g. ``kernel_id=~"a|b"``) put into every selector.
+
+        Returns:
+            PromQL whose result labels are exactly ``(kernel_id, container_metric_name)``, or
+            ``None`` when no catalog metric has that stat.
+
+        Raises:
+            QueryBuildError: unknown ``stat``.
+        """
+        return self._raw(self._kernel, stat, node=False, matchers=matchers)
+
+    def kernel_recorded_window(self, stat: str) -> str:
+        """``max``/``avg`` over the window of the recorded kernel ``current`` series (rules).
+
+        Raises:
+            QueryBuildError: ``stat`` is not a window stat, or no metric publishes it.
+        """
+        n = self.names
+        return self._recorded_window(
+            n.kernel_live_stat, self._kernel.group, n.container_metric_label, stat, node=False
+        )
+
+    def device(self, stat: str, *, matchers: str = "") -> str | None:
+        """Per-device ``stat`` from the raw device series (stats per ``spec.stats_node``).
+
+        Returns:
+            PromQL labelled exactly ``(agent_id, device_id, device_metric_name)``, or ``None``.
+
+        Raises:
+            QueryBuildError: unknown ``stat``.
+        """
+        return self._raw(self._device, stat, node=True, matchers=matchers)
+
+    def device_recorded_window(self, stat: str) -> str:
+        """``max``/``avg`` over the window of the recorded device ``current`` series (rules).
+
+        Raises:
+            QueryBuildError: ``stat`` is not a window stat, or no metric publishes it.
+        """
+        n = self.names
+        return self._recorded_window(
+            n.device_live_stat, self._device.group, n.device_metric_label, stat, node=True
+        )
+
+    def _node_capacity_sets(self) -> tuple[_NameSet, _NameSet]:
+        """(summed, maxed) metric-name sets for node capacity."""
+        maxed_exact = tuple(
+            sorted(n for n, s in self.catalog.exact.items() if s.node_capacity == "max")
+        )
+        maxed_patterns = tuple(p for p, s in self.catalog.patterns if s.node_capacity == "max")
+        shadowed = self._shadowed(maxed_patterns, lambda s: s.node_capacity != "max")
+        maxed = _NameSet(maxed_exact, maxed_patterns, shadowed)
+        if maxed.empty:
+            return _NameSet(), maxed
+        # Summed = everything else; names shadowed out of a max pattern are summed explicitly.
+        summed = _NameSet(exclude=(*maxed_exact,)) if not maxed_patterns else _NameSet()
+        return summed, maxed
+
+    def _node_capacity(self, source: str, *, recorded: bool, matchers: str) -> str:
+        summed, maxed = self._node_capacity_sets()
+        by = self._node_by
+        label = self.names.device_metric_label
+
+        def sel(ns: _NameSet) -> str:
+            if recorded:
+                return selector(source, eq(self.names.stat_label, "capacity"), *ns.matchers(label))
+            inner = self._sel(self._device, self.names.capacity_value, ns, matchers)
+            return f"max by ({self._device.group}) ({inner})"
+
+        if maxed.empty:
+            return f"sum by ({by}) ({sel(summed)})"
+        if maxed.patterns:
+            # Patterns cannot be negated exactly in one matcher: take max where it applies,
+            # and sum for the rest through `or` (left side wins for the maxed names).
+            return f"max by ({by}) ({sel(maxed)}) or sum by ({by}) ({sel(_NameSet())})"
+        return f"sum by ({by}) ({sel(summed)}) or max by ({by}) ({sel(maxed)})"
+
+    def node(self, stat: str) -> str | None:
+        """Per-agent (node) ``stat`` from the recorded device series (rules).
+
+        ``current``/``rate``: devices summed; ``capacity``: summed, or ``max`` for metrics with
+        ``node_capacity="max"``; ``max``/``avg``: over the window of the recorded *node*
+        ``current`` (the max of a sum is not the sum of maxima), so the node rules for them
+        must come after the node ``current`` rule.
+
+        Returns:
+            PromQL labelled exactly ``(agent_id, device_metric_name)``, or ``None`` when no
+            metric has that stat.
+
+        Raises:
+            QueryBuildError: unknown ``stat``.
+        """
+        n = self.names
+        by = self._node_by
+        if stat in ("current", "rate"):
+            if stat == "rate" and self.device("rate") is None:
+                return None
+            return f"sum by ({by}) ({selector(n.device_live_stat, eq(n.stat_label, stat))})"
+        if stat == "capacity":
+            return self._node_capacity(n.device_live_stat, recorded=True, matchers="")
+        if stat in WINDOW_STATS:
+            if self._publishing(stat, node=True).empty:
+                return None
+            return self._recorded_window(
+                n.agent_live_stat, by, n.device_metric_label, stat, node=True
+            )
+        raise QueryBuildError(f"unknown stat {stat!r}; choose from {list(KERNEL_STATS)}")
+
+    def node_raw(self, stat: str, *, matchers: str = "") -> str | None:
+        """Per-agent (node) ``stat`` from the raw device series (the planner's fallback).
+
+        Same meaning as :meth:`node`; ``max``/``avg`` are subqueries over the node ``current``.
+
+        Raises:
+            QueryBuildError: unknown ``stat``.
+        """
+        by = self._node_by
+        dev = self._device
+        if stat == "current":
+            cur = self._current(dev, node=True, only=None, matchers=matchers)
+            return f"sum by ({by}) ({cur})"
+        if stat == "rate":
+            rate = self._rate(dev, node=True, matchers=matchers)
+            return None if rate is None else f"sum by ({by}) ({rate})"
+        if stat == "capacity":
+            return self._node_capacity("", recorded=False, matchers=matchers)
+        if stat in WINDOW_STATS:
+            inner = self._current(dev, node=True, only=stat, matchers=matchers)
+            if inner is None:
+                return None
+            func = _WINDOW_FUNCS[stat]
+            return f"{func}((sum by ({by}) ({inner}))[{self.window}:{self.interval}])"
+        raise QueryBuildError(f"unknown stat {stat!r}; choose from {list(KERNEL_STATS)}")

@@ -1,0 +1,189 @@
+"""The recorded-series plan and the raw fallback agree on a live, scraped, simulated fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from promstat import lab
+from promstat.client import PrometheusClient
+from promstat.planner import Planner, PlannerConfig
+from promstat.rules import write_rules
+from promstat.sim import FleetConfig, SimulatedFleet
+
+pytestmark = pytest.mark.slow
+
+INTERVAL, WINDOW = "1s", "4s"
+
+
+def close(a: str | None, b: str | None, *, rel: float) -> bool:
+    """Numeric strings equal within a relative tolerance (or both absent)."""
+    if a is None or b is None:
+        return a is b
+    x, y = float(a), float(b)
+    return math.isclose(x, y, rel_tol=rel, abs_tol=1e-6)
+
+
+def assert_payloads_agree(raw: dict[str, Any], recorded: dict[str, Any], *, where: str) -> None:
+    """Same metrics, same keys, numbers within tolerance (rates jitter with scrape timing)."""
+    assert raw.keys() == recorded.keys(), where
+    for metric, fields in raw.items():
+        other = recorded[metric]
+        assert fields.keys() == other.keys(), f"{where} {metric}"
+        for key, value in fields.items():
+            if key == "unit_hint":
+                assert value == other[key]
+                continue
+            assert close(value, other[key], rel=1e-3), (
+                f"{where} {metric}.{key}: {value} != {other[key]}"
+            )
+
+
+KERNEL_CURRENT = 'kernel_metric:backendai_container_utilization:live_stat{stat="current"}'
+AGENT_CURRENT = 'agent_metric:backendai_device_utilization:live_stat{stat="current"}'
+
+
+async def _scalar(client: PrometheusClient, expr: str, at: float) -> float:
+    res = await client.query(expr, time=at)
+    return float(res.vector[0].value[1]) if res.vector else 0.0
+
+
+async def _settled_times(client: PrometheusClient, kernels: int) -> tuple[float, float]:
+    """Evaluation times at which the kernel and the agent rule groups last ran, once settled.
+
+    A counter's first rule evaluation sees one sample and records a rate of 0 (never the raw
+    counter); window statistics include that 0 until it leaves the window, so wait until every
+    kernel's and device's recent ``cpu_util`` rates are all positive. Each plan is then compared
+    at the exact timestamp its rule group evaluated at: recorded and raw values are computed
+    from the same raw samples there, so they must agree to float precision.
+    """
+    kernel_cpu = KERNEL_CURRENT.replace("}", ',container_metric_name="cpu_util"}')
+    device_cpu = (
+        "agent_device_metric:backendai_device_utilization:live_stat"
+        '{stat="current",device_metric_name="cpu_util"}'
+    )
+    raw_devices = 'backendai_device_utilization{device_metric_name="cpu_util",value_type="current"}'
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        now = time.time() - 0.2
+        ok_k = await _scalar(client, f"count(min_over_time({kernel_cpu}[6s]) > 0)", now)
+        ok_d = await _scalar(client, f"count(min_over_time({device_cpu}[6s]) > 0)", now)
+        devices = await _scalar(client, f"count({raw_devices})", now)
+        if ok_k == kernels and devices > 0 and ok_d == devices:
+            k_at = await _scalar(client, f"max(timestamp({KERNEL_CURRENT}))", now)
+            a_at = await _scalar(client, f"max(timestamp({AGENT_CURRENT}))", now)
+            return k_at, a_at
+        await asyncio.sleep(0.5)
+    raise AssertionError("recorded series did not settle in time")
+
+
+async def test_recorded_and_raw_plans_agree(
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+) -> None:
+    """Both plans give the same live_stat for every kernel and agent of a scraped fleet."""
+    rule_files = write_rules(tmp_path / "rules", interval=INTERVAL, window=WINDOW)
+    # exposition timestamps make every scraped rate exact whatever the scrape jitter
+    config = FleetConfig(
+        agents=3,
+        kernels_per_agent=6,
+        gpu_agent_ratio=0.34,
+        seed=7,
+        churn=None,
+        gauge_period=3600.0,
+        exposition_timestamps=True,
+    )
+    async with SimulatedFleet(config) as fleet:
+        prom = start_prometheus(
+            scrape_targets=fleet.targets,
+            scrape_interval=INTERVAL,
+            evaluation_interval=INTERVAL,
+            rule_files=[p for p in rule_files if "test" not in p.name],
+        )
+        async with PrometheusClient(prom.url) as client:
+            kernels, agents = fleet.kernel_ids(), fleet.agent_ids()
+            k_at, a_at = await _settled_times(client, len(kernels))
+            settings = dict(interval=INTERVAL, window=WINDOW)
+            raw = Planner(client, PlannerConfig(use_recorded=False, **settings))
+            rec = Planner(client, PlannerConfig(use_recorded=None, **settings))
+            raw_k, rec_k = await raw.kernels(kernels, at=k_at), await rec.kernels(kernels, at=k_at)
+            raw_a, rec_a = await raw.agents(agents, at=a_at), await rec.agents(agents, at=a_at)
+    assert rec_k.plan.startswith("recorded") and raw_k.plan.startswith("raw")
+    assert rec_a.plan.startswith("recorded")
+    for kernel_id in kernels:
+        r, c = raw_k.payloads[kernel_id], rec_k.payloads[kernel_id]
+        assert isinstance(r, dict) and isinstance(c, dict), kernel_id
+        assert_payloads_agree(r, c, where=kernel_id)
+        expected = fleet.expected_rate(kernel_id, "cpu_util")
+        assert math.isclose(float(c["cpu_util"]["current"]), expected, rel_tol=1e-3)
+    for agent_id in agents:
+        r, c = raw_a.payloads[agent_id], rec_a.payloads[agent_id]
+        assert isinstance(r, dict) and isinstance(c, dict), agent_id
+        assert_payloads_agree(r["node"], c["node"], where=f"{agent_id} node")
+        assert r["devices"].keys() == c["devices"].keys()
+        for metric in r["devices"]:
+            for device, fields in r["devices"][metric].items():
+                assert_payloads_agree(
+                    {metric: fields},
+                    {metric: c["devices"][metric][device]},
+                    where=f"{agent_id} {device}",
+                )
+
+
+async def _server_samples(url: str, queries: list[str], at: float) -> tuple[int, int]:
+    """Total samples Prometheus touched (``stats=all``) and response bytes for the queries."""
+    samples = size = 0
+    async with aiohttp.ClientSession() as session:
+        for query in queries:
+            form = {"query": query, "time": str(at), "stats": "all"}
+            async with session.post(f"{url}/api/v1/query", data=form) as resp:
+                body = await resp.read()
+                assert resp.status == 200, body[:200]
+            size += len(body)
+            samples += json.loads(body)["data"]["stats"]["samples"]["totalQueryableSamples"]
+    return samples, size
+
+
+async def test_recorded_plan_is_cheaper_for_the_server(
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+) -> None:
+    """The recorded plan sends fewer queries and makes Prometheus touch far fewer samples."""
+    rule_files = write_rules(tmp_path / "rules", interval=INTERVAL, window=WINDOW)
+    config = FleetConfig(
+        agents=2,
+        kernels_per_agent=20,
+        seed=3,
+        churn=None,
+        gauge_period=3600.0,
+        exposition_timestamps=True,
+    )
+    async with SimulatedFleet(config) as fleet:
+        prom = start_prometheus(
+            scrape_targets=fleet.targets,
+            scrape_interval=INTERVAL,
+            evaluation_interval=INTERVAL,
+            rule_files=[p for p in rule_files if "test" not in p.name],
+        )
+        async with PrometheusClient(prom.url) as client:
+            kernels = fleet.kernel_ids()
+            k_at, _ = await _settled_times(client, len(kernels))
+            settings = dict(interval=INTERVAL, window=WINDOW, fleet_fraction=None)
+            planner = Planner(client, PlannerConfig(**settings))
+            raw_q = planner.queries("kernel", kernels, recorded=False)
+            rec_q = planner.queries("kernel", kernels, recorded=True)
+            raw_samples, raw_bytes = await _server_samples(prom.url, raw_q, k_at)
+            rec_samples, rec_bytes = await _server_samples(prom.url, rec_q, k_at)
+    assert len(rec_q) < len(raw_q)
+    # the raw plan rates 5-minute ranges and runs window subqueries; recorded series are
+    # read at one instant: at least 3x fewer samples touched (typically 20x or more)
+    assert rec_samples * 3 <= raw_samples, (rec_samples, raw_samples)
+    # the recorded family carries a `stat` label the raw shapes imply: it may cost a few
+    # more bytes, never many more
+    assert rec_bytes <= raw_bytes * 1.3, (rec_bytes, raw_bytes)
