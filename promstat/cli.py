@@ -169,11 +169,47 @@ def _add_rules_command(subparsers: Subparsers) -> None:
     add_cli(subparsers)
 
 
+def _add_serve_command(subparsers: Subparsers) -> None:
+    from promstat.graphql_app import add_serve_cli
+
+    add_serve_cli(subparsers)
+
+
+def _add_demo_command(subparsers: Subparsers) -> None:
+    from promstat.demo import add_demo_cli
+
+    add_demo_cli(subparsers)
+
+
+def _add_bench_command(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="run the benchmarks (needs a source checkout)",
+        description="Run benchmarks/run.py from a source checkout; arguments pass through.",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for benchmarks.run")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("benchmarks.run") is None:
+        raise ConfigError(
+            "the benchmarks live in the source checkout: run `./dev bench` from there"
+        )
+    runner = importlib.import_module("benchmarks.run")
+    return int(runner.main(list(args.args)))
+
+
 #: Subcommand registrars, in the order ``promstat --help`` lists them.
 COMMANDS: list[Callable[[Subparsers], None]] = [
     add_query_command,
     add_live_stat_command,
     _add_rules_command,
+    _add_serve_command,
+    _add_demo_command,
+    _add_bench_command,
 ]
 
 

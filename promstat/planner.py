@@ -79,6 +79,9 @@ class PlannerConfig:
         use_recorded: ``True``/``False`` to force a plan, ``None`` to detect recorded series.
         detect_ttl: seconds to trust the last detection of recorded series / fleet size.
         max_split_depth: how many times a too-large chunk may be halved.
+        raw_fallback: with detection (``use_recorded=None``), ask the raw expressions for
+            ids the recorded series had nothing for (a kernel younger than one rule
+            evaluation, rules running on only some shards).
     """
 
     names: SeriesNames = SeriesNames()  # noqa: RUF009 - frozen, immutable default
@@ -93,6 +96,7 @@ class PlannerConfig:
     use_recorded: bool | None = None
     detect_ttl: float = 300.0
     max_split_depth: int = 6
+    raw_fallback: bool = True
 
     def __post_init__(self) -> None:
         for name in ("interval", "lookback", "window"):
@@ -124,7 +128,8 @@ class BatchOutcome:
         uncacheable: ids whose data came with warnings (a partial answer): never cache them.
         warnings: the warnings and infos the server returned, de-duplicated.
         queries: HTTP queries sent (after splits).
-        plan: ``recorded``/``raw`` + ``filtered``/``fleet``.
+        plan: ``recorded``/``raw`` + ``/filtered``/``/fleet``, ``+raw`` when the raw fallback
+            answered ids the recorded series lacked.
         at: the pinned evaluation time (Unix seconds).
     """
 
@@ -417,26 +422,44 @@ class Planner:
         except PromstatError as exc:
             outcome.payloads = dict.fromkeys(wanted, exc)
             return outcome
+        plan, payloads = await self._execute(level, recorded, live, wanted, at, outcome)
+        missing = {i: None for i, p in payloads.items() if p is None}
+        if recorded and missing and self.config.use_recorded is None and self.config.raw_fallback:
+            # Recorded series lag the raw ones by up to one evaluation interval (a kernel
+            # that just started) and may be missing where rules run on only some shards:
+            # ask the raw expressions for exactly the ids that came back empty.
+            _, fallback = await self._execute(level, False, 0, missing, at, outcome)
+            if any(v is not None for v in fallback.values()):
+                plan += "+raw"
+            payloads.update(fallback)
+        outcome.plan = plan
+        outcome.payloads = payloads
+        self.metrics.on_plan(plan)
+        return outcome
+
+    async def _execute(
+        self,
+        level: str,
+        recorded: bool,
+        live: int,
+        wanted: dict[str, None],
+        at: float,
+        outcome: BatchOutcome,
+    ) -> tuple[str, dict[str, Payload | PromstatError | None]]:
         shapes = self._select(level, recorded)
-        ordered = sorted(wanted)
-        chunks = self._chunks(shapes, ordered)
+        chunks = self._chunks(shapes, sorted(wanted))
         fleet = (
             self.config.fleet_fraction is not None
             and len(chunks) > 1
             and live > 0
-            and len(ordered) >= self.config.fleet_fraction * live
+            and len(wanted) >= self.config.fleet_fraction * live
         )
-        outcome.plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
-        self.metrics.on_plan(outcome.plan)
         acc = _Accumulator()
         failed: dict[str, PromstatError] = {}
         units: list[Awaitable[None]] = []
         for shape in shapes:
-            if fleet:
-                units.append(self._run(shape, None, at, acc, wanted, failed, outcome, 0))
-            else:
-                for chunk in chunks:
-                    units.append(self._run(shape, chunk, at, acc, wanted, failed, outcome, 0))
+            for chunk in (None,) if fleet else chunks:
+                units.append(self._run(shape, chunk, at, acc, wanted, failed, outcome, 0))
         await asyncio.gather(*units)
         render = self._render_kernel if level == "kernel" else self._render_agent
         rows = acc.rows
@@ -444,8 +467,8 @@ class Planner:
         for ident in wanted:
             err = failed.get(ident)
             payloads[ident] = err if err is not None else render(rows.get(ident))
-        outcome.payloads = payloads
-        return outcome
+        plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
+        return plan, payloads
 
     def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
         # One chunking for all shapes of a plan, sized for the shape that repeats the matcher

@@ -258,3 +258,39 @@ async def test_victoria_metrics_16k_limit_with_2000_kernels(
         assert payload["mem"]["current"] == str(i)
         assert payload["mem"]["capacity"] == "4000"
     assert parse_duration(PlannerConfig().window) == 300
+
+
+async def test_ids_missing_from_recorded_series_fall_back_to_raw(
+    start_prometheus: Callable[..., lab.PrometheusProcess],
+) -> None:
+    """A kernel with raw data but no recorded series yet is answered by the raw expressions."""
+    text = _recorded_fleet(3).replace("# EOF\n", "") + openmetrics_text(
+        [
+            (
+                "backendai_container_utilization",
+                {
+                    "container_metric_name": "mem",
+                    "kernel_id": "fresh",
+                    "agent_id": "a",
+                    "session_id": "s",
+                    "user_id": "u",
+                    "project_id": "p",
+                    "value_type": vt,
+                },
+                T0 + 600,
+                value,
+            )
+            for vt, value in (("current", 512.0), ("capacity", 1024.0))
+        ]
+    )
+    prom = start_prometheus(openmetrics=text)
+    ids = [str(uuid.UUID(int=1, version=4)), "fresh", "unknown"]
+    async with PrometheusClient(prom.url) as client:
+        out = await Planner(client, PlannerConfig()).kernels(ids, at=T0 + 607)
+        forced = await Planner(client, PlannerConfig(use_recorded=True)).kernels(ids, at=T0 + 607)
+    assert out.plan == "recorded/filtered+raw"
+    assert isinstance(out.payloads[ids[0]], dict)
+    fresh = out.payloads["fresh"]
+    assert isinstance(fresh, dict) and fresh["mem"]["pct"] == "50"
+    assert out.payloads["unknown"] is None
+    assert forced.payloads["fresh"] is None  # a forced recorded plan never falls back

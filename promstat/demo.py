@@ -1,0 +1,544 @@
+"""``promstat demo``: the whole pipeline on loopback, with a live view of a kernel list page.
+
+It starts, all on 127.0.0.1 and all torn down on exit:
+
+1. a :class:`~promstat.sim.SimulatedFleet` (one exporter per agent),
+2. a real Prometheus (:func:`promstat.lab.start_prometheus`) scraping it every ``--interval``
+   with promstat's generated recording rules loaded (same interval),
+3. the GraphQL service (:func:`promstat.graphql_app.make_app`) over a
+   :class:`~promstat.service.LiveStats` and the fleet's kernel rows,
+
+prints the URLs and a ``curl`` command, waits for the first scrape, then fetches one kernel
+list page through the GraphQL HTTP endpoint every few seconds and shows it: kernel, agent,
+CPU %, memory used/limit, network rx/tx rates, GPU utilisation, how long the page took and
+how many Prometheus queries it cost (:class:`~promstat.metrics.PromstatMetrics` deltas), and
+which plan answered (``raw`` until the recording rules have produced data, then
+``recorded``: the planner re-detects every interval in the demo).
+
+On a terminal the view redraws in place; otherwise each refresh prints one plain block.
+``--duration`` bounds the run (exit 0 after a clean shutdown); Ctrl-C and SIGTERM stop it
+too. A missing ``prometheus`` binary prints the one-line install hint and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import aiohttp
+from aiohttp import web
+
+from .errors import BinaryNotFoundError, ConfigError, LabError, PromstatError
+from .metrics import MetricsSnapshot, PromstatMetrics
+
+__all__ = [
+    "DemoOptions",
+    "PageView",
+    "add_demo_cli",
+    "format_bytes",
+    "main",
+    "render_view",
+    "run_demo",
+    "run_demo_cli",
+]
+
+T = TypeVar("T")
+
+#: Rows of the page shown when the output is not a terminal.
+PLAIN_ROWS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """Settings of ``promstat demo``.
+
+    Attributes:
+        duration: seconds to run (``None``: until Ctrl-C / SIGTERM).
+        agents: simulated agents.
+        kernels_per_agent: kernels per agent.
+        interval: scrape and rule evaluation interval (a Prometheus duration).
+        page_size: kernels per GraphQL page.
+        port: GraphQL port (0: any free port).
+        stack: ``graphene`` or ``strawberry``.
+        refresh: seconds between page fetches (default ``max(3, interval)``).
+        seed: simulation seed.
+        rows: rows shown on a terminal (default: fit the terminal height).
+    """
+
+    duration: float | None = None
+    agents: int = 20
+    kernels_per_agent: int = 50
+    interval: str = "2s"
+    page_size: int = 200
+    port: int = 0
+    stack: str = "graphene"
+    refresh: float | None = None
+    seed: int = 42
+    rows: int | None = None
+
+
+@dataclass(slots=True)
+class PageView:
+    """One refresh of the view: what a page fetch returned and what it cost.
+
+    Attributes:
+        number: refresh counter (1-based).
+        rows: ``(kernel id, agent id, live_stat dict or None)`` for the page's kernels.
+        total_count: kernels in the whole list.
+        seconds: wall time of the GraphQL request.
+        queries: Prometheus HTTP queries made for the page.
+        response_bytes: bytes Prometheus sent for the page.
+        cache_hits: ids served from the shared cache.
+        plan: the planner's plan(s) used (``recorded/filtered``, ``raw/fleet``, ...).
+        errors: GraphQL error messages.
+    """
+
+    number: int
+    rows: list[tuple[str, str, dict[str, Any] | None]]
+    total_count: int
+    seconds: float
+    queries: int
+    response_bytes: int
+    cache_hits: int
+    plan: str
+    errors: list[str] = field(default_factory=list)
+
+
+def format_bytes(value: float, *, suffix: str = "") -> str:
+    """Human-readable binary size (``1.5Gi``), with an optional suffix such as ``/s``."""
+    units = ("", "Ki", "Mi", "Gi", "Ti", "Pi")
+    v, i = float(value), 0
+    while abs(v) >= 1024 and i < len(units) - 1:
+        v, i = v / 1024, i + 1
+    text = f"{v:.0f}" if i == 0 else f"{v:.1f}{units[i]}"
+    return text + suffix
+
+
+def _num(stat: Mapping[str, Any] | None, metric: str, key: str) -> float | None:
+    try:
+        return float(stat[metric][key])  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _row_cells(kernel_id: str, agent: str, stat: Mapping[str, Any] | None) -> list[str]:
+    short = kernel_id.replace("-", "")[:8]
+    if stat is None:
+        return [short, agent, "-", "(no data yet)", "", "", ""]
+    cpu = _num(stat, "cpu_util", "pct")
+    mem, cap = _num(stat, "mem", "current"), _num(stat, "mem", "capacity")
+    rx, tx = _num(stat, "net_rx", "current"), _num(stat, "net_tx", "current")
+    gpu = _num(stat, "cuda_util", "pct")
+    mem_text = "-" if mem is None else format_bytes(mem)
+    if cap is not None:
+        mem_text += f" / {format_bytes(cap)}"
+    return [
+        short,
+        agent,
+        "-" if cpu is None else f"{cpu:.1f}",
+        mem_text,
+        "-" if rx is None else format_bytes(rx, suffix="/s"),
+        "-" if tx is None else format_bytes(tx, suffix="/s"),
+        "-" if gpu is None else f"{gpu:.0f}",
+    ]
+
+
+_HEADERS = ("KERNEL", "AGENT", "CPU%", "MEM USED / LIMIT", "NET RX", "NET TX", "GPU%")
+_RIGHT = (False, False, True, True, True, True, True)
+
+
+def render_view(view: PageView, *, rows: int, stamp: str = "") -> list[str]:
+    """The lines of one refresh: a summary line, a table of up to ``rows`` kernels.
+
+    Args:
+        view: the refresh to show.
+        rows: how many of the page's kernels to list.
+        stamp: wall-clock text for the summary line.
+    """
+    with_data = sum(1 for _, _, s in view.rows if s is not None)
+    cost = (
+        f"{view.queries} Prometheus quer{'y' if view.queries == 1 else 'ies'}"
+        f" ({format_bytes(view.response_bytes)}B)"
+    )
+    if view.queries == 0 and view.cache_hits:
+        cost = "0 Prometheus queries (shared cache)"
+    lines = [
+        f"[{view.number}] {stamp} page of {len(view.rows)}/{view.total_count} kernels: "
+        f"{with_data} with live_stat, {view.seconds * 1000:.1f} ms, {cost}, plan {view.plan}"
+    ]
+    table = [list(_HEADERS)] + [_row_cells(k, a, s) for k, a, s in view.rows[:rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(_HEADERS))]
+    for r in table:
+        cells = [
+            c.rjust(w) if right else c.ljust(w)
+            for c, w, right in zip(r, widths, _RIGHT, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    if len(view.rows) > rows:
+        lines.append(f"... {len(view.rows) - rows} more kernels on this page")
+    lines.extend(f"error: {e}" for e in view.errors)
+    return lines
+
+
+def _plan_delta(before: MetricsSnapshot, after: MetricsSnapshot) -> str:
+    used = [p for p, n in after.plans.items() if n > before.plans.get(p, 0)]
+    return ",".join(sorted(used))
+
+
+async def _in_thread(fn: Callable[[], T], started: list[Future[T]]) -> T:
+    """Run a blocking call in a thread; ``started`` keeps its future so cleanup can reap it."""
+    loop = asyncio.get_running_loop()
+    cfut: Future[T] = loop.run_in_executor(None, fn)  # type: ignore[assignment]
+    started.append(cfut)
+    return await asyncio.wrap_future(cfut)
+
+
+def _durations(interval: str) -> tuple[float, str, str]:
+    from .promql import parse_duration
+
+    seconds = parse_duration(interval)
+    if not seconds > 0:
+        raise ConfigError(f"--interval must be > 0, not {interval!r}")
+    # Short windows so the demo's max/avg move; rules require window >= 4x, lookback >= 2x.
+    window = f"{max(60, math.ceil(4 * seconds))}s"
+    return seconds, window, window
+
+
+async def _count(client: Any, query: str) -> int:
+    try:
+        res = await client.query_vector(query)
+    except PromstatError:
+        return 0
+    return int(float(res.series[0].value[1])) if res.series else 0
+
+
+async def _wait_for_data(
+    client: Any, names: Any, targets: int, interval: float, stop: asyncio.Event, until: float
+) -> bool:
+    """Wait until every exporter was scraped twice (rates need two samples) and the recording
+    rules have evaluated over those scrapes.
+
+    Returns False on ``stop``, or when the scrapes did not happen by ``until`` (monotonic).
+    """
+
+    async def pause(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    window = f"{max(60, math.ceil(4 * interval))}s"
+    scraped = f'count(count_over_time(up{{job="promstat"}}[{window}]) > 1)'
+    while await _count(client, scraped) < targets:
+        if stop.is_set() or time.monotonic() >= until:
+            return False
+        await pause(min(0.25, interval))
+    raw = (
+        f"count(count by ({names.kernel_label}) ({names.container_metric}"
+        f'{{{names.value_type_label}="{names.current_value}"}}))'
+    )
+    recorded = (
+        f"count(count by ({names.kernel_label}) "
+        f'({names.kernel_live_stat}{{{names.stat_label}="current"}}))'
+    )
+    # Best effort: without rules the planner simply stays on "raw".
+    limit = min(until, time.monotonic() + 5 * interval)
+    while not stop.is_set() and time.monotonic() < limit:
+        if await _count(client, recorded) >= await _count(client, raw):
+            await pause(interval)  # one more evaluation: rates over both scrapes
+            break
+        await pause(min(0.25, interval))
+    return not stop.is_set()
+
+
+async def _fetch_page(
+    session: aiohttp.ClientSession, url: str, page_size: int
+) -> tuple[dict[str, Any], float]:
+    from .graphql_app import EXAMPLE_QUERY
+
+    body = {"query": EXAMPLE_QUERY, "variables": {"limit": page_size, "offset": 0}}
+    t0 = time.perf_counter()
+    async with session.post(url, json=body) as resp:
+        result: dict[str, Any] = await resp.json()
+    return result, time.perf_counter() - t0
+
+
+def _page_view(
+    number: int,
+    result: Mapping[str, Any],
+    seconds: float,
+    before: MetricsSnapshot,
+    after: MetricsSnapshot,
+    last_plan: str,
+) -> PageView:
+    data = (result.get("data") or {}).get("compute_container_list") or {}
+    rows: list[tuple[str, str, dict[str, Any] | None]] = []
+    for item in data.get("items") or []:
+        raw = item.get("live_stat")
+        rows.append(
+            (str(item["id"]), str(item.get("agent") or "-"), json.loads(raw) if raw else None)
+        )
+    return PageView(
+        number=number,
+        rows=rows,
+        total_count=int(data.get("total_count") or 0),
+        seconds=seconds,
+        queries=after.queries - before.queries,
+        response_bytes=after.response_bytes - before.response_bytes,
+        cache_hits=after.cache_hits - before.cache_hits,
+        plan=_plan_delta(before, after) or f"{last_plan} (cached)",
+        errors=[str(e.get("message", e)) for e in result.get("errors") or []],
+    )
+
+
+def _terminal_rows(options: DemoOptions, header_lines: int) -> int:
+    if options.rows is not None:
+        return options.rows
+    height = shutil.get_terminal_size((100, 40)).lines
+    return max(5, height - header_lines - 4)
+
+
+async def run_demo(
+    options: DemoOptions, out: TextIO | None = None, *, stop: asyncio.Event | None = None
+) -> int:
+    """Run the demo until ``duration`` passes, ``stop`` is set, or SIGINT/SIGTERM arrives.
+
+    Args:
+        options: demo settings.
+        out: where the view goes (default ``sys.stdout``).
+        stop: an event that ends the run (signal handlers are installed when it is None).
+
+    Returns:
+        0 after a clean shutdown, 1 when a server could not start (message on stderr).
+    """
+    from . import lab
+    from .client import PrometheusClient
+    from .graphql_app import curl_example, make_app
+    from .integrations import FleetRegistry
+    from .planner import PlannerConfig
+    from .rules import write_rules
+    from .service import LiveStats
+    from .sim import FleetConfig, SimulatedFleet
+
+    out = out or sys.stdout
+    tty = out.isatty()
+    interval_s, window, lookback = _durations(options.interval)
+    refresh = options.refresh if options.refresh is not None else max(3.0, interval_s)
+    stop_event = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if stop is None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop_event.set)
+                installed.append(sig)
+    deadline = None if options.duration is None else time.monotonic() + options.duration
+
+    def say(line: str = "") -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    tmp = Path(tempfile.mkdtemp(prefix="promstat-demo-"))
+    prom_starts: list[Future[lab.PrometheusProcess]] = []
+    prom: lab.PrometheusProcess | None = None
+    fleet = SimulatedFleet(
+        FleetConfig(
+            agents=options.agents, kernels_per_agent=options.kernels_per_agent, seed=options.seed
+        )
+    )
+    runner: web.AppRunner | None = None
+    try:
+        rule_dir = tmp / "rules"
+        written = write_rules(rule_dir, interval=options.interval, window=window, lookback=lookback)
+        rule_files = [p for p in written if p.parent == rule_dir and p.name.endswith(".rules.yml")]
+        await fleet.start()
+        prom = await _in_thread(
+            lambda: lab.start_prometheus(
+                scrape_targets=fleet.targets,
+                scrape_interval=options.interval,
+                evaluation_interval=options.interval,
+                rule_files=rule_files,
+                data_dir=tmp / "prometheus",
+            ),
+            prom_starts,
+        )
+        metrics = PromstatMetrics()
+        config = PlannerConfig(
+            interval=options.interval, lookback=lookback, window=window, detect_ttl=interval_s
+        )
+        async with PrometheusClient(prom.url, observer=metrics) as client:
+            stats = LiveStats(client, config, metrics=metrics)
+            app = make_app(stats, FleetRegistry(fleet), stack=options.stack)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", options.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            graphql_url = f"http://{host}:{port}/graphql"
+            header = [
+                f"promstat demo: {options.agents} agents x {options.kernels_per_agent} kernels, "
+                f"scrape + rules every {options.interval}, {options.stack} schema",
+                f"  GraphQL:    {graphql_url}   (GET http://{host}:{port}/ for help)",
+                f"  Prometheus: {prom.url}   (data: {prom.data_dir})",
+                f"  exporters:  http://{fleet.targets[0]}/metrics ... ({len(fleet.targets)})"
+                if fleet.targets
+                else "  exporters:  none",
+                f"  temp dir:   {tmp}",
+                f"  self-metrics: http://{host}:{port}/metrics",
+                "Try:",
+                "  " + curl_example(graphql_url, page_size=min(options.page_size, 5)),
+                "Stop with Ctrl-C.",
+            ]
+            for line in header:
+                say(line)
+            say("waiting for the first scrapes ...")
+            scrape_limit = time.monotonic() + 60.0
+            until = scrape_limit if deadline is None else min(scrape_limit, deadline)
+            ready = await _wait_for_data(
+                client, config.names, len(fleet.targets), interval_s, stop_event, until
+            )
+            if not ready and not stop_event.is_set():
+                if time.monotonic() >= scrape_limit:
+                    say("no complete scrape within 60 s; the last lines of the Prometheus log:")
+                    say(prom.log_tail(20))
+                    return 1
+                say("--duration ended before the first complete scrapes")
+            rows = _terminal_rows(options, len(header)) if tty else PLAIN_ROWS
+            number, last_plan = 0, "?"
+            async with aiohttp.ClientSession() as session:
+                while not stop_event.is_set():
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    number += 1
+                    before = metrics.snapshot()
+                    result, seconds = await _fetch_page(session, graphql_url, options.page_size)
+                    after = metrics.snapshot()
+                    view = _page_view(number, result, seconds, before, after, last_plan)
+                    if not view.plan.endswith("(cached)"):
+                        last_plan = view.plan
+                    lines = render_view(view, rows=rows, stamp=time.strftime("%H:%M:%S"))
+                    if tty:
+                        out.write("\x1b[H\x1b[2J" + "\n".join([*header, "", *lines]) + "\n")
+                        out.flush()
+                    else:
+                        for line in lines:
+                            say(line)
+                        say()
+                    wait = refresh
+                    if deadline is not None:
+                        wait = min(wait, max(0.0, deadline - time.monotonic()))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop_event.wait(), wait)
+        return 0
+    except BinaryNotFoundError as exc:
+        print(f"promstat demo: {exc}", file=sys.stderr)
+        return 1
+    except (LabError, ConfigError, OSError) as exc:
+        print(f"promstat demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        # A start that was still running in its thread (Ctrl-C during startup) is reaped too.
+        for cfut in prom_starts:
+            with contextlib.suppress(BaseException):
+                started = await asyncio.wrap_future(cfut)
+                if started is not prom:
+                    await asyncio.to_thread(started.stop)
+        if prom is not None:
+            await asyncio.to_thread(prom.stop)
+        await fleet.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if tty:
+            out.write("\n")
+        with contextlib.suppress(Exception):
+            out.write("promstat demo: stopped; servers and temp files removed\n")
+            out.flush()
+
+
+def _options(args: argparse.Namespace) -> DemoOptions:
+    return DemoOptions(
+        duration=args.duration,
+        agents=args.agents,
+        kernels_per_agent=args.kernels_per_agent,
+        interval=args.interval,
+        page_size=args.page_size,
+        port=args.port,
+        stack=args.stack,
+        seed=args.seed,
+    )
+
+
+def run_demo_cli(args: argparse.Namespace) -> int:
+    """Handler of ``promstat demo``: returns the exit code."""
+    try:
+        return asyncio.run(run_demo(_options(args)))
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed; cleanup ran
+        return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
+    )
+    parser.add_argument("--agents", type=_positive_int, default=20, help="simulated agents (20)")
+    parser.add_argument(
+        "--kernels-per-agent", type=_positive_int, default=50, help="kernels per agent (50)"
+    )
+    parser.add_argument("--interval", default="2s", help="scrape and rule interval (2s)")
+    parser.add_argument(
+        "--page-size", type=_positive_int, default=200, help="kernels per page (200)"
+    )
+    parser.add_argument("--port", type=int, default=0, help="GraphQL port (0: any free port)")
+    parser.add_argument("--stack", choices=("graphene", "strawberry"), default="graphene")
+    parser.add_argument("--seed", type=int, default=42, help="simulation seed")
+
+
+def add_demo_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``promstat demo`` on an argparse ``add_subparsers()`` object.
+
+    The parser sets ``handler`` (and ``func``) to :func:`run_demo_cli` (``(args) -> exit code``).
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="simulated fleet + real Prometheus + GraphQL service, with a live kernel page view",
+        description=(
+            "Run a simulated Backend.AI fleet, a real Prometheus scraping it with promstat's "
+            "recording rules, and the GraphQL service, all on loopback; show a kernel list "
+            "page live (numbers, latency, Prometheus queries per page). Needs prometheus."
+        ),
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_demo_cli, handler=run_demo_cli)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m promstat.demo [options]`` (the same options as ``promstat demo``)."""
+    parser = argparse.ArgumentParser(prog="promstat demo")
+    _add_arguments(parser)
+    return run_demo_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
