@@ -112,8 +112,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     result = run(args.series, args.repeats)
-    print(f"{result['n_series']} series, {result['body_bytes'] / 1e6:.2f} MB body, "
-          f"seed {result['seed']}, best of {args.repeats}")
+    print(
+        f"{result['n_series']} series, {result['body_bytes'] / 1e6:.2f} MB body, "
+        f"seed {result['seed']}, best of {args.repeats}"
+    )
     for name, secs in result["seconds"].items():
         print(f"  {name:<13} {secs * 1e3:8.2f} ms")
     print(f"  json.loads / typed_struct = {result['ratio_json_over_typed']:.2f}x")

@@ -1,0 +1,363 @@
+"""Turn raw benchmark measurements into the report: summary numbers, ratios, table, chart.
+
+The JSON document (written by :mod:`benchmarks.run`) has these top-level keys:
+
+``meta``       when, how long, the settings of the run
+``fleet``      seed, kernels, agents, series counts, versions, machine, setup timings
+``contenders`` name -> what it does
+``pages``      page size -> contender -> p50/p95/mean latency (ms), queries and response
+               bytes per page, kernels found, errors, ratios against legacy and upstream
+``targets``    the design targets at the 1,000-kernel page, with ``met`` flags (reported only)
+``load``       one entry per client count: pages/s, p50/p95, queries per scrape interval
+``rss``        contender -> peak RSS of a fresh process loading the largest page
+``decode``     the decode micro-benchmark (``benchmarks/bench_decode.py``), if present
+``breakdown``  a cold recorded-plan page split into server (with and without gzip), decode,
+               grouping, rendering and the rest (ms)
+
+Ratios: ``x_legacy`` = contender p50 / legacy p50 (1.0 = as fast as Valkey, 3.0 = three times
+slower); ``x_upstream`` = upstream p50 / contender p50 (10 = ten times faster than upstream).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .contenders import CONTENDERS, DESCRIPTIONS, PageResult
+
+__all__ = ["TARGETS", "build", "format_table", "percentile", "summarize", "write_png"]
+
+#: Design targets (reported, never asserted): at a 1,000-kernel page.
+TARGETS: Mapping[str, tuple[str, str, float]] = {
+    # key: (contender, comparison, bound)
+    "promstat_rec_x_legacy": ("promstat_rec", "<=", 3.0),
+    "promstat_rec_x_upstream": ("promstat_rec", ">=", 10.0),
+    "promstat_warm_x_legacy": ("promstat_warm", "<=", 1.5),
+    "promstat_rec_queries": ("promstat_rec", "<=", 4.0),
+}
+TARGET_PAGE = 1000
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values (``q`` in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return float(sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac)
+
+
+def expected_queries(contender: str, page: int) -> int | None:
+    """Prometheus queries per page the design promises (None: depends on the plan)."""
+    if contender in ("legacy", "promstat_warm"):
+        return 0
+    if contender == "per_kernel":
+        return page
+    if contender == "upstream":
+        return 6 * math.ceil(page / 128)
+    return None
+
+
+def summarize(results: Sequence[PageResult], page: int, name: str = "") -> dict[str, Any]:
+    """Latency percentiles and per-page costs of one contender at one page size."""
+    secs = sorted(r.seconds for r in results)
+    queries = [r.queries for r in results]
+    sizes = [r.response_bytes for r in results]
+    measured = min(r.measured for r in results)
+    return {
+        "reps": len(results),
+        "p50_ms": round(percentile(secs, 50) * 1000, 3),
+        "p95_ms": round(percentile(secs, 95) * 1000, 3),
+        "mean_ms": round(statistics.fmean(secs) * 1000, 3),
+        "min_ms": round(secs[0] * 1000, 3),
+        "max_ms": round(secs[-1] * 1000, 3),
+        "queries_per_page": int(statistics.median(queries)),
+        "queries_min": min(queries),
+        "queries_max": max(queries),
+        "response_bytes_per_page": int(statistics.median(sizes)),
+        "found_min": min(r.found for r in results),
+        "errors_max": max(r.errors for r in results),
+        "measured_ids": measured,
+        "extrapolated": measured < page,
+        "expected_queries": expected_queries(name, page),
+    }
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0 or math.isnan(num) or math.isnan(den):
+        return None
+    return round(num / den, 3)
+
+
+def build(
+    *,
+    settings: Mapping[str, Any],
+    fleet: Mapping[str, Any],
+    pages: Mapping[int, Mapping[str, Sequence[PageResult]]],
+    loads: Sequence[Mapping[str, Any]],
+    rss: Mapping[str, Any] | None,
+    decode: Mapping[str, Any] | None,
+    started: str,
+    breakdown: Mapping[str, Any] | None = None,
+    seconds: Mapping[str, float],
+) -> dict[str, Any]:
+    """Assemble the report document (see the module docstring for its shape)."""
+    page_doc: dict[str, dict[str, Any]] = {}
+    for size, per in sorted(pages.items()):
+        entries: dict[str, Any] = {}
+        for name in [n for n in CONTENDERS if n in per] + [n for n in per if n not in CONTENDERS]:
+            summary = summarize(per[name], size, name)
+            entries[name] = summary
+        legacy = entries.get("legacy")
+        upstream = entries.get("upstream")
+        for entry in entries.values():
+            for pct in ("p50", "p95"):
+                entry[f"x_legacy_{pct}"] = _ratio(
+                    entry[f"{pct}_ms"], legacy[f"{pct}_ms"] if legacy else None
+                )
+                entry[f"x_upstream_{pct}"] = _ratio(
+                    upstream[f"{pct}_ms"] if upstream else None, entry[f"{pct}_ms"]
+                )
+        page_doc[str(size)] = entries
+    return {
+        "meta": {
+            "started": started,
+            "seconds": dict(seconds),
+            "settings": dict(settings),
+        },
+        "fleet": dict(fleet),
+        "contenders": {n: DESCRIPTIONS.get(n, "") for n in CONTENDERS if _present(page_doc, n)},
+        "pages": page_doc,
+        "targets": _targets(page_doc),
+        "load": [dict(x) for x in loads],
+        "rss": dict(rss) if rss is not None else None,
+        "decode": dict(decode) if decode is not None else None,
+        "breakdown": dict(breakdown) if breakdown is not None else None,
+    }
+
+
+def _present(page_doc: Mapping[str, Mapping[str, Any]], name: str) -> bool:
+    return any(name in entries for entries in page_doc.values())
+
+
+def _targets(page_doc: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    entries = page_doc.get(str(TARGET_PAGE))
+    if entries is None:
+        return {"page": TARGET_PAGE, "note": "no 1,000-kernel page in this run"}
+    out: dict[str, Any] = {"page": TARGET_PAGE}
+    for key, (name, op, bound) in TARGETS.items():
+        entry = entries.get(name)
+        value: float | None = None
+        if entry is not None:
+            if key.endswith("_queries"):
+                value = float(entry["queries_per_page"])
+            elif key.endswith("_x_upstream"):
+                value = entry["x_upstream_p50"]
+            else:
+                value = entry["x_legacy_p50"]
+        met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out[key] = {"value": value, "target": f"{op} {bound:g}", "met": met}
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Text
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return format(value, spec)
+
+
+def format_table(doc: Mapping[str, Any]) -> str:
+    """The human-readable summary printed at the end of a run."""
+    f = doc["fleet"]
+    m = f.get("machine", {})
+    series = f.get("series", {})
+    lines = [
+        "",
+        f"promstat benchmark ({doc['meta']['settings'].get('mode')}) — fleet: {f.get('kernels')} "
+        f"kernels ({f.get('gpu_kernels')} with GPUs) on {f.get('agents')} agents, seed "
+        f"{f.get('spec', {}).get('seed')}, {series.get('raw_total')} raw + "
+        f"{series.get('recorded_total')} recorded series, Prometheus "
+        f"{f.get('prometheus_version')}, redis {f.get('redis_version')}",
+        f"machine: {m.get('nproc')} CPU ({m.get('cpu_model')}), {m.get('ram_gib')} GiB RAM, "
+        f"Python {m.get('python')}; evaluated at {f.get('at_iso')}; "
+        f"{doc['meta']['settings'].get('reps')} reps, interleaved",
+        "",
+    ]
+    header = (
+        f"{'page':>5} {'contender':<14} {'p50 ms':>9} {'p95 ms':>9} {'queries':>8} "
+        f"{'resp KiB':>9} {'found':>6} {'x legacy':>9} {'x upstream':>10}"
+    )
+    lines += [header, "-" * len(header)]
+    for size, entries in doc["pages"].items():
+        for name, e in entries.items():
+            q = _fmt(e["queries_per_page"])
+            if e.get("extrapolated"):
+                q += "*"
+            lines.append(
+                f"{size:>5} {name:<14} {_fmt(e['p50_ms'], '9.2f')} {_fmt(e['p95_ms'], '9.2f')} "
+                f"{q:>8} {e['response_bytes_per_page'] / 1024:9.1f} {e['found_min']:>6} "
+                f"{_fmt(e['x_legacy_p50'], '9.2f')} {_fmt(e['x_upstream_p50'], '10.1f')}"
+            )
+        lines.append("")
+    if any(e.get("extrapolated") for entries in doc["pages"].values() for e in entries.values()):
+        lines.append(
+            "* per_kernel capped at "
+            f"{doc['meta']['settings'].get('per_kernel_cap')} ids per page; "
+            "time, queries and bytes extrapolated linearly"
+        )
+        lines.append("")
+    targets = doc.get("targets", {})
+    if "note" not in targets:
+        lines.append(f"targets at the {targets.get('page')}-kernel page (reported, not asserted):")
+        for key, t in targets.items():
+            if key == "page":
+                continue
+            met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            lines.append(f"  {key:<26} {_fmt(t['value'], '.2f'):>8}  target {t['target']:<7} {met}")
+        lines.append("")
+    if doc.get("load"):
+        lines.append("load: clients loading overlapping 100-kernel pages through one LiveStats")
+        lh = (
+            f"{'clients':>7} {'seconds':>7} {'pages':>6} {'pages/s':>8} {'p50 ms':>8} "
+            f"{'p95 ms':>8} {'queries':>7} {'q/interval':>10} {'hits':>7} {'misses':>6}"
+        )
+        lines += [lh, "-" * len(lh)]
+        for x in doc["load"]:
+            lines.append(
+                f"{x['clients']:>7} {x['seconds']:>7.1f} {x['pages']:>6} {x['pages_per_s']:>8.1f} "
+                f"{_fmt(x['p50_ms'], '8.2f')} {_fmt(x['p95_ms'], '8.2f')} {x['queries']:>7} "
+                f"{x['queries_per_interval']:>10.1f} {x['cache_hits']:>7} {x['cache_misses']:>6}"
+            )
+        lines.append(f"(interval = cache TTL = {doc['load'][0]['interval_s']:g}s scrape interval)")
+        lines.append("")
+    rss = doc.get("rss")
+    if rss:
+        sizes = [v.get("page") for v in rss.values() if isinstance(v, dict) and "page" in v]
+        lines.append(
+            f"peak RSS of a fresh process per contender ({sizes[0] if sizes else '?'}-kernel page):"
+        )
+        for name, v in rss.items():
+            if "error" in v:
+                lines.append(f"  {name:<14} error: {v['error'][:120]}")
+            else:
+                lines.append(
+                    f"  {name:<14} peak {v['peak_kib'] / 1024:7.1f} MiB  "
+                    f"(+{v['delta_kib'] / 1024:6.1f} MiB over the warmed-up process)"
+                )
+        lines.append("")
+    b = doc.get("breakdown")
+    if b:
+        lines.append(
+            f"where promstat_rec's time goes ({b['page']}-kernel page, {b['queries']} "
+            f"quer{'y' if b['queries'] == 1 else 'ies'}, {b['series']} series, "
+            f"{b['response_bytes'] / 1024:.0f} KiB; best of 3):"
+        )
+        lines.append(
+            f"  total {b['total_ms']:.1f} ms = server+transfer {b['server_gzip_ms']:.1f} "
+            f"(gzip; {b['server_identity_ms']:.1f} without) + decode {b['decode_ms']:.1f} "
+            f"+ group {b['group_ms']:.1f} + render {b['render_ms']:.1f} "
+            f"+ other {b['other_ms']:.1f}"
+        )
+        lines.append("")
+    decode = doc.get("decode")
+    if decode:
+        lines.append("decode micro-benchmark (benchmarks/bench_decode.py):")
+        for key, value in decode.items():
+            lines.append(f"  {key}: {value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------
+# Chart
+
+_COLORS = {
+    "legacy": "#7f7f7f",
+    "per_kernel": "#d62728",
+    "upstream": "#ff7f0e",
+    "promstat_raw": "#9ecae1",
+    "promstat_rec": "#3182bd",
+    "promstat_warm": "#08519c",
+}
+
+
+def write_png(doc: Mapping[str, Any], path: Path) -> None:
+    """Bar charts: p50 latency (p95 whiskers) and queries per page by page size; load runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(doc["pages"])
+    names = [n for n in CONTENDERS if any(n in doc["pages"][s] for s in sizes)]
+    loads = doc.get("load") or []
+    ncols = 3 if loads else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 5.2))
+    width = 0.8 / max(1, len(names))
+    for ax, key, title in (
+        (axes[0], "p50_ms", "latency per page (p50, whisker p95), ms"),
+        (axes[1], "queries_per_page", "Prometheus queries per page"),
+    ):
+        for i, name in enumerate(names):
+            xs, ys, errs = [], [], []
+            for j, size in enumerate(sizes):
+                e = doc["pages"][size].get(name)
+                if e is None:
+                    continue
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                value = e[key]
+                ys.append(max(value, 0.01) if key == "p50_ms" else value)
+                errs.append(max(0.0, e["p95_ms"] - e["p50_ms"]) if key == "p50_ms" else 0.0)
+            ax.bar(
+                xs, ys, width, label=name, color=_COLORS.get(name),
+                yerr=errs if key == "p50_ms" else None, capsize=2,
+            )  # fmt: skip
+        ax.set_xticks(range(len(sizes)), [f"{s} kernels" for s in sizes])
+        ax.set_yscale("log" if key == "p50_ms" else "symlog")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if loads:
+        ax = axes[2]
+        clients = [str(x["clients"]) for x in loads]
+        ax.bar(clients, [x["pages_per_s"] for x in loads], color="#3182bd", label="pages/s")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("pages/s")
+        ax2 = ax.twinx()
+        ax2.plot(
+            clients,
+            [x["queries_per_interval"] for x in loads],
+            "o-",
+            color="#d62728",
+            label="Prometheus queries / interval",
+        )
+        ax2.set_ylabel("queries per scrape interval")
+        ax2.set_ylim(bottom=0)
+        ax.set_title("load: shared LiveStats, overlapping 100-kernel pages", fontsize=10)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+    f = doc["fleet"]
+    m = f.get("machine", {})
+    fig.suptitle(
+        f"promstat benchmark — {f.get('kernels')} kernels / {f.get('agents')} agents, "
+        f"Prometheus {f.get('prometheus_version')}, {m.get('nproc')} CPU {m.get('cpu_model')}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""Smoke tests of the benchmark harness (structure and query counts; never timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.contenders import CONTENDERS, upstream_queries
+from benchmarks.fleet import rule_stages
+from benchmarks.run import Settings, parse_args, run
+from promstat.rules import RecordingRule, build_rule_files
+
+A = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
+B = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"
+
+
+def test_upstream_queries_match_the_reference_text() -> None:
+    """The six upstream queries are byte-identical to reference section 3.5 for two kernels."""
+    k = f"{A}|{B}"
+    m = "backendai_container_utilization"
+    rate_sel = (
+        f'{m}{{kernel_id=~"{k}",container_metric_name=~"cpu_util|net_rx|net_tx",'
+        f'value_type="current"}}'
+    )
+    rate = f"sum by (container_metric_name,kernel_id)(rate({rate_sel}[5m]))"
+    gauge_sel = f'{m}{{kernel_id=~"{k}",value_type="current"}}'
+    gauge = f"sum by (container_metric_name,kernel_id)({gauge_sel})"
+    assert upstream_queries([A, B]) == [
+        (
+            "instant",
+            f"sum by (container_metric_name,kernel_id,value_type)"
+            f'({m}{{kernel_id=~"{k}",value_type=~"current|capacity"}})',
+        ),
+        ("rate_current", rate),
+        ("max", f"max_over_time(({gauge})[5m:])"),
+        ("rate_max", f"max_over_time(({rate})[5m:])"),
+        ("avg", f"avg_over_time(({gauge})[5m:])"),
+        ("rate_avg", f"avg_over_time(({rate})[5m:])"),
+    ]
+
+
+def test_rule_stages_put_readers_after_the_rules_they_read() -> None:
+    """Window and pct rules land in a later stage than the base rules of the same group."""
+    kernel_file, agent_file = build_rule_files()
+    for rule_file in (kernel_file, agent_file):
+        rules = rule_file.groups[0].rules
+        stages = rule_stages(rules)
+        level = {i: n for n, idx in enumerate(stages) for i in idx}
+        assert sorted(level) == list(range(len(rules)))
+        records = {r.record for r in rules}
+        for i, rule in enumerate(rules):
+            reads_recorded = any(record in rule.expr for record in records)
+            assert (level[i] > 0) == reads_recorded, rule
+    toy = (
+        RecordingRule("a:x", "sum(x)", {"stat": "current"}),
+        RecordingRule("a:x", 'max_over_time(a:x{stat="current"}[5m])', {"stat": "max"}),
+        RecordingRule("b:x", 'sum(a:x{stat="max"})'),
+    )
+    assert rule_stages(toy) == [[0], [1], [2]]
+
+
+def test_ci_flag_selects_the_small_configuration() -> None:
+    """``--ci`` shrinks the fleet, pages, repetitions and load time."""
+    s = parse_args(["--ci"])
+    assert (s.mode, s.kernels, s.agents, s.pages) == ("ci", 1000, 10, (50, 1000))
+    assert s.load_seconds == 5.0 and s.per_kernel_cap is not None
+    custom = parse_args(["--kernels", "300", "--agents", "3", "--pages", "50,100"])
+    assert custom.mode == "custom" and custom.pages == (50, 100)
+
+
+def test_percentile_interpolates() -> None:
+    """Percentiles interpolate linearly between sorted samples."""
+    assert report.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert report.percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+    assert report.percentile([7.0], 95) == 7.0
+
+
+@pytest.mark.slow
+def test_harness_smoke_run(tmp_path: Path) -> None:
+    """A tiny full run reports every contender with the query counts the design promises."""
+    settings = Settings(
+        mode="smoke",
+        kernels=200,
+        agents=4,
+        pages=(50, 200),
+        reps=1,
+        per_kernel_cap=None,
+        load_seconds=1.0,
+        load_clients=(2, 4),
+        load_hot=200,
+        decode_series=500,
+        decode_repeats=1,
+        settle=False,
+        out=tmp_path,
+        name="smoke",
+    )
+    doc = run(settings)
+
+    json_path, png_path = tmp_path / "smoke.json", tmp_path / "smoke.png"
+    assert json_path.stat().st_size > 0 and png_path.stat().st_size > 0
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads(json_path.read_text())
+    assert on_disk["pages"] == json.loads(json.dumps(doc["pages"]))
+
+    fleet = on_disk["fleet"]
+    assert fleet["kernels"] == 200 and fleet["agents"] == 4
+    assert fleet["series"]["raw_total"] > 0 and fleet["series"]["recorded_total"] > 0
+    assert {"nproc", "cpu_model", "ram_gib"} <= set(fleet["machine"])
+    assert fleet["prometheus_version"] and fleet["spec"]["seed"] == settings.seed
+
+    assert set(on_disk["pages"]) == {"50", "200"}
+    for size_text, entries in on_disk["pages"].items():
+        size = int(size_text)
+        assert list(entries) == list(CONTENDERS)
+        for name, e in entries.items():
+            assert e["found_min"] == size, (name, size)
+            assert e["errors_max"] == 0, (name, size)
+            assert e["p50_ms"] >= 0 and e["p95_ms"] >= e["p50_ms"]
+            assert e["x_legacy_p50"] is not None and e["x_upstream_p50"] is not None
+        assert entries["legacy"]["queries_per_page"] == 0
+        assert entries["promstat_warm"]["queries_per_page"] == 0
+        assert entries["per_kernel"]["queries_per_page"] == size
+        assert entries["upstream"]["queries_per_page"] == 6 * math.ceil(size / 128)
+        assert entries["promstat_rec"]["queries_per_page"] <= 4
+        assert entries["promstat_raw"]["queries_per_page"] >= 1
+        assert entries["legacy"]["x_legacy_p50"] == 1.0
+        assert entries["upstream"]["x_upstream_p50"] == 1.0
+
+    targets = on_disk["targets"]
+    assert targets["page"] == 1000 and "note" in targets  # no 1,000-kernel page here
+
+    assert [x["clients"] for x in on_disk["load"]] == [2, 4]
+    for x in on_disk["load"]:
+        assert x["pages"] > 0 and x["errors"] == 0 and x["missing"] == 0
+        assert x["queries"] >= 1 and x["queries_per_interval"] > 0
+
+    assert set(on_disk["rss"]) == set(CONTENDERS)
+    for v in on_disk["rss"].values():
+        assert "error" not in v, v
+        assert v["peak_kib"] > 0 and v["page"] == 200
+
+    b = on_disk["breakdown"]
+    assert b["page"] == 200 and b["queries"] >= 1 and b["series"] > 0
+    for key in ("total_ms", "server_gzip_ms", "decode_ms", "group_ms", "render_ms", "other_ms"):
+        assert b[key] >= 0
+
+    assert on_disk["decode"] is not None
+    assert "error" not in on_disk["decode"]
