@@ -1,5 +1,94 @@
-"""promstat: Backend.AI live statistics served from Prometheus."""
+"""promstat: Backend.AI live statistics served from Prometheus.
+
+The names most callers need are re-exported here; everything else lives in its module
+(one module per concept, see the README's architecture section)::
+
+    from promstat import LiveStats, PlannerConfig, PrometheusClient
+
+    async with PrometheusClient("http://prometheus:9090") as prom:
+        stats = LiveStats(prom, PlannerConfig(interval="30s"))
+        payloads = await stats.load_kernels(kernel_ids)
+"""
 
 from __future__ import annotations
 
+from .catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind, MetricSpec, NodeCurrent
+from .client import PrometheusClient, QueryObserver, RetryPolicy
+from .conventions import SeriesNames
+from .errors import (
+    APIError,
+    BadDataError,
+    BatchSizeMismatchError,
+    BinaryNotFoundError,
+    CanceledError,
+    ConfigError,
+    ExecutionError,
+    InternalError,
+    LabError,
+    NotAcceptableError,
+    NotFoundError,
+    PromstatError,
+    QueryBuildError,
+    QueryTimeoutError,
+    QueryTooLargeError,
+    RequestTimeoutError,
+    ResponseDecodeError,
+    RuleError,
+    TransportError,
+    UnavailableError,
+)
+from .history import History, HistoryResult
+from .live_stat import render_agent, render_kernel, to_json
+from .loader import DataLoader, FetchResult, SharedLoader
+from .metrics import PromstatMetrics
+from .planner import BatchOutcome, Planner, PlannerConfig
+from .service import LiveStats
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CATALOG",
+    "APIError",
+    "BadDataError",
+    "BatchOutcome",
+    "BatchSizeMismatchError",
+    "BinaryNotFoundError",
+    "CanceledError",
+    "Capacity",
+    "Catalog",
+    "ConfigError",
+    "DataLoader",
+    "ExecutionError",
+    "FetchResult",
+    "History",
+    "HistoryResult",
+    "InternalError",
+    "Kind",
+    "LabError",
+    "LiveStats",
+    "MetricSpec",
+    "NodeCurrent",
+    "NotAcceptableError",
+    "NotFoundError",
+    "Planner",
+    "PlannerConfig",
+    "PrometheusClient",
+    "PromstatError",
+    "PromstatMetrics",
+    "QueryBuildError",
+    "QueryObserver",
+    "QueryTimeoutError",
+    "QueryTooLargeError",
+    "RequestTimeoutError",
+    "ResponseDecodeError",
+    "RetryPolicy",
+    "RuleError",
+    "SeriesNames",
+    "SharedLoader",
+    "TransportError",
+    "UnavailableError",
+    "__version__",
+    "render_agent",
+    "render_kernel",
+    "to_json",
+]

@@ -385,7 +385,10 @@ def _render_one(layout: _Layout, raw: Mapping[str, str]) -> dict[str, Any] | Non
     }
     for slot in layout.stats:
         value = raw.get(slot.source)
-        if value is not None:
+        if value == current and slot.fmt is fmt:
+            # a steady gauge's max/avg equal its current value: format it once
+            out[slot.key] = shown_current
+        elif value is not None:
             out[slot.key] = slot.fmt(value)
         elif slot.repeat_current:
             out[slot.key] = shown_current if slot.fmt is fmt else slot.fmt(current)

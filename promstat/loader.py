@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, TypeVar
 
 from .errors import BatchSizeMismatchError, PromstatError
@@ -41,6 +42,17 @@ V = TypeVar("V")
 
 #: The batch-function contract: one result per key, in key order.
 BatchLoadFn = Callable[[list[K]], Awaitable[Sequence[V | BaseException | None]]]
+
+
+def _relay(waiter: asyncio.Future[V | None], shared: asyncio.Future[V | None]) -> None:
+    if waiter.done():
+        return
+    if shared.cancelled():
+        waiter.cancel()
+    elif (exc := shared.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(shared.result())
 
 
 @dataclass(slots=True)
@@ -77,35 +89,46 @@ class DataLoader(Generic[K, V]):
         self._cache_enabled = cache
         self._cache: dict[K, asyncio.Future[V | None]] = {}
         self._pending: dict[K, asyncio.Future[V | None]] | None = None
-        self._waiters: dict[K, int] = {}
+        # per key, the waiter futures handed to callers still waiting (cancelled ones are
+        # checked by state, so a cancel is seen at once, before its callbacks run)
+        self._waiters: dict[K, list[asyncio.Future[V | None]]] = {}
         self._running: dict[K, _Batch[K, V]] = {}
         # strong references: a task nobody holds can be garbage-collected mid-flight
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def load(self, key: K) -> V | None:
-        """Return the value for ``key`` (``None`` if it has none); raise its error."""
-        fut = self._future_for(key)
-        self._waiters[key] = self._waiters.get(key, 0) + 1
-        cancelled = False
-        try:
-            # shield: one cancelled caller must not cancel the future that other callers of
-            # the same key share.
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        finally:
-            left = self._waiters[key] - 1
-            if left:
-                self._waiters[key] = left
-            else:
-                del self._waiters[key]
-                if cancelled and not fut.done():
-                    self._abandoned(key)
+    def load(self, key: K) -> asyncio.Future[V | None]:
+        """Return a future of the value for ``key`` (``None`` if it has none, or its error).
+
+        ``await loader.load(key)``. A plain future rather than a coroutine: a page's
+        resolvers call this thousands of times, and a coroutine (plus the task that
+        ``gather`` wraps it in) per call is the loader's main cost.
+        """
+        shared = self._future_for(key)
+        if shared.done():
+            return shared  # a finished future cannot be cancelled by a caller
+        # Each caller gets its own waiter: cancelling it must not cancel the future that
+        # other callers of the same key share.
+        waiter: asyncio.Future[V | None] = shared.get_loop().create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        shared.add_done_callback(partial(_relay, waiter))
+        waiter.add_done_callback(partial(self._waiter_done, key, shared))
+        return waiter
 
     async def load_many(self, keys: Iterable[K]) -> list[V | None]:
         """Load several keys in one batch; raise the first error among them."""
         return list(await asyncio.gather(*(self.load(k) for k in keys)))
+
+    def _waiter_done(
+        self, key: K, shared: asyncio.Future[V | None], waiter: asyncio.Future[V | None]
+    ) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is not None:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[key]
+        if waiter.cancelled() and not shared.done():
+            self._abandoned(key)
 
     def clear(self, key: K) -> DataLoader[K, V]:
         """Forget the cached value of ``key``."""
@@ -150,7 +173,7 @@ class DataLoader(Generic[K, V]):
         for key, fut in pending.items():
             if fut.done():
                 continue
-            if not self._waiters.get(key):  # every caller of this key was cancelled already
+            if not self._wanted(key):  # every caller of this key was cancelled already
                 self._evict(key, fut)
                 fut.cancel()
                 continue
@@ -166,11 +189,14 @@ class DataLoader(Generic[K, V]):
             self._tasks.add(batch.task)
             batch.task.add_done_callback(self._tasks.discard)
 
+    def _wanted(self, key: K) -> bool:
+        return any(not w.cancelled() for w in self._waiters.get(key, ()))
+
     def _abandoned(self, key: K) -> None:
         batch = self._running.get(key)
         if batch is None or batch.task is None or batch.task.done():
             return  # not dispatched yet: _dispatch skips keys with no waiters
-        if not any(self._waiters.get(k) for k in batch.keys):
+        if not any(self._wanted(k) for k in batch.keys):
             # Clean up here, not only in _run: a task cancelled before its first step never
             # runs its body, and its futures would stay cached and unresolved forever.
             for k, fut in zip(batch.keys, batch.futures, strict=True):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time as _time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -170,23 +170,27 @@ class _Accumulator:
         self.rows: dict[str, dict[str | None, dict[str, dict[str, str]]]] = {}
 
     def add(self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]) -> None:
+        # The hot loop of a page (one pass per returned series): no per-row attribute probing,
+        # the device level is looked up only for shapes that have one.
         rows = self.rows
         fixed = shape.stat
+        with_device = not shape.node and "device" in shape.labels.__struct_fields__
         for s in series:
             lab = s.metric
             ident = lab.id
             if ident not in wanted:  # fleet-wide plans return everyone; keep the batch only
                 continue
-            device = None if shape.node else getattr(lab, "device", None)
             per_id = rows.get(ident)
             if per_id is None:
                 per_id = rows[ident] = {}
+            device = lab.device if with_device else None
             per_dev = per_id.get(device)
             if per_dev is None:
                 per_dev = per_id[device] = {}
-            per_metric = per_dev.get(lab.metric)
+            metric = lab.metric
+            per_metric = per_dev.get(metric)
             if per_metric is None:
-                per_metric = per_dev[lab.metric] = {}
+                per_metric = per_dev[metric] = {}
             per_metric[fixed or lab.stat] = s.value[1]
 
 
@@ -540,9 +544,9 @@ class Planner:
     def _render_kernel(
         self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
     ) -> Payload | None:
-        if not rows:
-            return None
-        metrics = _present(rows.get(None, {}))
+        # render_kernel leaves out metrics without a `current` value and returns None when
+        # nothing is left.
+        metrics = rows.get(None) if rows else None
         if not metrics:
             return None
         return live_stat.render_kernel(metrics, catalog=self.config.catalog)
@@ -562,8 +566,3 @@ class Planner:
         if not node and not devices:
             return None
         return live_stat.render_agent(node, devices, catalog=self.config.catalog)
-
-
-def ids_of(keys: Iterable[str]) -> list[str]:
-    """De-duplicate ids keeping first-seen order (a helper for callers building batches)."""
-    return list(dict.fromkeys(keys))

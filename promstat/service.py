@@ -17,7 +17,9 @@ Typical use in a manager process::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError, PromstatError
@@ -44,6 +46,8 @@ class LiveStats:
         cache_entries: bound of each shared cache.
         metrics: counters to report to (a new :class:`PromstatMetrics` by default); pass the
             same object as the client's ``observer`` to see HTTP costs as well.
+        clock: what "now" is (Unix seconds) for loads without ``at``; replays and tests pin
+            it to a time inside their data.
     """
 
     def __init__(
@@ -54,10 +58,11 @@ class LiveStats:
         cache_ttl: float | None = None,
         cache_entries: int = 100_000,
         metrics: PromstatMetrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config or PlannerConfig()
         self.metrics = metrics or PromstatMetrics()
-        self.planner = Planner(client, self.config, metrics=self.metrics)
+        self.planner = Planner(client, self.config, metrics=self.metrics, clock=clock)
         ttl = parse_duration(self.config.interval) if cache_ttl is None else cache_ttl
         if ttl < 0:
             raise ConfigError(f"cache_ttl must be >= 0, not {ttl}")
@@ -128,9 +133,12 @@ class LiveStats:
         by_time: dict[float, list[str]] = {}
         for kernel_id, at in terminated.items():
             by_time.setdefault(float(at), []).append(kernel_id)
+        # The planner's semaphore bounds the queries in flight across all these batches.
+        batches = await asyncio.gather(
+            *(self.planner.kernels(ids, at=at) for at, ids in sorted(by_time.items()))
+        )
         out: dict[str, Payload | PromstatError | None] = {}
-        for at, ids in sorted(by_time.items()):
-            batch = await self.planner.kernels(ids, at=at)
+        for batch in batches:
             out.update(batch.payloads)
         return out
 
