@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import signal
@@ -29,14 +28,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, cast
 
-import aiohttp
 import yaml
 from aiohttp import web
 
 from .errors import ConfigError, PromstatError
-from .integrations import DEFAULT_MAX_BATCH_SIZE, Registry, StatsSource
+from .integrations import DEFAULT_MAX_BATCH_SIZE, Registry, SchemaExecutor, StatsSource
 from .metrics import PromstatMetrics
 
 __all__ = [
@@ -66,21 +64,8 @@ EXAMPLE_QUERY: Final = (
 )
 
 
-class GraphQLExecutor(Protocol):
-    """Runs one GraphQL request (graphene and strawberry executors implement it)."""
-
-    stack: str
-
-    async def execute(
-        self,
-        query: str,
-        variables: Mapping[str, Any] | None = None,
-        operation_name: str | None = None,
-        *,
-        at: float | None = None,
-    ) -> dict[str, Any]:
-        """Execute and return ``{"data": ..., "errors": [...]?}``."""
-        ...
+#: What the app runs requests with: a graphene or strawberry executor.
+GraphQLExecutor = SchemaExecutor
 
 
 def make_executor(
@@ -298,19 +283,10 @@ class ServeOptions:
             user, sep, password = self.basic_auth.partition(":")
             if not sep or not user:
                 raise ConfigError("basic_auth must be USER:PASS")
-            # A header, not aiohttp.BasicAuth (deprecated in aiohttp 3.13+).
-            headers["Authorization"] = _basic_auth_header(user, password)
+            out["auth"] = (user, password)
         if self.bearer_token is not None:
             out["bearer_token"] = self.bearer_token
         return out
-
-
-def _basic_auth_header(user: str, password: str) -> str:
-    encode = getattr(aiohttp, "encode_basic_auth", None)
-    if encode is not None:
-        return str(encode(user, password))
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
 
 
 def _parse_headers(values: Sequence[str] | Mapping[str, Any]) -> dict[str, str]:

@@ -22,8 +22,8 @@ import msgspec
 
 from .errors import ConfigError, PromstatError
 from .metrics import PromstatMetrics
-from .planner import PlannerConfig
-from .promql import chunk_values, escape_string, set_matcher
+from .planner import ID_PLACEHOLDER, PlannerConfig, chunk_ids
+from .promql import escape_string, set_matcher
 from .wire import parse_value
 
 __all__ = ["MAX_POINTS", "History", "HistoryResult", "align_range"]
@@ -31,7 +31,7 @@ __all__ = ["MAX_POINTS", "History", "HistoryResult", "align_range"]
 #: Prometheus refuses range queries of more than 11,000 points per series.
 MAX_POINTS = 11_000
 
-_IDS = "__PROMSTAT_IDS__"
+_IDS = ID_PLACEHOLDER
 
 
 def align_range(start: float, end: float, step: float) -> tuple[float, float]:
@@ -148,15 +148,7 @@ class History:
         if not ids:
             return result
         expr = self._expr(await self._use_recorded(), metrics)
-        repeats = expr.count(_IDS)
-        overhead = len(self.config.names.kernel_label) + 5
-        chunks = chunk_values(
-            ids,
-            fixed_bytes=len(expr.encode()) - repeats * (len(_IDS) - overhead),
-            max_bytes=self.config.max_query_bytes,
-            max_alternatives=self.config.max_alternatives,
-            repeats=repeats,
-        )
+        chunks = chunk_ids(expr, self.config.names.kernel_label, ids, self.config)
         sem = asyncio.Semaphore(self.config.concurrency)
         wanted = set(ids)
 

@@ -39,16 +39,18 @@ from .metrics import PromstatMetrics
 from .promql import chunk_values, parse_duration, set_matcher
 
 __all__ = [
+    "ID_PLACEHOLDER",
     "BatchOutcome",
     "Planner",
     "PlannerConfig",
     "QueryExecutor",
+    "chunk_ids",
 ]
 
 Payload = dict[str, Any]
 
 #: Placeholder the planner substitutes with each chunk's id matcher.
-_IDS = "__PROMSTAT_IDS__"
+ID_PLACEHOLDER = _IDS = "__PROMSTAT_IDS__"
 
 
 class QueryExecutor(Protocol):
@@ -192,6 +194,29 @@ class _Accumulator:
             if per_metric is None:
                 per_metric = per_dev[metric] = {}
             per_metric[fixed or lab.stat] = s.value[1]
+
+
+def chunk_ids(
+    template: str, id_label: str, ids: Sequence[str], config: PlannerConfig
+) -> list[tuple[str, ...]]:
+    """Split ``ids`` so ``template`` with each chunk's matcher fits the config's budgets.
+
+    Args:
+        template: the query with ``__PROMSTAT_IDS__`` wherever the id matcher goes (maybe
+            several times: each occurrence costs the matcher's bytes).
+        id_label: the label the matcher applies to.
+        ids: the values, sorted and de-duplicated by the caller or not.
+        config: ``max_query_bytes`` and ``max_alternatives``.
+    """
+    repeats = template.count(_IDS)
+    return chunk_values(
+        ids,
+        fixed_bytes=len(template.encode()) - repeats * len(_IDS),
+        max_bytes=config.max_query_bytes,
+        max_alternatives=config.max_alternatives,
+        repeats=repeats,
+        label=id_label,
+    )
 
 
 def _present(metrics: Mapping[str, Mapping[str, str]]) -> dict[str, Mapping[str, str]]:
@@ -478,17 +503,7 @@ class Planner:
         # One chunking for all shapes of a plan, sized for the shape that repeats the matcher
         # most, so every id sits in the same chunk everywhere and fails or succeeds as one.
         worst = max(shapes, key=lambda s: (s.expr.count(_IDS), len(s.expr)))
-        repeats = worst.expr.count(_IDS)
-        # `label=~"` + `"` around each matcher; chunk_values counts the escaped values.
-        overhead = len(worst.id_label) + 5
-        fixed = len(worst.expr.encode()) - repeats * (len(_IDS) - overhead)
-        return chunk_values(
-            ordered,
-            fixed_bytes=fixed,
-            max_bytes=self.config.max_query_bytes,
-            max_alternatives=self.config.max_alternatives,
-            repeats=repeats,
-        )
+        return chunk_ids(worst.expr, worst.id_label, ordered, self.config)
 
     async def _run(
         self,

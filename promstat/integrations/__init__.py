@@ -26,7 +26,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -51,6 +51,7 @@ __all__ = [
     "PrometheusRegistry",
     "Registry",
     "RequestContext",
+    "SchemaExecutor",
     "SnapshotRegistry",
     "StaticRegistry",
     "StatsSource",
@@ -450,3 +451,58 @@ class RequestContext(Generic[LoaderT]):
         if self.at is None:
             return self.loaders.get_loader_by_func(fn)
         return self.loaders.get_loader_by_func(fn, at=self.at)
+
+
+class SchemaExecutor:
+    """Request plumbing shared by the graphene and strawberry executors.
+
+    A subclass says how to build its schema, a fresh per-request context (its own loaders)
+    and how to run a query; :meth:`execute` does the rest the same way for both stacks.
+
+    Args:
+        stats: the batch functions (a :class:`~promstat.service.LiveStats`).
+        registry: where list rows come from.
+        max_batch_size: ids per batch call (Backend.AI: 128).
+    """
+
+    stack: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        stats: StatsSource,
+        registry: Registry,
+        *,
+        max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
+    ) -> None:
+        self.stats = stats
+        self.registry = registry
+        self.max_batch_size = max_batch_size
+        self.schema = self._build_schema()
+
+    def _build_schema(self) -> Any:
+        raise NotImplementedError
+
+    def _context(self, at: float | None) -> Any:
+        raise NotImplementedError
+
+    async def _run(
+        self, query: str, variables: dict[str, Any] | None, operation_name: str | None, ctx: Any
+    ) -> Any:
+        raise NotImplementedError
+
+    async def execute(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        *,
+        at: float | None = None,
+    ) -> dict[str, Any]:
+        """Execute one request; returns the GraphQL response dict (``data``, ``errors``)."""
+        result = await self._run(
+            query, dict(variables) if variables else None, operation_name, self._context(at)
+        )
+        out: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            out["errors"] = [err.formatted for err in result.errors]
+        return out

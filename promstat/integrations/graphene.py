@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any, cast
 
 import graphene
@@ -47,6 +46,7 @@ from . import (
     Payload,
     Registry,
     RequestContext,
+    SchemaExecutor,
     StatsSource,
     agent_cpu_pct,
     agent_mem_bytes,
@@ -210,7 +210,7 @@ def build_schema() -> graphene.Schema:
     return graphene.Schema(query=Queries, auto_camelcase=False)
 
 
-class GrapheneExecutor:
+class GrapheneExecutor(SchemaExecutor):
     """Runs GraphQL requests against :func:`build_schema`, one fresh context per request.
 
     Args:
@@ -221,35 +221,18 @@ class GrapheneExecutor:
 
     stack = "graphene"
 
-    def __init__(
-        self,
-        stats: StatsSource,
-        registry: Registry,
-        *,
-        max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
-    ) -> None:
-        self.stats = stats
-        self.registry = registry
-        self.max_batch_size = max_batch_size
-        self.schema = build_schema()
+    def _build_schema(self) -> Any:
+        return build_schema()
 
-    async def execute(
-        self,
-        query: str,
-        variables: Mapping[str, Any] | None = None,
-        operation_name: str | None = None,
-        *,
-        at: float | None = None,
-    ) -> dict[str, Any]:
-        """Execute one request; returns the GraphQL response dict (``data``, ``errors``)."""
-        ctx = make_context(self.stats, self.registry, max_batch_size=self.max_batch_size, at=at)
-        result = await self.schema.execute_async(
+    def _context(self, at: float | None) -> Any:
+        return make_context(self.stats, self.registry, max_batch_size=self.max_batch_size, at=at)
+
+    async def _run(
+        self, query: str, variables: dict[str, Any] | None, operation_name: str | None, ctx: Any
+    ) -> Any:
+        return await self.schema.execute_async(
             query,
-            variable_values=dict(variables) if variables else None,
+            variable_values=variables,
             operation_name=operation_name,
             context_value=ctx,
         )
-        out: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            out["errors"] = [err.formatted for err in result.errors]
-        return out

@@ -15,7 +15,6 @@ which is the behaviour we want anyway. Never keep these loaders across requests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NewType, cast
 
 import strawberry
@@ -31,6 +30,7 @@ from . import (
     Payload,
     Registry,
     RequestContext,
+    SchemaExecutor,
     StatsSource,
     agent_cpu_pct,
     agent_mem_bytes,
@@ -228,7 +228,7 @@ def build_schema() -> strawberry.Schema:
     )
 
 
-class StrawberryExecutor:
+class StrawberryExecutor(SchemaExecutor):
     """Runs GraphQL requests against :func:`build_schema`, one fresh context per request.
 
     Args:
@@ -239,35 +239,18 @@ class StrawberryExecutor:
 
     stack = "strawberry"
 
-    def __init__(
-        self,
-        stats: StatsSource,
-        registry: Registry,
-        *,
-        max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
-    ) -> None:
-        self.stats = stats
-        self.registry = registry
-        self.max_batch_size = max_batch_size
-        self.schema = build_schema()
+    def _build_schema(self) -> Any:
+        return build_schema()
 
-    async def execute(
-        self,
-        query: str,
-        variables: Mapping[str, Any] | None = None,
-        operation_name: str | None = None,
-        *,
-        at: float | None = None,
-    ) -> dict[str, Any]:
-        """Execute one request; returns the GraphQL response dict (``data``, ``errors``)."""
-        ctx = make_context(self.stats, self.registry, max_batch_size=self.max_batch_size, at=at)
-        result = await self.schema.execute(
+    def _context(self, at: float | None) -> Any:
+        return make_context(self.stats, self.registry, max_batch_size=self.max_batch_size, at=at)
+
+    async def _run(
+        self, query: str, variables: dict[str, Any] | None, operation_name: str | None, ctx: Any
+    ) -> Any:
+        return await self.schema.execute(
             query,
-            variable_values=dict(variables) if variables else None,
+            variable_values=variables,
             operation_name=operation_name,
             context_value=ctx,
         )
-        out: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            out["errors"] = [err.formatted for err in result.errors]
-        return out
