@@ -635,3 +635,13 @@ async def test_closed_borrowed_session_and_bad_headers_raise_promstat_errors(
     async with PrometheusClient(url, headers={"X-Bad": "a\nb"}) as prom:
         with pytest.raises(ConfigError):
             await prom.query("up")
+
+
+async def test_compression_can_be_turned_off(serve: Serve) -> None:
+    """compress=False asks for an identity response (for a Prometheus on the same host)."""
+    fake = FakePrometheus()
+    fake.set_reply("query", Reply.vector([], at=1700000000))
+    async with PrometheusClient(await serve(fake), compress=False) as prom:
+        await prom.query_vector("up", time=1700000000)
+    (req,) = fake.requests
+    assert req.headers["Accept-Encoding"] == "identity"
