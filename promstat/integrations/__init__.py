@@ -456,8 +456,9 @@ class RequestContext(Generic[LoaderT]):
 class SchemaExecutor:
     """Request plumbing shared by the graphene and strawberry executors.
 
-    A subclass says how to build its schema, a fresh per-request context (its own loaders)
-    and how to run a query; :meth:`execute` does the rest the same way for both stacks.
+    A subclass names its schema factory, its per-request context factory (a fresh set of
+    loaders each time) and how to run a query; :meth:`execute` does the rest the same way for
+    both stacks.
 
     Args:
         stats: the batch functions (a :class:`~promstat.service.LiveStats`).
@@ -466,6 +467,10 @@ class SchemaExecutor:
     """
 
     stack: ClassVar[str] = ""
+    #: ``() -> schema``
+    schema_factory: ClassVar[Callable[[], Any]]
+    #: ``(stats, registry, *, max_batch_size, at) -> context``
+    context_factory: ClassVar[Callable[..., Any]]
 
     def __init__(
         self,
@@ -477,13 +482,7 @@ class SchemaExecutor:
         self.stats = stats
         self.registry = registry
         self.max_batch_size = max_batch_size
-        self.schema = self._build_schema()
-
-    def _build_schema(self) -> Any:
-        raise NotImplementedError
-
-    def _context(self, at: float | None) -> Any:
-        raise NotImplementedError
+        self.schema = type(self).schema_factory()
 
     async def _run(
         self, query: str, variables: dict[str, Any] | None, operation_name: str | None, ctx: Any
@@ -499,9 +498,10 @@ class SchemaExecutor:
         at: float | None = None,
     ) -> dict[str, Any]:
         """Execute one request; returns the GraphQL response dict (``data``, ``errors``)."""
-        result = await self._run(
-            query, dict(variables) if variables else None, operation_name, self._context(at)
+        ctx = type(self).context_factory(
+            self.stats, self.registry, max_batch_size=self.max_batch_size, at=at
         )
+        result = await self._run(query, dict(variables) if variables else None, operation_name, ctx)
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
             out["errors"] = [err.formatted for err in result.errors]

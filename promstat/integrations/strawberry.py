@@ -239,11 +239,8 @@ class StrawberryExecutor(SchemaExecutor):
 
     stack = "strawberry"
 
-    def _build_schema(self) -> Any:
-        return build_schema()
-
-    def _context(self, at: float | None) -> Any:
-        return make_context(self.stats, self.registry, max_batch_size=self.max_batch_size, at=at)
+    schema_factory = staticmethod(build_schema)
+    context_factory = staticmethod(make_context)
 
     async def _run(
         self, query: str, variables: dict[str, Any] | None, operation_name: str | None, ctx: Any
