@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,36 +86,44 @@ async def _settled_times(client: PrometheusClient, kernels: int) -> tuple[float,
     raise AssertionError("recorded series did not settle in time")
 
 
-async def test_recorded_and_raw_plans_agree(
-    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
-) -> None:
-    """Both plans give the same live_stat for every kernel and agent of a scraped fleet."""
+@contextlib.asynccontextmanager
+async def scraped_fleet(
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess], **fleet: Any
+) -> AsyncIterator[tuple[SimulatedFleet, PrometheusClient, str, float, float]]:
+    """A simulated fleet scraped by a real Prometheus with the generated rules, settled.
+
+    Yields the fleet, a client, the Prometheus URL and the kernel and agent rule groups'
+    last evaluation times (see :func:`_settled_times`).
+    """
     rule_files = write_rules(tmp_path / "rules", interval=INTERVAL, window=WINDOW)
-    # exposition timestamps make every scraped rate exact whatever the scrape jitter
-    config = FleetConfig(
-        agents=3,
-        kernels_per_agent=6,
-        gpu_agent_ratio=0.34,
-        seed=7,
-        churn=None,
-        gauge_period=3600.0,
-        exposition_timestamps=True,
-    )
-    async with SimulatedFleet(config) as fleet:
+    # exposition timestamps make every scraped rate exact whatever the scrape jitter;
+    # constant gauges and no churn keep the window statistics comparable
+    config = FleetConfig(churn=None, gauge_period=3600.0, exposition_timestamps=True, **fleet)
+    async with SimulatedFleet(config) as sim:
         prom = start_prometheus(
-            scrape_targets=fleet.targets,
+            scrape_targets=sim.targets,
             scrape_interval=INTERVAL,
             evaluation_interval=INTERVAL,
             rule_files=[p for p in rule_files if "test" not in p.name],
         )
         async with PrometheusClient(prom.url) as client:
-            kernels, agents = fleet.kernel_ids(), fleet.agent_ids()
-            k_at, a_at = await _settled_times(client, len(kernels))
-            settings = dict(interval=INTERVAL, window=WINDOW)
-            raw = Planner(client, PlannerConfig(use_recorded=False, **settings))
-            rec = Planner(client, PlannerConfig(use_recorded=None, **settings))
-            raw_k, rec_k = await raw.kernels(kernels, at=k_at), await rec.kernels(kernels, at=k_at)
-            raw_a, rec_a = await raw.agents(agents, at=a_at), await rec.agents(agents, at=a_at)
+            k_at, a_at = await _settled_times(client, len(sim.kernel_ids()))
+            yield sim, client, prom.url, k_at, a_at
+
+
+async def test_recorded_and_raw_plans_agree(
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+) -> None:
+    """Both plans give the same live_stat for every kernel and agent of a scraped fleet."""
+    async with scraped_fleet(
+        tmp_path, start_prometheus, agents=3, kernels_per_agent=6, gpu_agent_ratio=0.34, seed=7
+    ) as (fleet, client, _, k_at, a_at):
+        kernels, agents = fleet.kernel_ids(), fleet.agent_ids()
+        settings = dict(interval=INTERVAL, window=WINDOW)
+        raw = Planner(client, PlannerConfig(use_recorded=False, **settings))
+        rec = Planner(client, PlannerConfig(use_recorded=None, **settings))
+        raw_k, rec_k = await raw.kernels(kernels, at=k_at), await rec.kernels(kernels, at=k_at)
+        raw_a, rec_a = await raw.agents(agents, at=a_at), await rec.agents(agents, at=a_at)
     assert rec_k.plan.startswith("recorded") and raw_k.plan.startswith("raw")
     assert rec_a.plan.startswith("recorded")
     for kernel_id in kernels:
@@ -155,31 +164,16 @@ async def test_recorded_plan_is_cheaper_for_the_server(
     tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
 ) -> None:
     """The recorded plan sends fewer queries and makes Prometheus touch far fewer samples."""
-    rule_files = write_rules(tmp_path / "rules", interval=INTERVAL, window=WINDOW)
-    config = FleetConfig(
-        agents=2,
-        kernels_per_agent=20,
-        seed=3,
-        churn=None,
-        gauge_period=3600.0,
-        exposition_timestamps=True,
-    )
-    async with SimulatedFleet(config) as fleet:
-        prom = start_prometheus(
-            scrape_targets=fleet.targets,
-            scrape_interval=INTERVAL,
-            evaluation_interval=INTERVAL,
-            rule_files=[p for p in rule_files if "test" not in p.name],
-        )
-        async with PrometheusClient(prom.url) as client:
-            kernels = fleet.kernel_ids()
-            k_at, _ = await _settled_times(client, len(kernels))
-            settings = dict(interval=INTERVAL, window=WINDOW, fleet_fraction=None)
-            planner = Planner(client, PlannerConfig(**settings))
-            raw_q = planner.queries("kernel", kernels, recorded=False)
-            rec_q = planner.queries("kernel", kernels, recorded=True)
-            raw_samples, raw_bytes = await _server_samples(prom.url, raw_q, k_at)
-            rec_samples, rec_bytes = await _server_samples(prom.url, rec_q, k_at)
+    async with scraped_fleet(
+        tmp_path, start_prometheus, agents=2, kernels_per_agent=20, seed=3
+    ) as (fleet, client, url, k_at, _):
+        kernels = fleet.kernel_ids()
+        settings = dict(interval=INTERVAL, window=WINDOW, fleet_fraction=None)
+        planner = Planner(client, PlannerConfig(**settings))
+        raw_q = planner.queries("kernel", kernels, recorded=False)
+        rec_q = planner.queries("kernel", kernels, recorded=True)
+        raw_samples, raw_bytes = await _server_samples(url, raw_q, k_at)
+        rec_samples, rec_bytes = await _server_samples(url, rec_q, k_at)
     assert len(rec_q) < len(raw_q)
     # the raw plan rates 5-minute ranges and runs window subqueries; recorded series are
     # read at one instant: at least 3x fewer samples touched (typically 20x or more)
