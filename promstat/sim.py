@@ -550,9 +550,12 @@ class SimulatedFleet:
     def _hook(self, agent_id: str) -> Callable[[], None]:
         def collect() -> None:
             now = self.clock()
-            self._step_agent(agent_id, now)
             if self.config.exposition_timestamps:
+                # Compute the values at the millisecond the exposition states, so a rate
+                # between any two samples is exactly the model's rate.
+                now = round(now, 3)
                 self._exporters[agent_id].sample_time = now
+            self._step_agent(agent_id, now)
 
         return collect
 
