@@ -696,18 +696,20 @@ def render_rule_tests(
             if s.level == level
         ]
 
-    kernels = sorted({k[0] for k in SCENARIO.kernel})
-    kernel_tests: list[dict[str, Any]] = []
-    for s in stats:
-        sel = f'{n.kernel_live_stat}{{{n.stat_label}="{s}"}}'
-        kernel_tests.append(
+    def recorded(
+        family: str, table: Mapping[Any, Any], labels: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
+        # one test per stat: the recorded family, selected by its `stat` label
+        return [
             _expr_test(
-                sel,
-                _samples(
-                    SCENARIO.kernel, k_labels, s, metric=n.kernel_live_stat, stat_label=n.stat_label
-                ),
+                f'{family}{{{n.stat_label}="{s}"}}',
+                _samples(table, labels, s, metric=family, stat_label=n.stat_label),
             )
-        )
+            for s in stats
+        ]
+
+    kernels = sorted({k[0] for k in SCENARIO.kernel})
+    kernel_tests = recorded(n.kernel_live_stat, SCENARIO.kernel, k_labels)
     pct = [
         {"labels": _series_text(n.kernel_pct, dict(zip(k_labels, key, strict=True))), "value": v}
         for key, v in sorted(SCENARIO.kernel_pct.items())
@@ -722,27 +724,9 @@ def render_rule_tests(
             )
 
     agents = sorted({k[0] for k in SCENARIO.node})
-    agent_tests: list[dict[str, Any]] = []
-    for s in stats:
-        sel = f'{n.device_live_stat}{{{n.stat_label}="{s}"}}'
-        agent_tests.append(
-            _expr_test(
-                sel,
-                _samples(
-                    SCENARIO.device, d_labels, s, metric=n.device_live_stat, stat_label=n.stat_label
-                ),
-            )
-        )
-    for s in stats:
-        sel = f'{n.agent_live_stat}{{{n.stat_label}="{s}"}}'
-        agent_tests.append(
-            _expr_test(
-                sel,
-                _samples(
-                    SCENARIO.node, a_labels, s, metric=n.agent_live_stat, stat_label=n.stat_label
-                ),
-            )
-        )
+    agent_tests = recorded(n.device_live_stat, SCENARIO.device, d_labels) + recorded(
+        n.agent_live_stat, SCENARIO.node, a_labels
+    )
     matchers = set_matcher(n.agent_label, agents)
     for s in stats:
         raw = ex.device(s, matchers=matchers)
