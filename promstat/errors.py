@@ -21,7 +21,9 @@ builtin (``except TimeoutError`` and ``except ValueError`` keep working), the wa
     │   ├── UnavailableError                     unavailable, plain-text 503 while starting or
     │   │                                        stopping, 502/504 from a proxy: retried
     │   └── QueryTooLargeError                   413/414/431, or VictoriaMetrics' "too long query":
-    │                                            the planner splits the chunk and tries again
+    │       │                                    the planner splits the chunk and tries again
+    │       └── ResponseTooLargeError            the body passed the client's max_response_bytes
+    │                                            while streaming: split and retried the same way
     ├── ResponseDecodeError                  a body that is not the JSON envelope (a proxy's HTML
     │                                        page, Prometheus' plain-text 503): status + first bytes
     ├── RuleError                            recording-rule generation or verification failed
@@ -55,6 +57,7 @@ __all__ = [
     "QueryTooLargeError",
     "RequestTimeoutError",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "RuleError",
     "TransportError",
     "UnavailableError",
@@ -170,6 +173,27 @@ class QueryTooLargeError(APIError):
 
     HTTP 413/414/431, or VictoriaMetrics' 422 "too long query" (``-search.maxQueryLen``).
     """
+
+
+class ResponseTooLargeError(QueryTooLargeError):
+    """The response body grew past the client's ``max_response_bytes`` while it streamed.
+
+    The read stops at the cap (the rest is never buffered). It is a
+    :class:`QueryTooLargeError`, so the planner halves the chunk and retries where it can.
+
+    Attributes:
+        limit: the cap in bytes that was passed.
+    """
+
+    def __init__(self, *, limit: int, url: str = "", query: str | None = None, status: int = 200):
+        self.limit = limit
+        super().__init__(
+            status=status,
+            error_type="response_too_large",
+            error=f"response body exceeds max_response_bytes={limit}",
+            url=url,
+            query=query,
+        )
 
 
 _BY_ERROR_TYPE: dict[str, type[APIError]] = {
