@@ -6,17 +6,30 @@ splits, retries, cache hits and misses, and plan choices. It is plain Python (re
 reports to, and with the optional ``prometheus`` extra it registers in a caller's
 ``prometheus_client`` registry (:meth:`PromstatMetrics.register`), so an operator can graph
 what list pages cost next to everything else the manager exports.
+
+Refresh-ahead (:mod:`promstat.refresh`) adds how old the served values are (``data_age``, a
+:class:`Histogram` of now minus the evaluation time of the query that produced each value),
+how long background refreshes take (``refresh_seconds``), how many ids are watched and how
+many refreshes failed.
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS", "MetricsSnapshot", "PromstatMetrics"]
+__all__ = [
+    "AGE_BUCKETS",
+    "LATENCY_BUCKETS",
+    "Histogram",
+    "HistogramSnapshot",
+    "MetricsSnapshot",
+    "PromstatMetrics",
+]
 
 #: Histogram buckets for query latency, in seconds.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -34,6 +47,96 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     float("inf"),
 )
 
+#: Histogram buckets for the age of served values, in seconds (scrape intervals are 1-60 s).
+AGE_BUCKETS: tuple[float, ...] = (
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    45.0,
+    60.0,
+    90.0,
+    120.0,
+    300.0,
+    float("inf"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """A point-in-time copy of a :class:`Histogram`.
+
+    Attributes:
+        buckets: ``(upper bound, cumulative count)`` per bucket, the last bound ``inf``.
+        sum: sum of all observed values.
+        count: number of observations.
+    """
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
+
+    def quantile(self, q: float) -> float:
+        """Estimate the ``q``-quantile as Prometheus' ``histogram_quantile`` does.
+
+        Linear interpolation inside the bucket that holds the rank; a rank in the ``+Inf``
+        bucket answers the largest finite bound. ``nan`` without observations.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], not {q}")
+        if self.count == 0:
+            return float("nan")
+        rank = q * self.count
+        lower, below = 0.0, 0
+        for bound, cumulative in self.buckets:
+            if cumulative >= rank and cumulative > below:
+                if bound == float("inf"):
+                    return lower
+                return lower + (bound - lower) * (rank - below) / (cumulative - below)
+            lower, below = bound, cumulative
+        return lower  # pragma: no cover - the +Inf bucket always holds every observation
+
+
+class Histogram:
+    """A thread-safe cumulative histogram with fixed buckets (plain Python, no dependency).
+
+    Args:
+        buckets: increasing upper bounds; the last must be ``inf``.
+    """
+
+    __slots__ = ("_counts", "_lock", "_sum", "buckets")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        if not buckets or buckets[-1] != float("inf") or list(buckets) != sorted(set(buckets)):
+            raise ValueError(f"buckets must increase and end with inf, not {buckets!r}")
+        self.buckets = buckets
+        self._counts = [0] * len(buckets)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """Record ``count`` observations of ``value`` (one lock, one bisection)."""
+        i = bisect_left(self.buckets, value)
+        with self._lock:
+            self._counts[i] += count
+            self._sum += value * count
+
+    def snapshot(self) -> HistogramSnapshot:
+        """Return a consistent copy with cumulative bucket counts."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, n in zip(self.buckets, counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return HistogramSnapshot(buckets=tuple(cumulative), sum=total, count=running)
+
 
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
@@ -50,6 +153,11 @@ class MetricsSnapshot:
     cache_hits: int
     cache_misses: int
     plans: dict[str, int]
+    data_age: HistogramSnapshot | None = None
+    refresh_seconds: HistogramSnapshot | None = None
+    refreshes: dict[str, int] = field(default_factory=dict)
+    refresh_failures: dict[str, int] = field(default_factory=dict)
+    watched: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -67,6 +175,16 @@ class PromstatMetrics:
     cache_hits: int = 0
     cache_misses: int = 0
     plans: Counter[str] = field(default_factory=Counter)
+    #: Age of each value served (now - evaluation time of the query that produced it).
+    data_age: Histogram = field(default_factory=lambda: Histogram(AGE_BUCKETS))
+    #: Duration of each background refresh (one level's watched ids, all chunks).
+    refresh_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    #: Background refreshes run, per level (``kernel``/``agent``).
+    refreshes: Counter[str] = field(default_factory=Counter)
+    #: Ids whose background refresh failed (they keep their last good value), per level.
+    refresh_failures: Counter[str] = field(default_factory=Counter)
+    #: Ids currently watched (refreshed ahead), per level.
+    watched: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def on_request(
@@ -110,6 +228,19 @@ class PromstatMetrics:
         with self._lock:
             self.plans[kind] += 1
 
+    def on_refresh(self, level: str, *, seconds: float, failed: int) -> None:
+        """Record one background refresh of ``level`` and how many of its ids failed."""
+        self.refresh_seconds.observe(seconds)
+        with self._lock:
+            self.refreshes[level] += 1
+            if failed:
+                self.refresh_failures[level] += failed
+
+    def set_watched(self, level: str, count: int) -> None:
+        """Record how many ids of ``level`` are watched now."""
+        with self._lock:
+            self.watched[level] = count
+
     def snapshot(self) -> MetricsSnapshot:
         """Return a consistent copy of all counters."""
         with self._lock:
@@ -129,6 +260,11 @@ class PromstatMetrics:
                 cache_hits=self.cache_hits,
                 cache_misses=self.cache_misses,
                 plans=dict(self.plans),
+                data_age=self.data_age.snapshot(),
+                refresh_seconds=self.refresh_seconds.snapshot(),
+                refreshes=dict(self.refreshes),
+                refresh_failures=dict(self.refresh_failures),
+                watched=dict(self.watched),
             )
 
     def register(self, registry: Any = None, *, prefix: str = "promstat") -> Any:
@@ -198,7 +334,51 @@ class PromstatMetrics:
                 for kind, count in sorted(snap.plans.items()):
                     plans.add_metric([kind], count)
                 yield plans
+                yield from _refresh_families(snap, prefix)
 
         collector = _Collector()
         (registry if registry is not None else REGISTRY).register(collector)
         return collector
+
+
+def _histogram_family(name: str, help_text: str, snap: HistogramSnapshot) -> Any:
+    from prometheus_client.core import HistogramMetricFamily
+
+    return HistogramMetricFamily(
+        name,
+        help_text,
+        buckets=[("+Inf" if b == float("inf") else repr(b), c) for b, c in snap.buckets],
+        sum_value=snap.sum,
+    )
+
+
+def _refresh_families(snap: MetricsSnapshot, prefix: str) -> Iterator[Any]:
+    """The refresh-ahead families of :meth:`PromstatMetrics.register`."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if snap.data_age is not None:
+        yield _histogram_family(
+            f"{prefix}_data_age_seconds",
+            "Age of each live-stat value served: now minus its query's evaluation time",
+            snap.data_age,
+        )
+    if snap.refresh_seconds is not None:
+        yield _histogram_family(
+            f"{prefix}_refresh_duration_seconds",
+            "Duration of background refreshes of watched ids",
+            snap.refresh_seconds,
+        )
+    for name, values, help_text, family in (
+        ("refreshes", snap.refreshes, "Background refreshes run", CounterMetricFamily),
+        (
+            "refresh_failures",
+            snap.refresh_failures,
+            "Watched ids whose background refresh failed",
+            CounterMetricFamily,
+        ),
+        ("watched_ids", snap.watched, "Ids watched by refresh-ahead", GaugeMetricFamily),
+    ):
+        metric = family(f"{prefix}_{name}", help_text, labels=["level"])
+        for level, value in sorted(values.items()):
+            metric.add_metric([level], value)
+        yield metric

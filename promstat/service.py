@@ -24,10 +24,12 @@ from typing import Any
 
 from .errors import ConfigError, PromstatError
 from .history import History, HistoryResult
-from .loader import DataLoader, FetchResult, SharedLoader
+from .loader import DataLoader, SharedLoader
 from .metrics import PromstatMetrics
-from .planner import Planner, PlannerConfig, QueryExecutor
+from .payload import freeze_values
+from .planner import BatchOutcome, Planner, PlannerConfig, QueryExecutor
 from .promql import parse_duration
+from .refresh import RefreshConfig, Refresher
 
 __all__ = ["LiveStats"]
 
@@ -48,6 +50,16 @@ class LiveStats:
             same object as the client's ``observer`` to see HTTP costs as well.
         clock: what "now" is (Unix seconds) for loads without ``at``; replays and tests pin
             it to a time inside their data.
+        refresh_ahead: refresh the ids pages keep requesting in the background, once per
+            interval, and answer them from memory (:mod:`promstat.refresh`). Off with
+            ``False``, and always off with ``cache_ttl=0`` (nothing may be cached).
+        watch_intervals: an id is refreshed until this many intervals after its last request.
+        max_staleness: seconds a refreshed value may be served; ``None`` = two intervals.
+        max_watched: bound of the watched ids per level (least recently requested dropped).
+        refresh_jitter: fraction of the interval over which processes spread their refreshes.
+
+    Payloads are read-only (:class:`~promstat.payload.FrozenDict`): every request shares them.
+    Call :meth:`aclose` when done, so the background refresh stops.
     """
 
     def __init__(
@@ -59,6 +71,11 @@ class LiveStats:
         cache_entries: int = 100_000,
         metrics: PromstatMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        refresh_ahead: bool = True,
+        watch_intervals: int = 4,
+        max_staleness: float | None = None,
+        max_watched: int = 100_000,
+        refresh_jitter: float = 0.5,
     ) -> None:
         self.config = config or PlannerConfig()
         self.metrics = metrics or PromstatMetrics()
@@ -66,21 +83,43 @@ class LiveStats:
         ttl = parse_duration(self.config.interval) if cache_ttl is None else cache_ttl
         if ttl < 0:
             raise ConfigError(f"cache_ttl must be >= 0, not {ttl}")
+        names, interval = self.config.names, parse_duration(self.config.interval)
+        self.refresher = Refresher(
+            RefreshConfig(
+                interval=interval or 1.0,  # unused when the interval is 0: refresh is off
+                watch_intervals=watch_intervals,
+                max_staleness=max_staleness,
+                max_watched=max_watched,
+                jitter=refresh_jitter,
+            ),
+            enabled=refresh_ahead and ttl > 0 and interval > 0,
+            metrics=self.metrics,
+            clock=clock,
+            rules_client=client,
+        )
+        self._kernel_watch = self.refresher.watch(
+            "kernel", self._plan_kernels, families=(names.kernel_live_stat,)
+        )
+        self._agent_watch = self.refresher.watch(
+            "agent", self._plan_agents, families=(names.device_live_stat, names.agent_live_stat)
+        )
         self._kernels: SharedLoader[str, Payload] = SharedLoader(
-            self._fetch_kernels, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+            self._kernel_watch.fetch, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
         )
         self._agents: SharedLoader[str, Payload] = SharedLoader(
-            self._fetch_agents, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+            self._agent_watch.fetch, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
         )
         self.history = History(client, self.config, metrics=self.metrics)
 
-    async def _fetch_kernels(self, ids: list[str]) -> FetchResult[str, Payload]:
+    async def _plan_kernels(self, ids: list[str]) -> BatchOutcome:
         out = await self.planner.kernels(ids)
-        return FetchResult(out.payloads, out.uncacheable)
+        out.payloads = freeze_values(out.payloads)  # once, as they enter the caches
+        return out
 
-    async def _fetch_agents(self, ids: list[str]) -> FetchResult[str, Payload]:
+    async def _plan_agents(self, ids: list[str]) -> BatchOutcome:
         out = await self.planner.agents(ids)
-        return FetchResult(out.payloads, out.uncacheable)
+        out.payloads = freeze_values(out.payloads)
+        return out
 
     # -- batch functions (the contract aiodataloader / strawberry loaders call) -------------
 
@@ -93,7 +132,7 @@ class LiveStats:
         cache (used for final stats of terminated kernels).
         """
         if at is None:
-            return await self._kernels.batch_load(kernel_ids)
+            return await self._kernel_watch.batch_load(kernel_ids, self._kernels.batch_load)
         out = await self.planner.kernels(kernel_ids, at=at)
         return [out.payloads[k] for k in kernel_ids]
 
@@ -102,7 +141,7 @@ class LiveStats:
     ) -> list[Payload | BaseException | None]:
         """Legacy agent live_stat (``{"node", "devices"}``) for each id, or ``None``/error."""
         if at is None:
-            return await self._agents.batch_load(agent_ids)
+            return await self._agent_watch.batch_load(agent_ids, self._agents.batch_load)
         out = await self.planner.agents(agent_ids, at=at)
         return [out.payloads[a] for a in agent_ids]
 
@@ -158,3 +197,8 @@ class LiveStats:
         """Drop every value in the shared caches (e.g. after a kernel was destroyed)."""
         self._kernels.invalidate()
         self._agents.invalidate()
+        self.refresher.invalidate()
+
+    async def aclose(self) -> None:
+        """Stop the background refresh (refresh-ahead) and wait for it to finish."""
+        await self.refresher.aclose()

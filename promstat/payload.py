@@ -1,0 +1,118 @@
+"""Read-only live_stat payloads: a cached value that no caller can change for the others.
+
+Every request of a manager process is answered from the same cached payload objects (the
+shared cache, refresh-ahead). A resolver that "just adds a key" to the dict it was given —
+legacy's destroy path added ``version`` and ``status`` to ``last_stat`` — would change the
+value every other request sees. :func:`freeze` turns a payload into nested
+:class:`FrozenDict` values once, when it enters the cache; every read after that is free.
+
+:class:`FrozenDict` is a real ``dict`` subclass, so everything that reads dicts keeps working
+unchanged: ``json.dumps`` (graphene's ``JSONString``), strawberry's scalars, ``msgspec``,
+``==`` against plain dicts, ``isinstance(x, dict)``. Only the mutators raise a
+``TypeError`` that says how to get a mutable copy::
+
+    payload = await loader.load(kernel_id)
+    payload["status"] = "TERMINATED"        # TypeError: read-only live_stat payload ...
+    mine = {**payload, "status": "TERMINATED"}   # a plain dict: yours to change
+    deep = thaw(payload)                    # nested plain dicts, all yours
+
+``dict(payload)``, ``payload.copy()`` and ``payload | other`` return plain dicts (their inner
+dicts stay read-only); :func:`thaw` copies all the way down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+__all__ = ["FrozenDict", "freeze", "freeze_values", "thaw"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_HINT = (
+    "read-only live_stat payload: it is shared by every request of this process; "
+    "copy it first ({**payload} or promstat.payload.thaw(payload)) to change it"
+)
+
+
+class FrozenDict(dict[K, V]):
+    """A ``dict`` whose mutating methods raise ``TypeError`` (see the module docstring).
+
+    Reads, iteration, ``==``, ``hash``-free use as a mapping, pickling and serialisation
+    behave as for a plain ``dict``. Build one with ``FrozenDict(mapping)`` or :func:`freeze`.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # dict.__init__ may be called again on a finished object and would update it.
+        if len(self):
+            _refuse()
+        super().__init__(*args, **kwargs)
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse()
+
+    __setitem__ = _read_only
+    __delitem__ = _read_only
+    __ior__ = _read_only
+    clear = _read_only
+    pop = _read_only
+    popitem = _read_only
+    setdefault = _read_only
+    update = _read_only
+
+    @classmethod
+    def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> FrozenDict[Any, Any]:
+        """Like ``dict.fromkeys`` (which would fill the new dict through ``__setitem__``)."""
+        return cls(dict.fromkeys(iterable, value))
+
+    def __reduce__(self) -> tuple[type[FrozenDict[K, V]], tuple[dict[K, V]]]:
+        # pickle and copy.deepcopy rebuild through __init__, never item by item.
+        return (type(self), (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({dict.__repr__(self)})"
+
+
+def _refuse() -> NoReturn:
+    raise TypeError(_HINT)
+
+
+def freeze(value: Any) -> Any:
+    """Return ``value`` with every nested ``dict`` replaced by a :class:`FrozenDict`.
+
+    Payload leaves are strings, numbers or ``None`` (immutable already); lists become tuples.
+    A value that is already frozen is returned as is, so freezing twice costs nothing.
+    """
+    if type(value) is dict:
+        # Payload dicts are shallow (kernel: metric -> stats of strings; agent: two more
+        # levels): test the type of each value rather than recursing into every string.
+        return FrozenDict(
+            {k: freeze(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+        )
+    if type(value) is list:
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+_CONTAINERS = frozenset((dict, list))
+
+
+def freeze_values(values: Mapping[K, V]) -> dict[K, V]:
+    """Freeze each value of ``values`` (errors and ``None`` pass through unchanged).
+
+    The form a batch of payloads takes on its way into a cache: one new outer dict (the
+    caller's own) whose values are read-only.
+    """
+    return {key: freeze(value) for key, value in values.items()}
+
+
+def thaw(value: Any) -> Any:
+    """Return a deep, mutable copy of a (frozen) payload: plain dicts all the way down."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
