@@ -1,0 +1,171 @@
+"""Tests for promstat.payload: cached payloads nobody can corrupt, and that still serialise.
+
+The cross-caller guarantee runs on a real Prometheus through :class:`LiveStats` (two requests
+share one cached payload; one of them tries to change it). GraphQL serialisation runs through
+graphene's ``JSONString`` and strawberry schemas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import pickle
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import graphene
+import msgspec
+import pytest
+import strawberry
+from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
+
+from promstat import lab
+from promstat.client import PrometheusClient
+from promstat.integrations import json_string
+from promstat.payload import FrozenDict, freeze, freeze_values, thaw
+from promstat.planner import PlannerConfig
+from promstat.service import LiveStats
+
+KERNEL = freeze(EXPECTED_KERNELS[K1])
+AGENT = freeze(next(p for p in EXPECTED_AGENTS.values() if p is not None))
+
+MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], object]]] = [
+    ("setitem", lambda d: d.__setitem__("status", "TERMINATED")),
+    ("delitem", lambda d: d.__delitem__(next(iter(d)))),
+    ("update", lambda d: d.update(version=2)),
+    ("setdefault", lambda d: d.setdefault("version", 2)),
+    ("pop", lambda d: d.pop(next(iter(d)))),
+    ("popitem", lambda d: d.popitem()),
+    ("clear", lambda d: d.clear()),
+    ("ior", lambda d: d.__ior__({"version": 2})),
+    ("reinit", lambda d: d.__init__({"version": 2})),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate"), MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_every_mutator_raises_a_typeerror_that_says_how_to_copy(
+    name: str, mutate: Callable[[dict[str, Any]], object]
+) -> None:
+    """Top-level and nested dicts of kernel and agent payloads refuse every mutation."""
+    nested = [
+        KERNEL,
+        KERNEL["cpu_util"],
+        AGENT,
+        AGENT["node"],
+        next(iter(AGENT["node"].values())),
+    ]
+    for target in nested:
+        before = thaw(target)
+        with pytest.raises(TypeError, match=r"read-only live_stat payload.*thaw"):
+            mutate(target)
+        assert target == before
+
+
+def test_frozen_payloads_read_and_compare_like_plain_dicts() -> None:
+    """Equality, isinstance, json, msgspec, pickle and deepcopy all behave as for a dict."""
+    plain = EXPECTED_KERNELS[K1]
+    assert KERNEL == plain and isinstance(KERNEL, dict) and isinstance(KERNEL, FrozenDict)
+    assert json.dumps(KERNEL) == json.dumps(plain)
+    assert msgspec.json.decode(msgspec.json.encode(KERNEL)) == plain
+    assert pickle.loads(pickle.dumps(KERNEL)) == KERNEL
+    deep = copy.deepcopy(KERNEL)
+    assert deep == KERNEL and isinstance(deep["cpu_util"], FrozenDict)
+    assert FrozenDict.fromkeys(["a"], 1) == {"a": 1}
+    assert freeze(KERNEL) is KERNEL  # freezing twice costs nothing
+    assert freeze([{"a": 1}]) == ({"a": 1},)
+
+
+def test_copies_are_the_callers_own() -> None:
+    """A shallow copy takes new keys, thaw() copies all the way down; the original is unchanged."""
+    mine = {**KERNEL, "status": "TERMINATED"}
+    assert "status" not in KERNEL and type(mine) is dict
+    union = KERNEL | {"version": 2}
+    assert type(union) is dict and "version" not in KERNEL
+    deep = thaw(AGENT)
+    metric = next(iter(deep["node"]))
+    deep["node"][metric]["current"] = "changed"
+    assert AGENT["node"][metric]["current"] != "changed"
+    assert type(KERNEL.copy()) is dict
+
+
+def test_freeze_values_passes_errors_and_none_through() -> None:
+    """A batch's errors and Nones are not wrapped; payloads are frozen in a new outer dict."""
+    err = ValueError("x")
+    batch: dict[str, Any] = {"a": {"m": {"current": "1"}}, "b": None, "c": err}
+    out = freeze_values(batch)
+    assert isinstance(out["a"], FrozenDict) and isinstance(out["a"]["m"], FrozenDict)
+    assert out["b"] is None and out["c"] is err and type(batch["a"]) is dict
+
+
+def test_graphene_jsonstring_serialises_a_frozen_payload() -> None:
+    """graphene's JSONString (json.dumps) gives the same wire string as for a plain dict."""
+
+    class Query(graphene.ObjectType):
+        live_stat = graphene.JSONString()
+
+        @staticmethod
+        def resolve_live_stat(root: object, info: graphene.ResolveInfo) -> dict[str, Any]:
+            return KERNEL
+
+    result = graphene.Schema(query=Query, auto_camelcase=False).execute("{ live_stat }")
+    assert result.errors is None
+    assert result.data == {"live_stat": json.dumps(EXPECTED_KERNELS[K1])}
+    assert json_string(AGENT) == json.dumps(thaw(AGENT))
+
+
+def test_strawberry_serialises_a_frozen_payload() -> None:
+    """strawberry's JSON scalar and promstat's JSONString text both accept frozen payloads."""
+
+    @strawberry.type
+    class Query:
+        @strawberry.field
+        def live_stat(self) -> strawberry.scalars.JSON:
+            return KERNEL
+
+        @strawberry.field
+        def live_stat_text(self) -> str | None:
+            return json_string(KERNEL)
+
+    result = strawberry.Schema(query=Query).execute_sync("{ liveStat liveStatText }")
+    assert result.errors is None and result.data is not None
+    assert result.data["liveStat"] == EXPECTED_KERNELS[K1]
+    assert json.loads(result.data["liveStatText"]) == EXPECTED_KERNELS[K1]
+
+
+@pytest.fixture(scope="module")
+def prom() -> Iterator[lab.PrometheusProcess]:
+    """A real Prometheus holding the backfilled planner scenario."""
+    with lab.start_prometheus(openmetrics=scenario_openmetrics()) as proc:
+        yield proc
+
+
+@pytest.fixture(params=[True, False], ids=["refresh-ahead", "shared-cache-only"])
+async def stats(prom: lab.PrometheusProcess, request: pytest.FixtureRequest) -> AsyncIterator[
+    LiveStats
+]:
+    """LiveStats on the scenario, with and without refresh-ahead (both caches hand out)."""
+    async with PrometheusClient(prom.url) as client:
+        config = PlannerConfig(use_recorded=False, fleet_fraction=None)
+        live = LiveStats(client, config, clock=lambda: AT, refresh_ahead=request.param)
+        yield live
+        await live.aclose()
+
+
+@pytest.mark.slow
+async def test_a_caller_cannot_change_the_payload_other_requests_get(stats: LiveStats) -> None:
+    """Request A's attempt to add a key fails; request B gets the untouched payload."""
+    first, second = stats.kernel_loader(), stats.kernel_loader()
+    a = await first.load(K1)
+    assert a is not None
+    with pytest.raises(TypeError, match="read-only"):
+        a["status"] = "TERMINATED"  # legacy's destroy path did this to last_stat
+    with pytest.raises(TypeError, match="read-only"):
+        a["cpu_util"]["current"] = "0"
+    mine = {**a, "status": "TERMINATED"}  # the supported way
+    b = await second.load(K1)
+    assert b is a  # the same cached object, served without a query
+    assert b == EXPECTED_KERNELS[K1] and "status" not in b and mine["status"] == "TERMINATED"
+    agents = await stats.load_agents(list(EXPECTED_AGENTS))
+    assert all(p is None or isinstance(p, FrozenDict) for p in agents)
+    await asyncio.sleep(0)
