@@ -45,12 +45,6 @@ class FrozenDict(dict[K, V]):
 
     __slots__ = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # dict.__init__ may be called again on a finished object and would update it.
-        if len(self):
-            _refuse()
-        super().__init__(*args, **kwargs)
-
     def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse()
 
@@ -86,13 +80,14 @@ def freeze(value: Any) -> Any:
     Payload leaves are strings, numbers or ``None`` (immutable already); lists become tuples.
     A value that is already frozen is returned as is, so freezing twice costs nothing.
     """
-    if type(value) is dict:
-        # Payload dicts are shallow (kernel: metric -> stats of strings; agent: two more
-        # levels): test the type of each value rather than recursing into every string.
-        return FrozenDict(
-            {k: freeze(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
-        )
-    if type(value) is list:
+    kind = type(value)
+    if kind is dict:
+        for item in value.values():
+            if type(item) in _CONTAINERS:
+                return FrozenDict({k: freeze(v) for k, v in value.items()})
+        # A leaf dict (a metric's strings): one C-level copy, the common case by far.
+        return FrozenDict(value)
+    if kind is list:
         return tuple(freeze(v) for v in value)
     return value
 

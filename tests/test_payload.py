@@ -39,7 +39,6 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], object]]] = [
     ("popitem", lambda d: d.popitem()),
     ("clear", lambda d: d.clear()),
     ("ior", lambda d: d.__ior__({"version": 2})),
-    ("reinit", lambda d: d.__init__({"version": 2})),
 ]
 
 
