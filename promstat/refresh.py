@@ -367,7 +367,10 @@ class WatchedLevel:
         if task is None:
             return
         if task.get_loop() is not asyncio.get_running_loop():
-            task.cancel()  # its loop is not running; it cannot be awaited from here
+            # A task of another event loop cannot be awaited from here; a closed loop's task
+            # can no longer run at all (and cancel() would need that loop).
+            if not task.get_loop().is_closed():
+                task.cancel()
             return
         task.cancel()
         # wait() rather than `await task`: aclose's own cancellation must still propagate.

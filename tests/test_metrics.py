@@ -105,7 +105,7 @@ def test_refresh_metrics_snapshot_and_export() -> None:
     assert 'ps_data_age_seconds_bucket{le="5.0"} 10.0' in text
     assert 'ps_data_age_seconds_bucket{le="3.0"} 0.0' in text
     assert "ps_data_age_seconds_sum 35.0" in text
-    assert 'ps_refresh_duration_seconds_count 2.0' in text
+    assert "ps_refresh_duration_seconds_count 2.0" in text
     assert 'ps_refreshes_total{level="kernel"} 2.0' in text
     assert 'ps_refresh_failures_total{level="kernel"} 4.0' in text
     assert 'ps_watched_ids{level="agent"} 20.0' in text

@@ -64,7 +64,7 @@ def test_every_mutator_raises_a_typeerror_that_says_how_to_copy(
 def test_frozen_payloads_read_and_compare_like_plain_dicts() -> None:
     """Equality, isinstance, json, msgspec, pickle and deepcopy all behave as for a dict."""
     plain = EXPECTED_KERNELS[K1]
-    assert KERNEL == plain and isinstance(KERNEL, dict) and isinstance(KERNEL, FrozenDict)
+    assert plain == KERNEL and isinstance(KERNEL, dict) and isinstance(KERNEL, FrozenDict)
     assert json.dumps(KERNEL) == json.dumps(plain)
     assert msgspec.json.decode(msgspec.json.encode(KERNEL)) == plain
     assert pickle.loads(pickle.dumps(KERNEL)) == KERNEL
@@ -140,9 +140,9 @@ def prom() -> Iterator[lab.PrometheusProcess]:
 
 
 @pytest.fixture(params=[True, False], ids=["refresh-ahead", "shared-cache-only"])
-async def stats(prom: lab.PrometheusProcess, request: pytest.FixtureRequest) -> AsyncIterator[
-    LiveStats
-]:
+async def stats(
+    prom: lab.PrometheusProcess, request: pytest.FixtureRequest
+) -> AsyncIterator[LiveStats]:
     """LiveStats on the scenario, with and without refresh-ahead (both caches hand out)."""
     async with PrometheusClient(prom.url) as client:
         config = PlannerConfig(use_recorded=False, fleet_fraction=None)

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import math
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from promstat import lab
 from promstat.client import PrometheusClient
+from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, ExecutionError, PromstatError, TransportError
 from promstat.metrics import PromstatMetrics
 from promstat.payload import FrozenDict
 from promstat.planner import BatchOutcome, PlannerConfig
-from promstat.refresh import Refresher, RefreshConfig, WatchedLevel, parse_rfc3339
+from promstat.refresh import RefreshConfig, Refresher, WatchedLevel, parse_rfc3339
 from promstat.rules import write_rules
 from promstat.service import LiveStats
 from promstat.sim import FleetConfig, SimulatedFleet
@@ -195,7 +196,7 @@ async def test_refreshes_run_once_per_interval_with_every_watched_id_in_one_batc
     calls = rig.refresh_calls()
     assert len(calls) in (3, 4)  # 4 intervals elapsed; the first slot lies within the first
     assert all(sorted(ids) == ["a", "b", "c"] for _, ids in calls)
-    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls)]
     assert gaps and all(math.isclose(g, INTERVAL) for g in gaps)
     snap = rig.metrics.snapshot()
     assert snap.refreshes == {"kernel": len(calls)}
@@ -484,9 +485,9 @@ def test_refresh_config_rejects_bad_values_with_their_names() -> None:
 
 
 @pytest.fixture
-async def scraped(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
-    tuple[lab.PrometheusProcess, list[str]]
-]:
+async def scraped(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[lab.PrometheusProcess, list[str]]]:
     """A real Prometheus scraping a 3-kernel simulated fleet every 1 s, rules loaded."""
     rule_dir = tmp_path_factory.mktemp("refresh-rules")
     written = write_rules(rule_dir, interval="1s", window="60s", lookback="60s")
@@ -502,7 +503,7 @@ async def scraped(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         )
         try:
             ids = fleet.kernel_ids()
-            query = f'count(kernel_metric:backendai_container_utilization:live_stat{{stat="rate"}})'
+            query = f'count({SeriesNames().kernel_live_stat}{{stat="rate"}})'
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 rows = await asyncio.to_thread(prom.query, query)
