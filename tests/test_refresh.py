@@ -546,18 +546,22 @@ async def test_livestats_refreshes_a_real_prometheus_in_the_background(
                 page = await stats.load_kernels(ids)
                 assert all(isinstance(p, FrozenDict) for p in page)
                 await asyncio.sleep(0.1)
+            await stats.aclose()  # nothing in flight while counting
             snap = metrics.snapshot()
             refreshes = snap.refreshes.get("kernel", 0)
             assert 2 <= refreshes <= 6  # ~one per second over 4.5 s
             assert snap.cache_misses == cold_misses  # no page went to Prometheus
             assert snap.refresh_failures == {}
-            # each refresh is the planner's 2 chunks; plus the rules call after the first
+            # Each refresh is the planner's 2 chunks, plus the rules call after the first;
+            # aclose may have cut one more refresh short after its first chunk.
             sent = snap.queries - queries
-            assert 2 * refreshes <= sent <= 2 * refreshes + 1
+            assert 2 * refreshes <= sent <= 2 * refreshes + 2
             assert stats.refresher.levels["kernel"].phase_source == "rules"
             age = snap.data_age
-            assert age is not None and age.count >= 40
-            assert age.quantile(0.5) < 5.0  # refreshed, not the first page's values
+            assert age is not None and age.count >= 30
+            # Refreshed every second: half the values served were at most ~1 s old (the
+            # first page's values alone would have reached 4.5 s, a median of ~2.3 s).
+            assert age.quantile(0.5) <= 2.0
         finally:
             await stats.aclose()
         assert asyncio.all_tasks() == before
