@@ -39,7 +39,7 @@ _HINT = (
 class FrozenDict(dict[K, V]):
     """A ``dict`` whose mutating methods raise ``TypeError`` (see the module docstring).
 
-    Reads, iteration, ``==``, ``hash``-free use as a mapping, pickling and serialisation
+    Reads, iteration, ``==``, use as a mapping, pickling, ``copy.deepcopy`` and serialisation
     behave as for a plain ``dict``. Build one with ``FrozenDict(mapping)`` or :func:`freeze`.
     """
 

@@ -48,7 +48,7 @@ from .loader import FetchResult
 from .metrics import PromstatMetrics
 from .planner import BatchOutcome
 
-__all__ = ["RefreshConfig", "Refresher", "WatchedLevel"]
+__all__ = ["RefreshConfig", "Refresher", "WatchedLevel", "parse_rfc3339"]
 
 Payload = dict[str, Any]
 #: A level's planner call: ids -> :class:`~promstat.planner.BatchOutcome` (payloads + ``at``).
