@@ -195,12 +195,19 @@ class FinalStats:
     async def _fetch(self, keys: list[FinalKey]) -> FetchResult[FinalKey, Payload]:
         horizon = self._clock() - self.settle
         out: FetchResult[FinalKey, Payload] = FetchResult({}, {k for k in keys if k[1] > horizon})
+        for key in [k for k in keys if not math.isfinite(k[1])]:
+            out.values[key] = ConfigError(
+                f"terminated_at of kernel {key[0]!r} must be a finite Unix time, not {key[1]!r}"
+            )
+        keys = [k for k in keys if k not in out.values]
+        if not keys:
+            return out
         try:
             # Detected at *now* (cached for detect_ttl, shared with live pages), never at a
             # historical time that would then be cached for the live path.
             recorded, _ = await self.planner.detect("kernel", at=self._clock())
         except PromstatError as exc:
-            out.values = dict.fromkeys(keys, exc)
+            out.values.update(dict.fromkeys(keys, exc))
             return out
         fallback = recorded and self.config.use_recorded is None and self.config.raw_fallback
         plan = "final/" + ("recorded" if recorded else "raw")

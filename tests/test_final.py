@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from promstat import lab
 from promstat.client import PrometheusClient
-from promstat.errors import TransportError
+from promstat.errors import ConfigError, TransportError
 from promstat.final import DEFAULT_OFFSET
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
@@ -286,3 +286,33 @@ async def test_mixed_batch_keeps_order_and_live_kernels_use_the_live_path(
     assert got[2] == (await stats.load_kernels([k2], at=at))[0] is not None
     assert got[3] == (await stats.load_kernels([k1], at=e1 - 60 - DEFAULT_OFFSET))[0]
     assert got[3] != got[0]
+
+
+async def test_a_non_finite_time_is_an_error_of_its_key_only(
+    client: tuple[PrometheusClient, PromstatMetrics],
+) -> None:
+    """A NaN termination time gives that key a ConfigError naming it; the others answer."""
+    c, metrics = client
+    stats = _stats(c, metrics, recorded=True)
+    bad, good = await stats.load_kernel_stats([("rec-001", math.nan), ("rec-002", _rec_end(2))])
+    assert isinstance(bad, ConfigError) and "rec-001" in str(bad)
+    assert isinstance(good, dict)
+
+
+async def test_victoria_metrics_answers_the_same_final_stats(
+    start_victoria_metrics: Callable[..., lab.VictoriaMetricsProcess],
+) -> None:
+    """The @-pinned terms work on VictoriaMetrics too (MetricsQL, 16 KiB query limit)."""
+    vm = start_victoria_metrics()
+    vm.import_openmetrics(openmetrics_text(_recorded_samples()))
+    metrics = PromstatMetrics()
+    async with PrometheusClient(vm.url, observer=metrics) as c:
+        stats = _stats(c, metrics, recorded=True)
+        ends = {f"rec-{i:03d}": _rec_end(i) for i in range(N_REC)}
+        final = await stats.final_stats(ends)
+    for i, kernel_id in enumerate(ends):
+        payload = final[kernel_id]
+        assert isinstance(payload, dict), (kernel_id, payload)
+        assert payload["cpu_util"]["current"] == str(10 * (i + 1))
+        last = math.floor((ends[kernel_id] - T0) / STEP) * STEP
+        assert payload["mem"]["current"] == str(GiB + 1000 * i + last)
