@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cas
 import msgspec
 
 from ..conventions import SeriesNames
+from ..errors import ConfigError
 from ..live_stat import to_json
 
 if TYPE_CHECKING:
@@ -339,7 +340,10 @@ class FleetRegistry(SnapshotRegistry):
         for kernel_id, agent_id in self._seen.items():
             if kernel_id in live:
                 continue
-            end = self.fleet.kernel(kernel_id).end
+            try:
+                end = self.fleet.kernel(kernel_id).end
+            except ConfigError:  # the fleet forgot it (gone for over a day): nothing to show
+                continue
             if end is not None and end <= now:
                 ended.append(KernelRow(kernel_id, agent_id, TERMINATED, float(end)))
         self._seen = live
