@@ -21,6 +21,7 @@ from promstat.client import PrometheusClient
 from promstat.graphql_app import EXAMPLE_QUERY, make_app, make_executor
 from promstat.integrations import (
     AgentRow,
+    FleetRegistry,
     KernelRow,
     LoaderManager,
     StaticRegistry,
@@ -34,7 +35,7 @@ from promstat.integrations.strawberry import make_context as strawberry_context
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
 STACKS = ("graphene", "strawberry")
 
@@ -328,6 +329,29 @@ async def test_terminated_rows_share_one_final_batch(stack: str) -> None:
         "version": 2,
     }
     assert items[0]["last_stat"] == items[0]["live_stat"]
+
+
+async def test_fleet_registry_lists_kernels_it_saw_end_as_terminated() -> None:
+    """Kernels live at one snapshot and gone at a later one are TERMINATED rows with the
+    fleet's end time, newest first, after the live rows; only the newest are kept."""
+    now = [T0]
+    churn = ChurnConfig(mean_lifetime=60.0, min_lifetime=10.0, max_gap=0.0)
+    fleet = SimulatedFleet(
+        FleetConfig(agents=2, kernels_per_agent=5, churn=churn, epoch=T0), clock=lambda: now[0]
+    )
+    registry = FleetRegistry(fleet, ttl=0, keep_terminated=3)
+    first = await registry.list_kernels(limit=100, offset=0)
+    assert first.total_count == 10 and {r.status for r in first.items} == {"RUNNING"}
+    ending = sorted((fleet.kernel(r.id).end or 0.0, r.id) for r in first.items)
+    now[0] = ending[3][0] + 0.5  # the first four have ended
+    page = await registry.list_kernels(limit=100, offset=0)
+    ended = [r for r in page.items if r.status == "TERMINATED"]
+    assert [(r.terminated_at, r.id) for r in ended] == ending[3:0:-1]  # newest 3, newest first
+    assert (
+        page.items[: page.total_count - 3]
+        == (await registry.list_kernels(limit=100, offset=0, status="RUNNING")).items
+    )
+    assert len((await registry.list_kernels(limit=10, offset=0, status="terminated")).items) == 3
 
 
 @pytest.mark.parametrize("stack", STACKS)
