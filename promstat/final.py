@@ -20,9 +20,15 @@ How it is grouped. Each kernel needs its own evaluation time, which an instant q
 ``or``, each term evaluated at its own time, for every kernel that terminated then::
 
     max by (kernel_id, container_metric_name, stat)
-        (kernel_metric:...:live_stat{kernel_id=~"a|b"} @ 1700000123.456)
-    or max by (...) (kernel_metric:...:live_stat{kernel_id="c"} @ 1700000171.001)
+        (last_over_time(kernel_metric:...:live_stat{kernel_id=~"a|b"}[5m] @ 1700000123.456))
+    or max by (...) (last_over_time(kernel_metric:...:live_stat{kernel_id="c"}[5m] @ ...))
     or ...
+
+On the recorded plan each term takes the last recorded value within the lookback before its
+time: for detained series that is what an instant query returns, and it also survives the
+staleness markers Prometheus writes when an exporter drops a kernel's series at once (no
+detention) and the manager records the termination a scrape later. The raw plan evaluates its
+expressions exactly at the time, so there such a kernel has no final stats.
 
 Terms are packed greedily, in time order, under the planner's query-bytes budget (16 KiB), so
 a thousand kernels with a thousand different termination times cost about ten queries on the
@@ -161,8 +167,17 @@ class FinalStats:
             gc=False,
         )
         by = f"{n.kernel_label}, {n.container_metric_label}, {n.stat_label}"
+        # last_over_time over the lookback rather than an instant selector: the same value
+        # for detained series, but it also sees through the staleness markers Prometheus
+        # writes when an exporter drops a kernel's series (and the rules' outputs follow)
+        # before the manager records the termination.
+        lookback = self.config.lookback
         self._recorded = (
-            _Shape(f"max by ({by}) ({n.kernel_live_stat}{{{ID_PLACEHOLDER}}} @ {{at}})", None),
+            _Shape(
+                f"max by ({by}) (last_over_time("
+                f"{n.kernel_live_stat}{{{ID_PLACEHOLDER}}}[{lookback}] @ {{at}}))",
+                None,
+            ),
         )
         raw: list[_Shape] = []
         for stat in _STATS:

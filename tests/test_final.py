@@ -10,9 +10,12 @@ before the termination.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +23,11 @@ import pytest
 from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError, TransportError
+from promstat.exporter import ExporterServer, UtilizationExporter
 from promstat.final import DEFAULT_OFFSET
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
+from promstat.rules import write_rules
 from promstat.service import LiveStats
 from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 from promstat.testing import openmetrics_text
@@ -316,3 +321,64 @@ async def test_victoria_metrics_answers_the_same_final_stats(
         assert payload["cpu_util"]["current"] == str(10 * (i + 1))
         last = math.floor((ends[kernel_id] - T0) / STEP) * STEP
         assert payload["mem"]["current"] == str(GiB + 1000 * i + last)
+
+
+async def test_final_stats_survive_staleness_markers(
+    start_prometheus: Callable[..., lab.PrometheusProcess], tmp_path: Path
+) -> None:
+    """An exporter without detention drops a kernel's series at once; Prometheus marks them
+    (and the rules' outputs) stale at the next scrape. A termination the manager records a few
+    seconds later still has final stats on the recorded plan — the last recorded values
+    within the lookback — while the live path answers None there."""
+    gone, alive = "stale-0000", "alive-0000"
+    exporter = UtilizationExporter("agent-stale", detention=0)
+    t0 = time.time()
+    running = {gone, alive}
+    for kernel_id in running:
+        exporter.add_kernel(kernel_id)
+
+    def measure() -> None:  # on every scrape: 500 msec/s of CPU, 1 GiB of memory
+        now = time.time()
+        for kernel_id in running:
+            exporter.observe_container(kernel_id, "cpu_util", 500.0 * (now - t0), 1000.0)
+            exporter.observe_container(kernel_id, "mem", float(GiB), float(4 * GiB))
+
+    exporter.add_collect_hook(measure)
+    written = write_rules(tmp_path, interval="1s", window="10s", lookback="10s")
+    server = ExporterServer(exporter)
+    await server.start()
+    try:
+        prom = await asyncio.to_thread(
+            start_prometheus,
+            scrape_targets=[server.target],
+            scrape_interval="1s",
+            evaluation_interval="1s",
+            rule_files=[p for p in written if p.parent == tmp_path],
+        )
+        metrics = PromstatMetrics()
+        config = PlannerConfig(interval="1s", window="10s", lookback="10s")
+        async with PrometheusClient(prom.url, observer=metrics) as c:
+            ready = (
+                f'{REC}{{kernel_id="{gone}",container_metric_name="cpu_util",stat="current"}} > 0'
+            )
+            for _ in range(600):  # a safety net, not a speed requirement
+                if (await c.query_vector(ready)).series:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                pytest.fail("the recording rules produced no rate")
+            await asyncio.sleep(2.0)
+            running.discard(gone)
+            exporter.remove_kernel(gone)
+            ended = time.time()
+            terminated_at = ended + 5.0  # recorded by the manager after the staleness
+            await asyncio.sleep(terminated_at + 1.0 - time.time())
+            stats = LiveStats(c, config, metrics=metrics)
+            assert await stats.load_kernels([gone], at=terminated_at) == [None]
+            final = (await stats.final_stats({gone: terminated_at}))[gone]
+            assert isinstance(final, dict), final
+            assert float(final["cpu_util"]["current"]) == pytest.approx(500.0, rel=0.25)
+            assert final["mem"]["current"] == str(GiB)
+            assert "final/recorded" in metrics.snapshot().plans
+    finally:
+        await server.stop()
