@@ -14,7 +14,9 @@ come from a pluggable :class:`Registry`:
 
 :class:`LoaderManager` mirrors Backend.AI's ``DataLoaderManager`` (``gql_legacy/base.py``): one
 loader per request and per batch function (+ keyword arguments), created lazily on first use —
-inside the running event loop, which is what aiodataloader needs. The stack-specific schemas
+inside the running event loop, which is what aiodataloader needs. Rows of terminated kernels
+(:attr:`KernelRow.terminated_at`) are answered from history by :func:`kernel_stat` through one
+more loader over :meth:`~promstat.service.LiveStats.load_kernel_stats`. The stack-specific schemas
 live in :mod:`promstat.integrations.graphene` (extra ``graphene``) and
 :mod:`promstat.integrations.strawberry` (extra ``strawberry``); this module imports neither.
 """
