@@ -13,7 +13,9 @@ instant before the termination: every kernel is evaluated at ``terminated_at - o
 1 ms, Prometheus' timestamp resolution), so nothing stamped at or after the termination enters,
 while the kernel's last live sample — at most one scrape interval older — is well inside the
 lookback. A kernel that had stopped reporting for longer than the lookback before its recorded
-termination (its agent died first) has no final stats: ``None``.
+termination (its agent died first) gets, on the recorded plan, its last recorded stats within
+``silent_window`` (24 h, as long as legacy's Valkey kept a kernel's last stats), in a second
+query for just those kernels; on the raw plan it has none (``None``).
 
 How it is grouped. Each kernel needs its own evaluation time, which an instant query's single
 ``time`` cannot give. The ``@`` modifier can: one HTTP query carries many terms joined with
@@ -63,11 +65,12 @@ from .errors import ConfigError, PromstatError
 from .loader import FetchResult, SharedLoader
 from .metrics import PromstatMetrics
 from .planner import ID_PLACEHOLDER, Planner, QueryExecutor, chunk_ids
-from .promql import set_matcher
+from .promql import duration, set_matcher
 
 __all__ = [
     "DEFAULT_OFFSET",
     "DEFAULT_SETTLE",
+    "DEFAULT_SILENT_WINDOW",
     "FinalKey",
     "FinalStats",
     "load_kernel_stats",
@@ -80,6 +83,8 @@ FinalKey = tuple[str, float]
 DEFAULT_OFFSET = 0.001
 #: Answers for terminations more recent than this many seconds are not cached.
 DEFAULT_SETTLE = 60.0
+#: How far back a kernel silent at its termination is looked up (legacy's Valkey TTL).
+DEFAULT_SILENT_WINDOW = 86400.0
 
 _STATS = ("current", "capacity", "rate", "max", "avg")
 _OR = " or "
@@ -131,6 +136,10 @@ class FinalStats:
         max_entries: bound of the answer cache (LRU).
         offset: seconds before ``terminated_at`` the stats are evaluated at (see module doc).
         settle: answers for terminations newer than this many seconds are not cached.
+        silent_window: on the recorded plan, how far before ``terminated_at`` to look for the
+            last stats of a kernel that had none within the lookback (its agent stopped
+            reporting before the termination was recorded): legacy's Valkey kept the last
+            stats 24 h. Asked only for such kernels; ``None`` disables it.
         clock: wall clock (Unix seconds) for ``settle``.
     """
 
@@ -143,6 +152,7 @@ class FinalStats:
         max_entries: int = 100_000,
         offset: float = DEFAULT_OFFSET,
         settle: float = DEFAULT_SETTLE,
+        silent_window: float | None = DEFAULT_SILENT_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not offset >= 0 or not settle >= 0:
@@ -167,25 +177,25 @@ class FinalStats:
             gc=False,
         )
         by = f"{n.kernel_label}, {n.container_metric_label}, {n.stat_label}"
+
         # last_over_time over the lookback rather than an instant selector: the same value
         # for detained series, but it also sees through the staleness markers Prometheus
         # writes when an exporter drops a kernel's series (and the rules' outputs follow)
         # before the manager records the termination.
-        lookback = self.config.lookback
-        self._recorded = (
-            _Shape(
-                f"max by ({by}) (last_over_time("
-                f"{n.kernel_live_stat}{{{ID_PLACEHOLDER}}}[{lookback}] @ {{at}}))",
-                None,
-            ),
-        )
+        def recorded(window: str) -> tuple[_Shape, ...]:
+            sel = f"{n.kernel_live_stat}{{{ID_PLACEHOLDER}}}[{window}] @ {{at}}"
+            return (_Shape(f"max by ({by}) (last_over_time({sel}))", None),)
+
+        self._shapes: dict[str, tuple[_Shape, ...]] = {"recorded": recorded(self.config.lookback)}
+        if silent_window is not None:
+            self._shapes["silent"] = recorded(duration(silent_window))
         raw: list[_Shape] = []
         for stat in _STATS:
             expr = self.config.expressions.kernel(stat, matchers=ID_PLACEHOLDER)
             if expr is not None:
                 # A one-step subquery pinned with @: the raw expression evaluated exactly at t.
                 raw.append(_Shape(f"last_over_time(({expr})[1ms:1ms] @ {{at}})", stat))
-        self._raw = tuple(raw)
+        self._shapes["raw"] = tuple(raw)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -203,7 +213,7 @@ class FinalStats:
 
     def queries(self, keys: Iterable[FinalKey], *, recorded: bool) -> list[str]:
         """The PromQL texts a plan sends for ``keys`` (for inspection and cost checks)."""
-        return [q.text for q in self._plan(list(keys), recorded)]
+        return [q.text for q in self._plan(list(keys), "recorded" if recorded else "raw")]
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -225,26 +235,28 @@ class FinalStats:
             out.values.update(dict.fromkeys(keys, exc))
             return out
         fallback = recorded and self.config.use_recorded is None and self.config.raw_fallback
-        plan = "final/" + ("recorded" if recorded else "raw")
+        base = "recorded" if recorded else "raw"
+        plan = "final/" + base
         for batch in _rounds(keys):
-            values = await self._execute(batch, recorded, out.uncacheable)
-            missing = [k for k in batch if values[k] is None]
-            if fallback and missing:
-                more = await self._execute(missing, False, out.uncacheable)
-                if any(v is not None for v in more.values()):
-                    plan = "final/recorded+raw"
-                values.update(more)
+            values = await self._execute(batch, base, out.uncacheable)
+            for extra, wanted in (("raw", fallback), ("silent", recorded)):
+                missing = [k for k in batch if values[k] is None]
+                if wanted and missing and extra in self._shapes:
+                    more = await self._execute(missing, extra, out.uncacheable)
+                    if any(v is not None for v in more.values()) and f"+{extra}" not in plan:
+                        plan += f"+{extra}"
+                    values.update(more)
             out.values.update(values)
         self.metrics.on_plan(plan)
         return out
 
-    def _plan(self, keys: list[FinalKey], recorded: bool) -> list[_Query]:
+    def _plan(self, keys: list[FinalKey], plan: str) -> list[_Query]:
         times: dict[float, list[str]] = {}
         for kernel_id, terminated_at in keys:
             times.setdefault(round(terminated_at - self.offset, 3), []).append(kernel_id)
         label = self.config.names.kernel_label
         out: list[_Query] = []
-        for shape in self._recorded if recorded else self._raw:
+        for shape in self._shapes[plan]:
             terms: list[tuple[str, tuple[str, ...], float]] = []
             for at in sorted(times):
                 template = shape.template.replace("{at}", _at(at))
@@ -256,7 +268,7 @@ class FinalStats:
         return out
 
     async def _execute(
-        self, keys: list[FinalKey], recorded: bool, uncacheable: set[FinalKey]
+        self, keys: list[FinalKey], plan: str, uncacheable: set[FinalKey]
     ) -> dict[FinalKey, Payload | PromstatError | None]:
         by_id = {k[0]: k for k in keys}
         rows: dict[str, dict[str, dict[str, str]]] = {}
@@ -280,7 +292,7 @@ class FinalStats:
                     stats = rows.setdefault(lab.id, {}).setdefault(lab.metric, {})
                     stats[query.stat or lab.stat] = s.value[1]
 
-        jobs: list[Awaitable[None]] = [run(q) for q in self._plan(keys, recorded)]
+        jobs: list[Awaitable[None]] = [run(q) for q in self._plan(keys, plan)]
         await asyncio.gather(*jobs)
         catalog = self.config.catalog
         out: dict[FinalKey, Payload | PromstatError | None] = {}

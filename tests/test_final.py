@@ -24,7 +24,7 @@ from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError, TransportError
 from promstat.exporter import ExporterServer, UtilizationExporter
-from promstat.final import DEFAULT_OFFSET
+from promstat.final import DEFAULT_OFFSET, FinalStats
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.rules import write_rules
@@ -76,10 +76,23 @@ def _recorded_samples() -> Iterator[tuple[str, dict[str, str], float, float]]:
                 yield REC, {**labels, "container_metric_name": metric, "stat": stat}, t, value
 
 
+#: A kernel whose agent stopped reporting at T0 + 600; the manager recorded its termination
+#: half an hour later.
+SILENT, SILENT_END = "rec-silent", T0 + 600 + 1800.0
+
+
+def _silent_samples() -> Iterator[tuple[str, dict[str, str], float, float]]:
+    labels = {"kernel_id": SILENT, "container_metric_name": "", "stat": ""}
+    for t in range(T0, T0 + 601, STEP):
+        for metric, stat, value in (("cpu_util", "current", 777.0), ("mem", "current", 5.0)):
+            yield REC, {**labels, "container_metric_name": metric, "stat": stat}, t, value
+
+
 def _text() -> str:
     raw = fleet_openmetrics(CONFIG, T0, T_END, STEP)
     assert raw.endswith("# EOF\n")
-    return raw[: -len("# EOF\n")] + openmetrics_text(_recorded_samples())
+    recorded = openmetrics_text([*_recorded_samples(), *_silent_samples()])
+    return raw[: -len("# EOF\n")] + recorded
 
 
 @pytest.fixture(scope="module")
@@ -382,3 +395,26 @@ async def test_final_stats_survive_staleness_markers(
             assert "final/recorded" in metrics.snapshot().plans
     finally:
         await server.stop()
+
+
+async def test_a_kernel_silent_at_its_termination_gets_its_last_stats_within_a_day(
+    client: tuple[PrometheusClient, PromstatMetrics],
+) -> None:
+    """Its agent stopped reporting 30 min before the recorded termination: nothing within the
+    lookback, so one more query looks back 24 h (legacy's Valkey TTL) for just that kernel."""
+    c, metrics = client
+    stats = _stats(c, metrics, recorded=True)
+    await stats.planner.detect("kernel")
+    assert await stats.load_kernels([SILENT], at=SILENT_END) == [None]
+    before = metrics.snapshot().queries
+    final = await stats.final_stats({SILENT: SILENT_END, "rec-000": _rec_end(0), "nobody": T_END})
+    assert metrics.snapshot().queries - before == 2
+    silent = final[SILENT]
+    assert isinstance(silent, dict)
+    assert silent["cpu_util"]["current"] == "777" and silent["mem"]["current"] == "5"
+    assert isinstance(final["rec-000"], dict) and final["nobody"] is None
+    assert "final/recorded+silent" in metrics.snapshot().plans
+    # disabled: the kernel has no final stats
+    strict = _stats(c, metrics, recorded=True)
+    strict.final = FinalStats(c, strict.planner, silent_window=None)
+    assert (await strict.final_stats({SILENT: SILENT_END}))[SILENT] is None
