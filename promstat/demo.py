@@ -15,6 +15,11 @@ how many Prometheus queries it cost (:class:`~promstat.metrics.PromstatMetrics` 
 which plan answered (``raw`` until the recording rules have produced data, then
 ``recorded``: the planner re-detects every interval in the demo).
 
+Kernels come and go (``--lifetime``: mean seconds a kernel runs; a slot starts its next kernel
+at once). Below the live page the view lists the most recently terminated kernels with their
+final stats — their ``last_stat``, answered from Prometheus history at their termination time
+(:mod:`promstat.final`), which stays available after the exporter dropped their series.
+
 On a terminal the view redraws in place; otherwise each refresh prints one plain block.
 ``--duration`` bounds the run (exit 0 after a clean shutdown); Ctrl-C and SIGTERM stop it
 too. A missing ``prometheus`` binary prints the one-line install hint and exits 1.
@@ -76,6 +81,8 @@ class DemoOptions:
         refresh: seconds between page fetches (default ``max(3, interval)``).
         seed: simulation seed.
         rows: rows shown on a terminal (default: fit the terminal height).
+        lifetime: mean seconds a kernel runs before it terminates (churn).
+        ended_rows: terminated kernels listed with their final stats.
     """
 
     duration: float | None = None
@@ -88,6 +95,12 @@ class DemoOptions:
     refresh: float | None = None
     seed: int = 42
     rows: int | None = None
+    lifetime: float = 600.0
+    ended_rows: int = 5
+
+
+#: A terminated kernel in the view: ``(kernel id, agent id, terminated_at text, last_stat)``.
+EndedRow = tuple[str, str, str, dict[str, Any] | None]
 
 
 @dataclass(slots=True)
@@ -104,6 +117,8 @@ class PageView:
         cache_hits: ids served from the shared cache.
         plan: the planner's plan(s) used (``recorded/filtered``, ``raw/fleet``, ...).
         errors: GraphQL error messages.
+        ended: the most recently terminated kernels with their final stats.
+        ended_total: terminated kernels the registry knows.
     """
 
     number: int
@@ -115,6 +130,8 @@ class PageView:
     cache_hits: int
     plan: str
     errors: list[str] = field(default_factory=list)
+    ended: list[EndedRow] = field(default_factory=list)
+    ended_total: int = 0
 
 
 def format_bytes(value: float, *, suffix: str = "") -> str:
@@ -179,18 +196,34 @@ def render_view(view: PageView, *, rows: int, stamp: str = "") -> list[str]:
         f"[{view.number}] {stamp} page of {len(view.rows)}/{view.total_count} kernels: "
         f"{with_data} with live_stat, {view.seconds * 1000:.1f} ms, {cost}, plan {view.plan}"
     ]
-    table = [list(_HEADERS)] + [_row_cells(k, a, s) for k, a, s in view.rows[:rows]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(_HEADERS))]
-    for r in table:
-        cells = [
-            c.rjust(w) if right else c.ljust(w)
-            for c, w, right in zip(r, widths, _RIGHT, strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
+    lines.extend(_table([_row_cells(k, a, s) for k, a, s in view.rows[:rows]], _HEADERS, _RIGHT))
     if len(view.rows) > rows:
         lines.append(f"... {len(view.rows) - rows} more kernels on this page")
+    if view.ended:
+        lines.append(
+            f"recently terminated ({len(view.ended)} of {view.ended_total}), final stats "
+            "from Prometheus history at their termination (last_stat):"
+        )
+        lines.extend(
+            _table(
+                [[*_row_cells(k, a, s), ended] for k, a, ended, s in view.ended],
+                (*_HEADERS, "TERMINATED"),
+                (*_RIGHT, False),
+            )
+        )
     lines.extend(f"error: {e}" for e in view.errors)
     return lines
+
+
+def _table(body: list[list[str]], headers: Sequence[str], right: Sequence[bool]) -> list[str]:
+    table = [list(headers), *body]
+    widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
+    return [
+        "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ).rstrip()
+        for row in table
+    ]
 
 
 def _plan_delta(before: MetricsSnapshot, after: MetricsSnapshot) -> str:
@@ -262,12 +295,24 @@ async def _wait_for_data(
     return not stop.is_set()
 
 
-async def _fetch_page(
-    session: aiohttp.ClientSession, url: str, page_size: int
-) -> tuple[dict[str, Any], float]:
-    from .graphql_app import EXAMPLE_QUERY
+#: The demo's request: a page of running kernels and the latest terminated ones.
+DEMO_QUERY = """query DemoPage($limit: Int!, $offset: Int!, $ended: Int!) {
+  compute_container_list(limit: $limit, offset: $offset, status: "RUNNING") {
+    total_count
+    items { id agent status live_stat }
+  }
+  terminated: compute_container_list(limit: $ended, offset: 0, status: "TERMINATED") {
+    total_count
+    items { id agent terminated_at last_stat }
+  }
+}"""
 
-    body = {"query": EXAMPLE_QUERY, "variables": {"limit": page_size, "offset": 0}}
+
+async def _fetch_page(
+    session: aiohttp.ClientSession, url: str, page_size: int, ended: int
+) -> tuple[dict[str, Any], float]:
+    variables = {"limit": page_size, "offset": 0, "ended": ended}
+    body = {"query": DEMO_QUERY, "variables": variables}
     t0 = time.perf_counter()
     async with session.post(url, json=body) as resp:
         result: dict[str, Any] = await resp.json()
@@ -289,9 +334,19 @@ def _page_view(
         rows.append(
             (str(item["id"]), str(item.get("agent") or "-"), json.loads(raw) if raw else None)
         )
+    ended_data = (result.get("data") or {}).get("terminated") or {}
+    ended: list[EndedRow] = []
+    for item in ended_data.get("items") or []:
+        raw = item.get("last_stat")
+        when = str(item.get("terminated_at") or "-")[11:19]  # HH:MM:SS of the ISO time
+        ended.append(
+            (str(item["id"]), str(item.get("agent") or "-"), when, json.loads(raw) if raw else None)
+        )
     return PageView(
         number=number,
         rows=rows,
+        ended=ended,
+        ended_total=int(ended_data.get("total_count") or 0),
         total_count=int(data.get("total_count") or 0),
         seconds=seconds,
         queries=after.queries - before.queries,
@@ -329,7 +384,7 @@ async def run_demo(
     from .planner import PlannerConfig
     from .rules import write_rules
     from .service import LiveStats
-    from .sim import FleetConfig, SimulatedFleet
+    from .sim import ChurnConfig, FleetConfig, SimulatedFleet
 
     out = out or sys.stdout
     tty = out.isatty()
@@ -352,9 +407,16 @@ async def run_demo(
     tmp = Path(tempfile.mkdtemp(prefix="promstat-demo-"))
     prom_starts: list[Future[lab.PrometheusProcess]] = []
     prom: lab.PrometheusProcess | None = None
+    # A slot starts its next kernel at once (no gap), so the live page keeps its size.
+    churn = ChurnConfig(
+        mean_lifetime=options.lifetime, min_lifetime=min(60.0, options.lifetime / 2), max_gap=0
+    )
     fleet = SimulatedFleet(
         FleetConfig(
-            agents=options.agents, kernels_per_agent=options.kernels_per_agent, seed=options.seed
+            agents=options.agents,
+            kernels_per_agent=options.kernels_per_agent,
+            seed=options.seed,
+            churn=churn,
         )
     )
     runner: web.AppRunner | None = None
@@ -422,7 +484,9 @@ async def run_demo(
                         break
                     number += 1
                     before = metrics.snapshot()
-                    result, seconds = await _fetch_page(session, graphql_url, options.page_size)
+                    result, seconds = await _fetch_page(
+                        session, graphql_url, options.page_size, options.ended_rows
+                    )
                     after = metrics.snapshot()
                     view = _page_view(number, result, seconds, before, after, last_plan)
                     if not view.plan.endswith("(cached)"):
@@ -479,6 +543,7 @@ def _options(args: argparse.Namespace) -> DemoOptions:
         port=args.port,
         stack=args.stack,
         seed=args.seed,
+        lifetime=args.lifetime,
     )
 
 
@@ -497,6 +562,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _lifetime(text: str) -> float:
+    value = float(text)
+    if not value >= 4:
+        raise argparse.ArgumentTypeError(f"must be >= 4 seconds, got {text}")
+    return value
+
+
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
@@ -512,6 +584,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="GraphQL port (0: any free port)")
     parser.add_argument("--stack", choices=("graphene", "strawberry"), default="graphene")
     parser.add_argument("--seed", type=int, default=42, help="simulation seed")
+    parser.add_argument(
+        "--lifetime",
+        type=_lifetime,
+        default=600.0,
+        help="mean seconds a kernel runs before it terminates (600)",
+    )
 
 
 def add_demo_cli(subparsers: Any) -> argparse.ArgumentParser:

@@ -17,12 +17,12 @@ Typical use in a manager process::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError, PromstatError
+from .final import FinalStats, load_kernel_stats
 from .history import History, HistoryResult
 from .loader import DataLoader, SharedLoader
 from .metrics import PromstatMetrics
@@ -110,6 +110,10 @@ class LiveStats:
             self._agent_watch.fetch, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
         )
         self.history = History(client, self.config, metrics=self.metrics)
+        # Terminated kernels: answers at their termination times, cached without expiry.
+        self.final = FinalStats(
+            client, self.planner, metrics=self.metrics, max_entries=cache_entries, clock=clock
+        )
 
     async def _plan_kernels(self, ids: list[str]) -> BatchOutcome:
         out = await self.planner.kernels(ids)
@@ -157,29 +161,34 @@ class LiveStats:
 
     # -- more than legacy had ---------------------------------------------------------------
 
+    async def load_kernel_stats(
+        self, pairs: Sequence[tuple[str, float | None]], *, at: float | None = None
+    ) -> list[Payload | BaseException | None]:
+        """Kernel live_stat per ``(kernel_id, terminated_at or None)``, in order.
+
+        Live kernels (``None``) are answered as :meth:`load_kernels` does (shared cache);
+        terminated ones with their final stats at ``terminated_at`` (:mod:`promstat.final`:
+        grouped into few ``@``-pinned queries, cached for good). With ``at``, kernels
+        terminated after ``at`` are evaluated at ``at``.
+        """
+        return await load_kernel_stats(self.final, self.load_kernels, pairs, at=at)
+
     async def final_stats(
         self, terminated: Mapping[str, float]
     ) -> dict[str, Payload | PromstatError | None]:
         """Live stats of kernels at their termination times, for persisting ``last_stat``.
 
         Args:
-            terminated: kernel id -> termination time (Unix seconds). Kernels that share a
-                time are fetched in one batch.
+            terminated: kernel id -> termination time (Unix seconds).
 
         Returns:
-            kernel id -> payload, ``None`` or the error of its batch.
+            kernel id -> payload, ``None`` or the error of its query.
         """
-        by_time: dict[float, list[str]] = {}
-        for kernel_id, at in terminated.items():
-            by_time.setdefault(float(at), []).append(kernel_id)
-        # The planner's semaphore bounds the queries in flight across all these batches.
-        batches = await asyncio.gather(
-            *(self.planner.kernels(ids, at=at) for at, ids in sorted(by_time.items()))
-        )
-        out: dict[str, Payload | PromstatError | None] = {}
-        for batch in batches:
-            out.update(batch.payloads)
-        return out
+        values = await self.final.load(list(terminated.items()))
+        return {
+            k: v if v is None or isinstance(v, dict | PromstatError) else PromstatError(str(v))
+            for k, v in zip(terminated, values, strict=True)
+        }
 
     async def kernel_history(
         self,

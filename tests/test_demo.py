@@ -30,6 +30,8 @@ ROW = re.compile(
     r"^(?P<kernel>[0-9a-f]{8})\s+(?P<agent>i-sim-\d{4})\s+(?P<cpu>[\d.]+)\s+"
     r"(?P<mem>[\d.]+\w*) / (?P<limit>[\d.]+\w*)\s+(?P<rx>\S+/s)\s+(?P<tx>\S+/s)\s+(?P<gpu>\S+)$"
 )
+#: A terminated kernel's row: the same cells plus its termination time.
+ENDED = re.compile(ROW.pattern[:-1] + r"\s+(?P<ended>\d\d:\d\d:\d\d)$")
 
 
 def _env() -> dict[str, str]:
@@ -99,8 +101,9 @@ def _read_until(proc: subprocess.Popen[str], marker: str, *, limit: float = 180.
 
 @pytest.mark.slow
 def test_demo_runs_for_its_duration_and_cleans_up() -> None:
-    """--duration 15 shows kernel rows with real numbers, a recorded plan, and exits 0 clean."""
-    proc = _start("--duration", "15")
+    """--duration 15 shows kernel rows with real numbers, a recorded plan, terminated kernels
+    with their final stats (non-zero rates: taken before the termination), and exits 0 clean."""
+    proc = _start("--duration", "15", "--lifetime", "12")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err + out
     rows = [m for line in out.splitlines() if (m := ROW.match(line))]
@@ -111,6 +114,11 @@ def test_demo_runs_for_its_duration_and_cleans_up() -> None:
     assert summaries, out
     assert all("page of 10/10 kernels" in s and "Prometheus quer" in s for s in summaries)
     assert any("plan recorded/" in s for s in summaries), out
+    ended = [m for line in out.splitlines() if (m := ENDED.match(line))]
+    assert ended, out
+    assert "final stats from Prometheus history" in out
+    assert any("final/" in s for s in summaries), out
+    assert all(float(m["cpu"]) > 0 and m["rx"] != "0/s" for m in ended), out
     assert "curl -s" in out and "/graphql" in out
     _assert_clean(out)
 
@@ -192,6 +200,8 @@ def test_render_view_formats_a_page() -> None:
         response_bytes=2048,
         cache_hits=0,
         plan="recorded/filtered",
+        ended=[("5a1e0000-0000-0000-0000-000000000000", "i-sim-0002", "11:59:58", stat)],
+        ended_total=7,
     )
     lines = render_view(view, rows=5, stamp="12:00:00")
     assert lines[0] == (
@@ -224,4 +234,7 @@ def test_render_view_formats_a_page() -> None:
         "87",
     ]
     assert lines[3].split()[:3] == ["0a632b44", "i-sim-0001", "-"]
+    assert lines[4].startswith("recently terminated (1 of 7), final stats")
+    assert lines[5].split()[-1] == "TERMINATED"
+    assert lines[6].split() == ["5a1e0000", "i-sim-0002", *lines[2].split()[2:], "11:59:58"]
     assert format_bytes(512) == "512" and format_bytes(1536, suffix="/s") == "1.5Ki/s"

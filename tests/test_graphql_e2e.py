@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.rules import write_rules
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet
+from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet
 
 STACKS = ("graphene", "strawberry")
 INTERVAL, WINDOW, LOOKBACK = "1s", "4s", "4s"
@@ -324,3 +325,124 @@ def test_serve_options_reject_two_auth_kinds() -> None:
     )
     with pytest.raises(ConfigError, match="not both"):
         options.client_kwargs()
+
+
+# -- terminated kernels: final stats from history ---------------------------------------------
+
+DETENTION = 3.0  # the exporter keeps a terminated kernel's frozen series this long
+
+
+class _OnFleetLoop:
+    """A Registry running another registry on the fleet's loop: the fleet's lazily generated
+    schedule is then only ever touched from one thread."""
+
+    def __init__(self, inner: FleetRegistry, loop: asyncio.AbstractEventLoop) -> None:
+        self.inner, self.loop = inner, loop
+
+    async def list_kernels(self, *, limit: int, offset: int, status: str | None = None) -> Any:
+        coro = self.inner.list_kernels(limit=limit, offset=offset, status=status)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def list_agents(self, *, limit: int, offset: int, status: str | None = None) -> Any:
+        coro = self.inner.list_agents(limit=limit, offset=offset, status=status)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+
+@dataclass
+class ChurnLab:
+    fleet: SimulatedFleet
+    prom: lab.PrometheusProcess
+    registry: _OnFleetLoop
+    started: float = 0.0
+
+
+@pytest.fixture(scope="module")
+def churning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChurnLab]:
+    """A small fleet whose kernels live ~12 s, scraped every second with the rules loaded."""
+    rule_dir = tmp_path_factory.mktemp("churn-rules")
+    written = write_rules(rule_dir, interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
+    churn = ChurnConfig(mean_lifetime=12.0, min_lifetime=6.0, max_gap=0.0)
+    fleet = SimulatedFleet(
+        FleetConfig(agents=2, kernels_per_agent=6, churn=churn, detention=DETENTION, seed=5)
+    )
+    thread = _FleetThread(fleet)
+    with (
+        thread as running,
+        lab.start_prometheus(
+            scrape_targets=running.targets,
+            scrape_interval=INTERVAL,
+            evaluation_interval=INTERVAL,
+            rule_files=[p for p in written if p.parent == rule_dir],
+        ) as prom,
+    ):
+        # Prometheus applies new targets on its own schedule: count from the first scrapes.
+        _wait_until(lambda: _count(prom, "up == 1") == len(running.targets), "scrapes", prom)
+        yield ChurnLab(fleet, prom, _OnFleetLoop(FleetRegistry(fleet), thread.loop), time.time())
+
+
+TERMINATED_PAGE = """{
+  compute_container_list(limit: 100, offset: 0, status: "TERMINATED") {
+    total_count
+    items { id agent status terminated_at live_stat last_stat }
+  }
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stack", STACKS)
+async def test_terminated_kernels_answered_from_history_over_http(
+    stack: str, churning: ChurnLab
+) -> None:
+    """Kernels that ended longer ago than the detention plus the lookback have no live data
+    any more, yet their live_stat and last_stat are their recorded stats an instant before the
+    termination: real rates (not the 0 of frozen series), equal to the live planner then."""
+    gone_after = DETENTION + 4.0 + 2.0  # detention + lookback + a scrape of slack
+    metrics = PromstatMetrics()
+    config = PlannerConfig(interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
+    async with PrometheusClient(churning.prom.url, observer=metrics) as client:
+        stats = LiveStats(client, config, metrics=metrics)
+
+        async def old_enough() -> list[Any]:
+            page = await churning.registry.list_kernels(limit=100, offset=0, status="TERMINATED")
+            now = churning.fleet.clock()
+            # scraped a few times and recorded with a rate before they ended (as live pages
+            # showed them), and ended long enough ago for their live data to be gone
+            return [
+                r
+                for r in page.items
+                if max(churning.started, churning.fleet.kernel(r.id).start) + 4.0
+                < r.terminated_at
+                < now - gone_after
+            ]
+
+        rows: list[Any] = []
+        for _ in range(240):  # polls the registry, which notes terminations as they happen
+            rows = await old_enough()
+            if len(rows) >= 3:
+                break
+            await asyncio.sleep(0.5)
+        assert len(rows) >= 3, "the fleet did not terminate kernels"
+        runner, url = await _serve(make_app(stats, churning.registry, stack=stack))
+        try:
+            async with aiohttp.ClientSession() as session:
+                before = metrics.snapshot()
+                async with session.post(url, json={"query": TERMINATED_PAGE}) as resp:
+                    result = await resp.json()
+                after = metrics.snapshot()
+        finally:
+            await runner.cleanup()
+        assert "errors" not in result
+        items = {i["id"]: i for i in result["data"]["compute_container_list"]["items"]}
+        used = [p for p, n in after.plans.items() if n > before.plans.get(p, 0)]
+        assert any(p.startswith("final/recorded") for p in used), used
+        for row in rows:
+            item = items[row.id]
+            assert item["status"] == "TERMINATED" and item["terminated_at"]
+            assert (await stats.load_kernels([row.id])) == [None]  # the live path: gone
+            final = json.loads(item["live_stat"])
+            assert json.loads(item["last_stat"]) == {**final, "version": 2}
+            _check_payload(final)
+            (then,) = await stats.load_kernels([row.id], at=row.terminated_at - 0.001)
+            assert final == then
+            rate = churning.fleet.expected_rate(row.id, "cpu_util")
+            assert float(final["cpu_util"]["current"]) == pytest.approx(rate, rel=0.25)

@@ -21,6 +21,7 @@ from promstat.client import PrometheusClient
 from promstat.graphql_app import EXAMPLE_QUERY, make_app, make_executor
 from promstat.integrations import (
     AgentRow,
+    FleetRegistry,
     KernelRow,
     LoaderManager,
     StaticRegistry,
@@ -34,7 +35,7 @@ from promstat.integrations.strawberry import make_context as strawberry_context
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
 STACKS = ("graphene", "strawberry")
 
@@ -71,6 +72,7 @@ class Spy:
         self.inner = inner
         self.kernel_batches: list[list[str]] = []
         self.agent_batches: list[list[str]] = []
+        self.final_batches: list[list[tuple[str, float | None]]] = []
 
     async def load_kernels(
         self, kernel_ids: Sequence[str], *, at: float | None = None
@@ -87,6 +89,15 @@ class Spy:
         self.agent_batches.append(list(agent_ids))
         result: list[Payload | BaseException | None] = await self.inner.load_agents(
             agent_ids, at=at
+        )
+        return result
+
+    async def load_kernel_stats(
+        self, pairs: Sequence[tuple[str, float | None]], *, at: float | None = None
+    ) -> list[Payload | BaseException | None]:
+        self.final_batches.append(list(pairs))
+        result: list[Payload | BaseException | None] = await self.inner.load_kernel_stats(
+            pairs, at=at
         )
         return result
 
@@ -128,6 +139,16 @@ class MemorySource:
         return [
             {"node": {"cpu_util": {"pct": "12.5"}, "mem": {"current": "2048"}}, "devices": {}}
             for _ in agent_ids
+        ]
+
+    async def load_kernel_stats(
+        self, pairs: Sequence[tuple[str, float | None]], *, at: float | None = None
+    ) -> list[Payload | BaseException | None]:
+        """Final stats name the time they were taken at (``mem.current``)."""
+        self.calls += 1
+        return [
+            {"mem": {"current": str(int(t)), "unit_hint": "bytes"}} if t is not None else None
+            for _, t in pairs
         ]
 
 
@@ -245,7 +266,92 @@ async def test_both_stacks_return_identical_pages(
     assert json.dumps(pages[0], sort_keys=True) == json.dumps(pages[1], sort_keys=True)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("stack", STACKS)
+async def test_terminated_kernels_show_their_final_stats_from_history(
+    stack: str, backfilled: Backfilled, live_stats: LiveStats
+) -> None:
+    """A terminated row's live_stat and last_stat are its stats an instant before
+    terminated_at (long after its series ended), last_stat with legacy's "version": 2; a day
+    later live_stat is null (legacy's Valkey TTL) and last_stat remains."""
+    ended = {k: T0 - 100.0 - 7 * i for i, k in enumerate(backfilled.kernels[:12])}
+    rows = [KernelRow(k, None, "TERMINATED", t) for k, t in ended.items()]
+    spy = Spy(live_stats)
+    executor = make_executor(spy, StaticRegistry([*rows, backfilled.kernels[20]]), stack=stack)
+    query = (
+        "{ compute_container_list(limit: 50, offset: 0) "
+        "{ items { id status terminated_at live_stat last_stat } } }"
+    )
+    result = await executor.execute(query, at=T0 + 3600)  # past the data: live series gone
+    assert "errors" not in result
+    items = _rows(result["data"])
+    assert len(spy.final_batches) == 1 and len(spy.final_batches[0]) == 12
+    for item in items[:12]:
+        end = ended[item["id"]]
+        (expected,) = await live_stats.load_kernels([item["id"]], at=end - 0.001)
+        assert expected is not None
+        assert json.loads(item["live_stat"]) == expected
+        assert json.loads(item["last_stat"]) == {**expected, "version": 2}
+        assert item["terminated_at"].startswith("2023-11-14T")
+    assert items[12]["live_stat"] is None  # a live row at T0 + 3600: no data any more
+    later = await executor.execute(query, at=T0 + 86400 + 3600)
+    late = _rows(later["data"])
+    assert all(i["live_stat"] is None for i in late[:12])
+    assert [json.loads(i["last_stat"]) for i in late[:12]] == [
+        json.loads(i["last_stat"]) for i in items[:12]
+    ]
+
+
 # -- in-memory sources ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+async def test_terminated_rows_share_one_final_batch(stack: str) -> None:
+    """Terminated rows go through one load_kernel_stats batch keyed by (id, terminated_at);
+    live_stat and last_stat share it; live rows keep the kernel loader."""
+    source = Spy(MemorySource())
+    registry = StaticRegistry(
+        [
+            KernelRow("k1", "a1"),
+            KernelRow("k2", "a1", "TERMINATED", 1000.0),
+            KernelRow("k3", "a2", "TERMINATED", 2000.0),
+        ]
+    )
+    executor = make_executor(source, registry, stack=stack)
+    result = await executor.execute(KERNEL_PAGE, {"limit": 10, "offset": 0}, at=5000.0)
+    assert "errors" not in result
+    items = _rows(result["data"])
+    assert source.final_batches == [[("k2", 1000.0), ("k3", 2000.0)]]
+    assert source.kernel_batches == [["k1"]]
+    assert json.loads(items[1]["live_stat"])["mem"]["current"] == "1000"
+    assert json.loads(items[2]["last_stat"]) == {
+        "mem": {"current": "2000", "unit_hint": "bytes"},
+        "version": 2,
+    }
+    assert items[0]["last_stat"] == items[0]["live_stat"]
+
+
+async def test_fleet_registry_lists_kernels_it_saw_end_as_terminated() -> None:
+    """Kernels live at one snapshot and gone at a later one are TERMINATED rows with the
+    fleet's end time, newest first, after the live rows; only the newest are kept."""
+    now = [T0]
+    churn = ChurnConfig(mean_lifetime=60.0, min_lifetime=10.0, max_gap=0.0)
+    fleet = SimulatedFleet(
+        FleetConfig(agents=2, kernels_per_agent=5, churn=churn, epoch=T0), clock=lambda: now[0]
+    )
+    registry = FleetRegistry(fleet, ttl=0, keep_terminated=3)
+    first = await registry.list_kernels(limit=100, offset=0)
+    assert first.total_count == 10 and {r.status for r in first.items} == {"RUNNING"}
+    ending = sorted((fleet.kernel(r.id).end or 0.0, r.id) for r in first.items)
+    now[0] = ending[3][0] + 0.5  # the first four have ended
+    page = await registry.list_kernels(limit=100, offset=0)
+    ended = [r for r in page.items if r.status == "TERMINATED"]
+    assert [(r.terminated_at, r.id) for r in ended] == ending[3:0:-1]  # newest 3, newest first
+    assert (
+        page.items[: page.total_count - 3]
+        == (await registry.list_kernels(limit=100, offset=0, status="RUNNING")).items
+    )
+    assert len((await registry.list_kernels(limit=10, offset=0, status="terminated")).items) == 3
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -14,7 +14,9 @@ come from a pluggable :class:`Registry`:
 
 :class:`LoaderManager` mirrors Backend.AI's ``DataLoaderManager`` (``gql_legacy/base.py``): one
 loader per request and per batch function (+ keyword arguments), created lazily on first use —
-inside the running event loop, which is what aiodataloader needs. The stack-specific schemas
+inside the running event loop, which is what aiodataloader needs. Rows of terminated kernels
+(:attr:`KernelRow.terminated_at`) are answered from history by :func:`kernel_stat` through one
+more loader over :meth:`~promstat.service.LiveStats.load_kernel_stats`. The stack-specific schemas
 live in :mod:`promstat.integrations.graphene` (extra ``graphene``) and
 :mod:`promstat.integrations.strawberry` (extra ``strawberry``); this module imports neither.
 """
@@ -26,11 +28,12 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import msgspec
 
 from ..conventions import SeriesNames
+from ..errors import ConfigError
 from ..live_stat import to_json
 
 if TYPE_CHECKING:
@@ -39,8 +42,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIVE",
     "DEFAULT_MAX_BATCH_SIZE",
+    "LAST_STAT_VERSION",
+    "LEGACY_LIVE_STAT_TTL",
     "MAX_PAGE_SIZE",
     "RUNNING",
+    "TERMINATED",
     "AgentRow",
     "BatchLoadFn",
     "FleetRegistry",
@@ -58,6 +64,7 @@ __all__ = [
     "agent_cpu_pct",
     "agent_mem_bytes",
     "json_string",
+    "kernel_stat",
     "paginate",
 ]
 
@@ -77,6 +84,13 @@ BatchLoadFn = Callable[[list[str]], Awaitable[Sequence[Payload | BaseException |
 RUNNING = "RUNNING"
 #: Agent status of live rows (Backend.AI's ``AgentStatus.ALIVE``).
 ALIVE = "ALIVE"
+#: Kernel status of terminated rows (Backend.AI's ``KernelStatus.TERMINATED``).
+TERMINATED = "TERMINATED"
+#: Seconds legacy answered a terminated kernel's ``live_stat``: the Valkey key of its last
+#: stats expired 24 h after the agent's last write (``_DEFAULT_EXPIRATION``).
+LEGACY_LIVE_STAT_TTL = 86400.0
+#: The top-level ``"version"`` legacy's destroy path added to the persisted ``last_stat``.
+LAST_STAT_VERSION = 2
 
 
 def json_string(payload: Mapping[str, Any] | None) -> str | None:
@@ -125,11 +139,14 @@ class KernelRow:
         id: kernel id (the live_stat loader key).
         agent: id of the agent running it, if known.
         status: kernel status (``RUNNING`` for live kernels).
+        terminated_at: termination time (Unix seconds) of a terminated kernel, else ``None``;
+            its stats are then answered from history at that time.
     """
 
     id: str
     agent: str | None = None
     status: str = RUNNING
+    terminated_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,23 +308,56 @@ class SnapshotRegistry:
 
 
 class FleetRegistry(SnapshotRegistry):
-    """The live kernels of a simulated fleet (the demo's stand-in for the manager's DB).
+    """The kernels of a simulated fleet (the demo's stand-in for the manager's DB).
+
+    Live kernels are ``RUNNING``; a kernel seen live by an earlier snapshot and gone from a
+    later one is listed as ``TERMINATED`` with its ``terminated_at`` (the fleet's schedule),
+    most recent first, after the live ones; the newest ``keep_terminated`` are kept.
 
     Args:
         fleet: a :class:`promstat.sim.SimulatedFleet`.
         ttl: seconds a snapshot is reused.
+        keep_terminated: how many terminated kernels to remember.
     """
 
-    def __init__(self, fleet: SimulatedFleet, *, ttl: float = 1.0) -> None:
+    def __init__(
+        self, fleet: SimulatedFleet, *, ttl: float = 1.0, keep_terminated: int = 1000
+    ) -> None:
         self.fleet = fleet
+        self.keep_terminated = keep_terminated
+        self._seen: dict[str, str] = {}  # kernel id -> agent id, live at the last snapshot
+        self._ended: list[KernelRow] = []  # newest first
 
         async def source() -> Snapshot:
             now = fleet.clock()
             agents = fleet.agent_ids()
             pairs = [(k, a) for a in agents for k in fleet.kernel_ids(now, agent_id=a)]
+            self._note_terminations(dict(pairs), now)
             return pairs, agents
 
         super().__init__(source, ttl=ttl)
+
+    def _note_terminations(self, live: dict[str, str], now: float) -> None:
+        ended: list[KernelRow] = []
+        for kernel_id, agent_id in self._seen.items():
+            if kernel_id in live:
+                continue
+            try:
+                end = self.fleet.kernel(kernel_id).end
+            except ConfigError:  # the fleet forgot it (gone for over a day): nothing to show
+                continue
+            if end is not None and end <= now:
+                ended.append(KernelRow(kernel_id, agent_id, TERMINATED, float(end)))
+        self._seen = live
+        rows = sorted([*ended, *self._ended], key=lambda r: -(r.terminated_at or 0.0))
+        self._ended = rows[: self.keep_terminated]
+
+    async def list_kernels(
+        self, *, limit: int, offset: int, status: str | None = None
+    ) -> Page[KernelRow]:
+        """One page of the live kernels, then the terminated ones (newest first)."""
+        kernels, _ = await self._snapshot()
+        return paginate(_filter([*kernels, *self._ended], status), limit=limit, offset=offset)
 
 
 class _VectorQuery(Protocol):
@@ -387,6 +437,13 @@ class StatsSource(Protocol):
         """Legacy agent live_stat (``{"node", "devices"}``) per id, in order."""
         ...
 
+    async def load_kernel_stats(
+        self, pairs: Sequence[tuple[str, float | None]], *, at: float | None = None
+    ) -> list[Payload | BaseException | None]:
+        """Kernel live_stat per ``(kernel_id, terminated_at or None)``: final stats of
+        terminated kernels at their termination time, live ones as ``load_kernels``."""
+        ...
+
 
 class LoaderManager(Generic[LoaderT]):
     """One loader per batch function (+ keyword arguments) for one request.
@@ -447,10 +504,40 @@ class RequestContext(Generic[LoaderT]):
         """The request's loader over ``stats.load_agents`` (shared by all agent fields)."""
         return self._loader(self.stats.load_agents)
 
+    def final_loader(self) -> LoaderT:
+        """The request's loader over ``stats.load_kernel_stats``, keyed by
+        ``(kernel_id, terminated_at)`` (terminated kernels' live_stat and last_stat)."""
+        return self._loader(cast(BatchLoadFn, self.stats.load_kernel_stats))
+
     def _loader(self, fn: BatchLoadFn) -> LoaderT:
         if self.at is None:
             return self.loaders.get_loader_by_func(fn)
         return self.loaders.get_loader_by_func(fn, at=self.at)
+
+
+async def kernel_stat(
+    ctx: RequestContext[Any], row: KernelRow, *, last: bool = False
+) -> Payload | None:
+    """A kernel row's ``live_stat`` (or ``last_stat`` with ``last``), as legacy answered it.
+
+    * Live kernels: the request's kernel loader, for both fields (``last_stat`` is an alias
+      of ``live_stat`` while a kernel runs, as in Backend.AI's ``ComputeContainer``).
+    * Terminated kernels (``row.terminated_at`` set): their final stats from history
+      (:mod:`promstat.final`). ``live_stat`` shows them for :data:`LEGACY_LIVE_STAT_TTL` after
+      the termination (legacy's Valkey key lived 24 h), then ``None``; ``last_stat`` is the
+      persisted copy: always, with legacy's top-level ``"version": 2`` (a new dict: shared
+      cached payloads are never modified).
+    """
+    if row.terminated_at is None:
+        live: Payload | None = await ctx.kernel_loader().load(row.id)
+        return live
+    now = ctx.at if ctx.at is not None else time.time()
+    if not last and now - row.terminated_at > LEGACY_LIVE_STAT_TTL:
+        return None
+    final: Payload | None = await ctx.final_loader().load((row.id, row.terminated_at))
+    if last and final is not None:
+        return {**final, "version": LAST_STAT_VERSION}
+    return final
 
 
 class SchemaExecutor:

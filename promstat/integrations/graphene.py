@@ -5,7 +5,8 @@ The subset a kernel or agent list page uses, with Backend.AI's field names and t
 
     compute_container_list(limit: Int!, offset: Int!, status: String): ComputeContainerList
         ComputeContainerList { items: [ComputeContainer], total_count: Int! }
-        ComputeContainer { id, agent, status, live_stat: JSONString, last_stat: JSONString }
+        ComputeContainer { id, agent, status, terminated_at: DateTime,
+                           live_stat: JSONString, last_stat: JSONString }
     agent_list(limit: Int!, offset: Int!, status: String): AgentList
         AgentList { items: [Agent], total_count: Int! }
         Agent { id, status, live_stat: JSONString, cpu_cur_pct: Float, mem_cur_bytes: Float }
@@ -13,7 +14,9 @@ The subset a kernel or agent list page uses, with Backend.AI's field names and t
 Loaders work like Backend.AI's ``DataLoaderManager``: per request and per batch function, an
 ``aiodataloader.DataLoader(batch_load_fn=stats.load_kernels, max_batch_size=128)``, created
 lazily by the first resolver that needs it (so inside the running loop: aiodataloader binds
-the loop at construction). ``live_stat`` and ``last_stat`` share the kernel loader;
+the loop at construction). ``live_stat`` and ``last_stat`` share the kernel loader (terminated
+kernels: one loader over ``stats.load_kernel_stats``, see :func:`~promstat.integrations.
+kernel_stat`);
 ``Agent.live_stat``, ``cpu_cur_pct`` and ``mem_cur_bytes`` share the agent loader, so a page
 costs one batch per 128 ids and no field adds queries (legacy built one loader per agent field
 and fetched the same stats three times).
@@ -31,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import graphene
@@ -51,6 +55,7 @@ from . import (
     agent_cpu_pct,
     agent_mem_bytes,
     json_string,
+    kernel_stat,
 )
 
 __all__ = [
@@ -101,12 +106,6 @@ def make_context(
     return RequestContext(stats, registry, LoaderManager(_loader_factory(max_batch_size)), at)
 
 
-async def _kernel_stat(root: KernelRow, info: graphene.ResolveInfo) -> Payload | None:
-    ctx: GrapheneContext = info.context
-    result: Payload | None = await ctx.kernel_loader().load(root.id)
-    return result
-
-
 async def _agent_stat(root: AgentRow, info: graphene.ResolveInfo) -> Payload | None:
     ctx: GrapheneContext = info.context
     result: Payload | None = await ctx.agent_loader().load(root.id)
@@ -119,18 +118,28 @@ class ComputeContainer(graphene.ObjectType):  # type: ignore[misc]
     id = graphene.ID(required=True)
     agent = graphene.String()
     status = graphene.String()
+    terminated_at = graphene.DateTime()
     live_stat = graphene.JSONString(description="Legacy live_stat, a JSON-encoded string.")
-    last_stat = graphene.JSONString(description="Alias of live_stat (same loader).")
+    last_stat = graphene.JSONString(
+        description="live_stat while running; the final stats once terminated."
+    )
+
+    @staticmethod
+    def resolve_terminated_at(root: KernelRow, info: graphene.ResolveInfo) -> datetime | None:
+        """When the kernel terminated (UTC), or None while it runs."""
+        t = root.terminated_at
+        return None if t is None else datetime.fromtimestamp(t, tz=UTC)
 
     @staticmethod
     async def resolve_live_stat(root: KernelRow, info: graphene.ResolveInfo) -> Payload | None:
-        """The kernel's live_stat dict (serialised to a JSON string by graphene) or None."""
-        return await _kernel_stat(root, info)
+        """The kernel's live_stat dict (serialised to a JSON string by graphene) or None;
+        a terminated kernel's final stats for 24 h, as legacy's Valkey key."""
+        return await kernel_stat(info.context, root)
 
     @staticmethod
     async def resolve_last_stat(root: KernelRow, info: graphene.ResolveInfo) -> Payload | None:
-        """Same value as ``live_stat``: legacy resolved both through one loader."""
-        return await _kernel_stat(root, info)
+        """Same value as ``live_stat`` while running; a terminated kernel's final stats."""
+        return await kernel_stat(info.context, root, last=True)
 
 
 class ComputeContainerList(graphene.ObjectType):  # type: ignore[misc]

@@ -15,6 +15,7 @@ which is the behaviour we want anyway. Never keep these loaders across requests.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, NewType, cast
 
 import strawberry
@@ -35,6 +36,7 @@ from . import (
     agent_cpu_pct,
     agent_mem_bytes,
     json_string,
+    kernel_stat,
 )
 
 __all__ = [
@@ -100,11 +102,6 @@ def make_context(
     return RequestContext(stats, registry, LoaderManager(_loader_factory(max_batch_size)), at)
 
 
-async def _kernel_stat(ctx: StrawberryContext, kernel_id: str) -> Payload | None:
-    result: Payload | None = await ctx.kernel_loader().load(kernel_id)
-    return result
-
-
 async def _agent_stat(ctx: StrawberryContext, agent_id: str) -> Payload | None:
     result: Payload | None = await ctx.agent_loader().load(agent_id)
     return result
@@ -113,28 +110,46 @@ async def _agent_stat(ctx: StrawberryContext, agent_id: str) -> Payload | None:
 async def _kernel_live_stat(
     root: ComputeContainer, info: strawberry.Info[StrawberryContext, None]
 ) -> JSONString | None:
-    payload = await _kernel_stat(info.context, str(root.id))
+    payload = await kernel_stat(info.context, root.row)
+    return cast("JSONString | None", json_string(payload))
+
+
+async def _kernel_last_stat(
+    root: ComputeContainer, info: strawberry.Info[StrawberryContext, None]
+) -> JSONString | None:
+    payload = await kernel_stat(info.context, root.row, last=True)
     return cast("JSONString | None", json_string(payload))
 
 
 @strawberry.type(description="A kernel (container) row with its live statistics.")
 class ComputeContainer:
-    """A kernel row; ``live_stat``/``last_stat`` share the request's kernel loader."""
+    """A kernel row; ``live_stat``/``last_stat`` share the request's kernel loader (terminated
+    kernels: see :func:`~promstat.integrations.kernel_stat`)."""
 
     id: strawberry.ID
     agent: str | None
     status: str | None
+    terminated_at: datetime | None
+    row: strawberry.Private[KernelRow]
     live_stat: JSONString | None = strawberry.field(
         resolver=_kernel_live_stat, description="Legacy live_stat, a JSON-encoded string."
     )
     last_stat: JSONString | None = strawberry.field(
-        resolver=_kernel_live_stat, description="Alias of live_stat (same loader)."
+        resolver=_kernel_last_stat,
+        description="live_stat while running; the final stats once terminated.",
     )
 
     @classmethod
     def from_row(cls, row: KernelRow) -> ComputeContainer:
         """Build from a registry row."""
-        return cls(id=strawberry.ID(row.id), agent=row.agent, status=row.status)
+        t = row.terminated_at
+        return cls(
+            id=strawberry.ID(row.id),
+            agent=row.agent,
+            status=row.status,
+            terminated_at=None if t is None else datetime.fromtimestamp(t, tz=UTC),
+            row=row,
+        )
 
 
 @strawberry.type(description="One page of kernels.")
