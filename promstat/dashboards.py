@@ -343,7 +343,7 @@ class _Q:
     catalog: Catalog
     owner_metric: str
 
-    def owners(self, *, kernel: bool = True) -> str:
+    def owners(self) -> str:
         """The raw ownership selector filtered by the template variables (one row per kernel)."""
         n = self.n
         ms = [
@@ -353,15 +353,14 @@ class _Q:
             f'{n.user_label}=~"$user"',
             f'{n.project_label}=~"$project"',
             f'{n.session_label}=~"$session"',
+            f'{n.kernel_label}=~"$kernel"',
         ]
-        if kernel:
-            ms.append(f'{n.kernel_label}=~"$kernel"')
         return f"{n.container_metric}{{{', '.join(ms)}}}"
 
-    def selected(self, expr: str, *, kernel: bool = True) -> str:
+    def selected(self, expr: str) -> str:
         """``expr`` restricted to the kernels the variables select."""
         k = self.n.kernel_label
-        return f"{expr} and on ({k}) group by ({k}) ({self.owners(kernel=kernel)})"
+        return f"{expr} and on ({k}) group by ({k}) ({self.owners()})"
 
     def kernel(self, stat: str, *extra: str) -> str:
         """The recorded kernel family at one ``stat`` (a regex when it holds ``|``)."""
@@ -409,7 +408,7 @@ def _stat_regex(stats: Sequence[str]) -> str:
 # The dashboards
 
 
-def _variables(q: _Q, *, kernel: bool) -> tuple[Variable, ...]:
+def _variables(q: _Q) -> tuple[Variable, ...]:
     n = q.n
     raw = n.container_metric
     chain = [
@@ -417,9 +416,8 @@ def _variables(q: _Q, *, kernel: bool) -> tuple[Variable, ...]:
         ("user", "User", n.user_label),
         ("project", "Project", n.project_label),
         ("session", "Session", n.session_label),
+        ("kernel", "Kernel", n.kernel_label),
     ]
-    if kernel:
-        chain.append(("kernel", "Kernel", n.kernel_label))
     out: list[Variable] = []
     filters: list[str] = [f'{n.value_type_label}="{n.current_value}"']
     for name, label, label_name in chain:
@@ -541,7 +539,7 @@ def _fleet(q: _Q, description: str) -> Dashboard:
         uid="promstat-fleet",
         title="Backend.AI fleet overview (promstat)",
         description=description,
-        variables=_variables(q, kernel=False),
+        variables=_variables(q),
         rows=(
             Row("Fleet", counts + per_agent),
             Row("Top kernels", tops),
@@ -600,7 +598,7 @@ def _kernel(q: _Q, families: Sequence[MetricFamily], description: str) -> Dashbo
         uid="promstat-kernel",
         title="Backend.AI kernel drill-down (promstat)",
         description=description,
-        variables=_variables(q, kernel=True),
+        variables=_variables(q),
         rows=(Row("Utilisation", overview), Row("Live stats per metric", tuple(panels))),
         time_from="now-3h",
     )
