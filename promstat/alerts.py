@@ -29,16 +29,20 @@ import argparse
 import dataclasses
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .catalog import DEFAULT_CATALOG, Catalog, Kind
 from .conventions import SeriesNames
-from .errors import ConfigError, RuleError
+from .errors import ConfigError, PromstatError, RuleError
 from .promql import escape_string, parse_duration, quote_meta
 from .rules import _check, _dump, _promtool, _version
+
+if TYPE_CHECKING:
+    from .client import PrometheusClient
 
 __all__ = [
     "ALERTS_FILE",
@@ -47,6 +51,7 @@ __all__ = [
     "AlertSettings",
     "accelerator_util_matchers",
     "add_cli",
+    "alert_summary",
     "alert_tests_apply",
     "build_alert_groups",
     "check_alerts",
@@ -1012,6 +1017,32 @@ def check_alerts(directory: str | Path) -> list[str]:
     if tests:
         done += _check(promtool, ["test", "rules"], tests)
     return done
+
+
+async def alert_summary(client: PrometheusClient) -> str:
+    """One line saying how many alerts fire (and are pending) on the server, and which.
+
+    Reads the alerting rules' active alerts (``/api/v1/rules?type=alert``: the same alerts as
+    ``/api/v1/alerts``, grouped by rule), e.g. ``alerts: 2 firing (BackendAIKernelMemoryNear
+    Limit x2), 1 pending (BackendAIAgentNotReporting x1)``.
+    """
+    try:
+        groups = await client.rules("alert")
+    except PromstatError as exc:
+        return f"alerts: unavailable ({' '.join(str(exc).split())})"
+    states: dict[str, Counter[str]] = {"firing": Counter(), "pending": Counter()}
+    for group in groups:
+        for rule in group.rules:
+            for alert in rule.alerts:
+                states.setdefault(alert.state, Counter())[rule.name] += 1
+    parts = []
+    for state in ("firing", "pending"):
+        counts = states[state]
+        text = f"{sum(counts.values())} {state}"
+        if counts:
+            text += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + ")"
+        parts.append(text)
+    return "alerts: " + ", ".join(parts)
 
 
 # -------------------------------------------------------------------------------------------

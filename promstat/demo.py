@@ -104,6 +104,7 @@ class PageView:
         cache_hits: ids served from the shared cache.
         plan: the planner's plan(s) used (``recorded/filtered``, ``raw/fleet``, ...).
         errors: GraphQL error messages.
+        alerts: how many alerts fire and which (:func:`promstat.alerts.alert_summary`).
     """
 
     number: int
@@ -115,6 +116,7 @@ class PageView:
     cache_hits: int
     plan: str
     errors: list[str] = field(default_factory=list)
+    alerts: str = ""
 
 
 def format_bytes(value: float, *, suffix: str = "") -> str:
@@ -189,6 +191,8 @@ def render_view(view: PageView, *, rows: int, stamp: str = "") -> list[str]:
         lines.append("  ".join(cells).rstrip())
     if len(view.rows) > rows:
         lines.append(f"... {len(view.rows) - rows} more kernels on this page")
+    if view.alerts:
+        lines.append(view.alerts)
     lines.extend(f"error: {e}" for e in view.errors)
     return lines
 
@@ -323,6 +327,7 @@ async def run_demo(
         0 after a clean shutdown, 1 when a server could not start (message on stderr).
     """
     from . import lab
+    from .alerts import alert_summary, demo_settings, write_alerts
     from .client import PrometheusClient
     from .graphql_app import curl_example, make_app
     from .integrations import FleetRegistry
@@ -362,6 +367,8 @@ async def run_demo(
         rule_dir = tmp / "rules"
         written = write_rules(rule_dir, interval=options.interval, window=window, lookback=lookback)
         rule_files = [p for p in written if p.parent == rule_dir and p.name.endswith(".rules.yml")]
+        # alerting rules with durations of a few intervals, so a short demo shows them fire
+        rule_files += write_alerts(rule_dir / "alerts", settings=demo_settings(options.interval))
         await fleet.start()
         prom = await _in_thread(
             lambda: lab.start_prometheus(
@@ -425,6 +432,7 @@ async def run_demo(
                     result, seconds = await _fetch_page(session, graphql_url, options.page_size)
                     after = metrics.snapshot()
                     view = _page_view(number, result, seconds, before, after, last_plan)
+                    view.alerts = await alert_summary(client)
                     if not view.plan.endswith("(cached)"):
                         last_plan = view.plan
                     lines = render_view(view, rows=rows, stamp=time.strftime("%H:%M:%S"))

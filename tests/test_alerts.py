@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -22,6 +24,7 @@ from promstat.alerts import (
     AlertSettings,
     accelerator_util_matchers,
     add_cli,
+    alert_summary,
     alert_tests_apply,
     build_alert_groups,
     check_alerts,
@@ -32,6 +35,7 @@ from promstat.alerts import (
 )
 from promstat.catalog import Catalog
 from promstat.conventions import SeriesNames
+from promstat.demo import DemoOptions, run_demo
 from promstat.errors import ConfigError, RuleError
 from promstat.promql import parse_duration
 from promstat.testing import openmetrics_text
@@ -343,3 +347,28 @@ def test_vmalert_fires_the_kernel_alerts_with_owner_labels(
         assert f"Kernel {kid} " in alert["annotations"]["summary"]
     assert "(95.0%)" in got["BackendAIKernelMemoryNearLimit"]["annotations"]["summary"]
     assert "cuda_util 2.0%" in got["BackendAIKernelAcceleratorIdle"]["annotations"]["summary"]
+
+
+# ------------------------------------------------------------------------ demo
+
+
+@pytest.mark.slow
+async def test_demo_loads_the_alerts_and_shows_them() -> None:
+    """The demo's Prometheus evaluates the alert groups and each refresh shows an alert line."""
+    out = io.StringIO()
+    options = DemoOptions(duration=12, agents=1, kernels_per_agent=2, interval="1s", refresh=1)
+    assert await run_demo(options, out) == 0
+    text = out.getvalue()
+    lines = [line for line in text.splitlines() if line.startswith("alerts: ")]
+    assert lines, text
+    assert all(re.fullmatch(r"alerts: \d+ firing.*, \d+ pending.*", line) for line in lines)
+
+
+async def test_alert_summary_when_the_server_fails(unused_tcp_port: int) -> None:
+    """A server that cannot be reached gives a one-line 'unavailable' summary, no exception."""
+    from promstat.client import PrometheusClient
+
+    async with PrometheusClient(f"http://127.0.0.1:{unused_tcp_port}", timeout=2) as client:
+        summary = await alert_summary(client)
+    assert summary.startswith("alerts: unavailable (")
+    assert "\n" not in summary

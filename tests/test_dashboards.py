@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from promstat import lab
-from promstat.alerts import demo_settings, write_alerts
+from promstat.alerts import alert_summary, demo_settings, write_alerts
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
@@ -423,6 +423,10 @@ async def test_every_panel_returns_data_on_a_scraped_fleet(
         _, none = await _empty_targets(client, [{**concrete, "user": "nobody"}])
         assert {uid for uid, _, _ in none} == {"promstat-fleet", "promstat-kernel"}
         assert not empty, "\n".join(f"{uid} / {title}: {expr}" for uid, title, expr in empty)
+        # the demo's alert line: the extra kernel's memory alert is at least pending by now
+        summary = await alert_summary(client)
+        assert re.fullmatch(r"alerts: \d+ firing.*, \d+ pending.*", summary), summary
+        assert "BackendAIKernelMemoryNearLimit x1" in summary
         # the variables' own queries list the fleet's values
         values = await client.label_values(NAMES.user_label)
         assert EXTRA_OWNER["user_id"] in values
