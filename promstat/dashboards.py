@@ -453,9 +453,12 @@ def _fleet(q: _Q, description: str) -> Dashboard:
         )
 
     allocated = f"group by ({k}) ({q.kernel('capacity', accel)} > 0)"
+    recorded = f"group by ({k}) ({q.kernel('current', mem)})"
     counts = (
         stat(
-            "Kernels", f"count(group by ({k}) ({owners}))", "Kernels reporting, for the selection."
+            "Kernels",
+            f"count({q.selected(recorded)})",
+            "Kernels with recorded live stats, for the selection.",
         ),
         stat(
             "Kernels with accelerators",

@@ -226,6 +226,17 @@ def test_promtool_lint_and_unit_tests_pass() -> None:
 
 
 @pytest.mark.slow
+def test_promstat_alerts_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`promstat alerts check DIR` passes on the committed files and fails on an empty dir."""
+    from promstat.cli import main
+
+    assert main(["alerts", "check", str(ALERTS_DIR)]) == 0
+    assert f"ok {ALERTS_DIR / ALERTS_FILE}" in capsys.readouterr().out
+    assert main(["alerts", "check", str(tmp_path)]) == 1
+    assert "no *.alerts.yaml files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("old", "new", "alert"),
     [

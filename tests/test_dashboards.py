@@ -430,3 +430,11 @@ async def test_every_panel_returns_data_on_a_scraped_fleet(
         # the variables' own queries list the fleet's values
         values = await client.label_values(NAMES.user_label)
         assert EXTRA_OWNER["user_id"] in values
+
+
+def test_promstat_command_renders_dashboards(tmp_path: Path) -> None:
+    """`promstat dashboards render` is registered on the main command."""
+    from promstat.cli import main
+
+    assert main(["dashboards", "render", "--output", str(tmp_path)]) == 0
+    assert _tree(tmp_path) == _tree(DASHBOARDS_DIR)
