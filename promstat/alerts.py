@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .catalog import DEFAULT_CATALOG, Catalog, Kind
 from .conventions import SeriesNames
 from .errors import ConfigError, PromstatError, RuleError
-from .promql import escape_string, parse_duration, quote_meta
+from .promql import duration, escape_string, parse_duration, quote_meta
 from .rules import _check, _dump, _promtool, _version
 
 if TYPE_CHECKING:
@@ -132,6 +132,9 @@ class AlertSettings:
                 parse_duration(value)  # raises ConfigError naming the value
             elif f.type == "float" and not (isinstance(value, int | float) and value >= 0):
                 raise ConfigError(f"alert setting {f.name} must be a number >= 0, got {value!r}")
+        for name in ("memory_metric", "agent_metric"):
+            if not getattr(self, name):
+                raise ConfigError(f"alert setting {name} must name a metric, got an empty string")
         if not parse_duration(self.interval) > 0:
             raise ConfigError(f"alert setting interval must be > 0, got {self.interval!r}")
         if not 0 < self.data_age_quantile <= 1:
@@ -212,8 +215,6 @@ def demo_settings(interval: str) -> AlertSettings:
 
 
 def _duration(seconds: float) -> str:
-    from .promql import duration
-
     return duration(math.ceil(seconds))
 
 

@@ -122,6 +122,7 @@ def test_settings_change_thresholds_and_durations() -> None:
         (["data_age_quantile=2"], r"data_age_quantile must be in \(0, 1\]"),
         (["rule_group_regex=("], "rule_group_regex is not a regex"),
         (["interval=0s"], "interval must be > 0"),
+        (["agent_metric="], "agent_metric must name a metric"),
     ],
 )
 def test_invalid_settings_are_config_errors(pairs: list[str], match: str) -> None:
