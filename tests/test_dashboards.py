@@ -426,7 +426,7 @@ async def test_every_panel_returns_data_on_a_scraped_fleet(
         # the demo's alert line: the extra kernel's memory alert is at least pending by now
         summary = await alert_summary(client)
         assert re.fullmatch(r"alerts: \d+ firing.*, \d+ pending.*", summary), summary
-        assert "BackendAIKernelMemoryNearLimit x1" in summary
+        assert "BackendAIKernelMemoryNearLimit x" in summary  # the extra kernel, maybe others
         # the variables' own queries list the fleet's values
         values = await client.label_values(NAMES.user_label)
         assert EXTRA_OWNER["user_id"] in values
