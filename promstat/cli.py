@@ -169,6 +169,18 @@ def _add_rules_command(subparsers: Subparsers) -> None:
     add_cli(subparsers)
 
 
+def _add_dashboards_command(subparsers: Subparsers) -> None:
+    from promstat.dashboards import add_cli
+
+    add_cli(subparsers)
+
+
+def _add_alerts_command(subparsers: Subparsers) -> None:
+    from promstat.alerts import add_cli
+
+    add_cli(subparsers)
+
+
 def _add_serve_command(subparsers: Subparsers) -> None:
     from promstat.graphql_app import add_serve_cli
 
@@ -207,6 +219,8 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_query_command,
     add_live_stat_command,
     _add_rules_command,
+    _add_dashboards_command,
+    _add_alerts_command,
     _add_serve_command,
     _add_demo_command,
     _add_bench_command,

@@ -119,6 +119,7 @@ class PageView:
         errors: GraphQL error messages.
         ended: the most recently terminated kernels with their final stats.
         ended_total: terminated kernels the registry knows.
+        alerts: how many alerts fire and which (:func:`promstat.alerts.alert_summary`).
     """
 
     number: int
@@ -132,6 +133,7 @@ class PageView:
     errors: list[str] = field(default_factory=list)
     ended: list[EndedRow] = field(default_factory=list)
     ended_total: int = 0
+    alerts: str = ""
 
 
 def format_bytes(value: float, *, suffix: str = "") -> str:
@@ -211,6 +213,8 @@ def render_view(view: PageView, *, rows: int, stamp: str = "") -> list[str]:
                 (*_RIGHT, False),
             )
         )
+    if view.alerts:
+        lines.append(view.alerts)
     lines.extend(f"error: {e}" for e in view.errors)
     return lines
 
@@ -378,6 +382,7 @@ async def run_demo(
         0 after a clean shutdown, 1 when a server could not start (message on stderr).
     """
     from . import lab
+    from .alerts import alert_summary, demo_settings, write_alerts
     from .client import PrometheusClient
     from .graphql_app import curl_example, make_app
     from .integrations import FleetRegistry
@@ -424,6 +429,8 @@ async def run_demo(
         rule_dir = tmp / "rules"
         written = write_rules(rule_dir, interval=options.interval, window=window, lookback=lookback)
         rule_files = [p for p in written if p.parent == rule_dir and p.name.endswith(".rules.yml")]
+        # alerting rules with durations of a few intervals, so a short demo shows them fire
+        rule_files += write_alerts(rule_dir / "alerts", settings=demo_settings(options.interval))
         await fleet.start()
         prom = await _in_thread(
             lambda: lab.start_prometheus(
@@ -489,6 +496,7 @@ async def run_demo(
                     )
                     after = metrics.snapshot()
                     view = _page_view(number, result, seconds, before, after, last_plan)
+                    view.alerts = await alert_summary(client)
                     if not view.plan.endswith("(cached)"):
                         last_plan = view.plan
                     lines = render_view(view, rows=rows, stamp=time.strftime("%H:%M:%S"))

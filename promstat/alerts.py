@@ -1,0 +1,1094 @@
+"""Alerting-rule generation: catalog + names + :class:`AlertSettings` -> one Prometheus rule file.
+
+The alerts read the same series the recording rules write (``kernel_metric:...:live_stat``)
+and the agent's raw series, so they follow :class:`~promstat.conventions.SeriesNames` and the
+catalog (which metrics are accelerator utilisation). Each alert carries ``summary``,
+``description`` and ``runbook`` annotations (and ``runbook_url`` when a base URL is set)::
+
+    promstat.alerts.yaml
+      promstat.alerts.kernel    BackendAIKernelMemoryNearLimit, BackendAIKernelAcceleratorIdle
+      promstat.alerts.agent     BackendAIAgentNotReporting
+      promstat.alerts.rules     PromstatRuleGroupFailing, PromstatRuleGroupSlow
+      promstat.alerts.service   PromstatQueryErrors, PromstatDataStale, PromstatRefreshFailing
+
+Kernel alerts carry the kernel's ``agent_id``, ``session_id``, ``user_id`` and ``project_id``
+(joined from the raw series, one ownership row per kernel) so a notification names whom to
+call. Percentages are ``current / capacity * 100`` of the recorded stats, never a recorded
+``pct`` series.
+
+:func:`render_alert_tests` writes ``promtool test rules`` cases for every alert, each with a
+time at which nothing fires yet (pending, or below the threshold) and a time at which exactly
+the expected series fire; the expected annotation texts are expanded in Python from the same
+templates. The files use the ``.yaml`` suffix so the recording-rule drift test (which globs
+``rules/**/*.yml``) does not see them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from .catalog import DEFAULT_CATALOG, Catalog, Kind
+from .conventions import SeriesNames
+from .errors import ConfigError, PromstatError, RuleError
+from .promql import duration, escape_string, parse_duration, quote_meta
+from .rules import _check, _dump, _promtool, _version
+
+if TYPE_CHECKING:
+    from .client import PrometheusClient
+
+__all__ = [
+    "ALERTS_FILE",
+    "ALERT_TESTS_FILE",
+    "AlertRule",
+    "AlertSettings",
+    "accelerator_util_matchers",
+    "add_cli",
+    "alert_summary",
+    "alert_tests_apply",
+    "build_alert_groups",
+    "check_alerts",
+    "demo_settings",
+    "render_alert_tests",
+    "render_alerts",
+    "write_alerts",
+]
+
+ALERTS_FILE: Final = "promstat.alerts.yaml"
+ALERT_TESTS_FILE: Final = "tests/promstat.alerts.test.yaml"
+
+_DEFAULT_NAMES: Final = SeriesNames()
+_VALUE: Final = "{value}"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """Thresholds and durations of the generated alerts (all durations are PromQL durations).
+
+    Attributes:
+        interval: evaluation interval of the alert groups.
+        memory_pct: kernel memory use, in percent of its limit, that counts as near the limit.
+        memory_for: how long memory must stay above ``memory_pct`` (OOM risk, not a spike).
+        memory_metric: the container metric holding the cgroup memory use and limit.
+        idle_util_pct: accelerator utilisation (percent of capacity) below which it is idle.
+        idle_window: the averaging window of accelerator utilisation (as the idle checker's
+            ``time-window``).
+        idle_for: how long the average must stay below ``idle_util_pct``.
+        agent_metric: a device metric every agent reports (its heartbeat).
+        agent_lookback: how far back an agent counts as known; the alert resolves by itself
+            this long after the agent's last sample (a decommissioned agent stops alerting).
+        agent_for: how long an agent must be silent.
+        rule_group_regex: RE2 pattern of the rule-group names watched (after the ``file;``).
+        rule_failures_window: window of ``increase()`` over rule-evaluation failures.
+        rule_failures_for: how long a group must keep failing.
+        rule_slow_ratio: last evaluation duration / group interval above which a group is slow.
+        rule_slow_for: how long a group must stay slow.
+        error_ratio: share of promstat's Prometheus calls failing that counts as an outage.
+        service_window: ``rate()`` window of promstat's counters.
+        error_for: how long the error ratio must stay above ``error_ratio``.
+        data_age_seconds: age of served live stats above which they count as stale.
+        data_age_quantile: the quantile of ``promstat_data_age_seconds`` compared.
+        stale_for: how long the data must stay stale.
+        refresh_for: how long background refreshes must keep failing.
+        runbook_url: base URL of a runbook page; each alert gets ``runbook_url`` =
+            ``<base>#<alertname in lower case>`` when set.
+    """
+
+    interval: str = "15s"
+    memory_pct: float = 90.0
+    memory_for: str = "15m"
+    memory_metric: str = "mem"
+    idle_util_pct: float = 5.0
+    idle_window: str = "1h"
+    idle_for: str = "1h"
+    agent_metric: str = "mem"
+    agent_lookback: str = "1h"
+    agent_for: str = "5m"
+    rule_group_regex: str = r"promstat\..+"
+    rule_failures_window: str = "5m"
+    rule_failures_for: str = "10m"
+    rule_slow_ratio: float = 1.0
+    rule_slow_for: str = "10m"
+    error_ratio: float = 0.05
+    service_window: str = "5m"
+    error_for: str = "10m"
+    data_age_seconds: float = 120.0
+    data_age_quantile: float = 0.9
+    stale_for: str = "10m"
+    refresh_for: str = "10m"
+    runbook_url: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _DURATIONS:
+                parse_duration(value)  # raises ConfigError naming the value
+            elif f.type == "float" and not (isinstance(value, int | float) and value >= 0):
+                raise ConfigError(f"alert setting {f.name} must be a number >= 0, got {value!r}")
+        for name in ("memory_metric", "agent_metric"):
+            if not getattr(self, name):
+                raise ConfigError(f"alert setting {name} must name a metric, got an empty string")
+        if not parse_duration(self.interval) > 0:
+            raise ConfigError(f"alert setting interval must be > 0, got {self.interval!r}")
+        if not 0 < self.data_age_quantile <= 1:
+            raise ConfigError(
+                f"alert setting data_age_quantile must be in (0, 1], got {self.data_age_quantile!r}"
+            )
+        try:
+            re.compile(self.rule_group_regex)
+        except re.error as exc:
+            raise ConfigError(f"alert setting rule_group_regex is not a regex: {exc}") from exc
+
+    @classmethod
+    def from_pairs(
+        cls, pairs: Sequence[str], *, base: AlertSettings | None = None
+    ) -> AlertSettings:
+        """Return ``base`` (default: the defaults) with ``NAME=VALUE`` pairs applied.
+
+        Raises:
+            ConfigError: an unknown name, a pair without ``=``, or a value of the wrong type.
+        """
+        base = base or cls()
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            name, sep, text = pair.partition("=")
+            if not sep or name not in kinds:
+                raise ConfigError(
+                    f"invalid alert setting {pair!r}: use NAME=VALUE with NAME one of "
+                    f"{sorted(kinds)}"
+                )
+            if kinds[name] == "float":
+                try:
+                    changes[name] = float(text)
+                except ValueError:
+                    raise ConfigError(
+                        f"alert setting {name} needs a number, got {text!r}"
+                    ) from None
+            elif name == "runbook_url":
+                changes[name] = text or None
+            else:
+                changes[name] = text
+        return dataclasses.replace(base, **changes)
+
+
+_DURATIONS: Final = frozenset(
+    f.name
+    for f in dataclasses.fields(AlertSettings)
+    if f.name.endswith(("_for", "_window", "_lookback")) or f.name == "interval"
+)
+
+
+def demo_settings(interval: str) -> AlertSettings:
+    """Settings with every duration a few ``interval``s long, for the demo's short runs.
+
+    Thresholds are lowered where the simulated fleet never crosses the production ones
+    (memory stays at 10..90 % of the limit), so a demo shows alerts firing.
+    """
+    seconds = parse_duration(interval)
+    short = _duration(max(4 * seconds, 10.0))
+    longer = _duration(max(15 * seconds, 30.0))
+    return AlertSettings(
+        interval=interval,
+        memory_pct=80.0,
+        memory_for=short,
+        idle_util_pct=20.0,
+        idle_window=longer,
+        idle_for=short,
+        agent_lookback=longer,
+        agent_for=short,
+        rule_failures_window=longer,
+        rule_failures_for=short,
+        rule_slow_for=short,
+        service_window=longer,
+        error_for=short,
+        stale_for=short,
+        refresh_for=short,
+    )
+
+
+def _duration(seconds: float) -> str:
+    return duration(math.ceil(seconds))
+
+
+# -------------------------------------------------------------------------------------------
+# Typed alerts
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """One ``alert:`` rule.
+
+    ``annotations`` are texts with ``$label`` and ``$value`` placeholders: they
+    become Go templates in the rule file (:meth:`to_dict`) and expected texts in the unit tests
+    (:meth:`expand`), so both come from one string.
+    """
+
+    alert: str
+    expr: str
+    for_: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    value_format: str = "%.1f"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the rule-file mapping (``alert``, ``expr``, ``for``, labels, annotations)."""
+        return {
+            "alert": self.alert,
+            "expr": self.expr,
+            "for": self.for_,
+            "labels": dict(self.labels),
+            "annotations": {
+                k: _go_template(v, self.value_format) for k, v in self.annotations.items()
+            },
+        }
+
+    def expand(self, labels: Mapping[str, str], value: float) -> dict[str, str]:
+        """The annotations as Prometheus renders them for an alert with ``labels`` and ``value``."""
+        text = _go_value(value, self.value_format)
+        values = {**labels, "value": text}
+        return {
+            k: _PLACEHOLDER.sub(lambda m: values[m.group(1)], v)
+            for k, v in self.annotations.items()
+        }
+
+
+_PLACEHOLDER = re.compile(r"\$([a-z_]+)")
+
+
+def _go_template(text: str, value_format: str) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "value":
+            if value_format == "percentage":
+                return "{{ $value | humanizePercentage }}"
+            return f'{{{{ $value | printf "{value_format}" }}}}'
+        return f"{{{{ $labels.{name} }}}}"
+
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def _go_value(value: float, value_format: str) -> str:
+    if value_format == "percentage":
+        # Prometheus' humanizePercentage: fmt.Sprintf("%.4g%%", v*100)
+        return f"{value * 100:.4g}%"
+    return value_format % value
+
+
+@dataclass(frozen=True, slots=True)
+class AlertGroup:
+    """A group of alerts evaluated every ``interval``."""
+
+    name: str
+    interval: str
+    rules: tuple[AlertRule, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the rule-file mapping of the group."""
+        return {
+            "name": self.name,
+            "interval": self.interval,
+            "rules": [r.to_dict() for r in self.rules],
+        }
+
+
+def accelerator_util_matchers(
+    catalog: Catalog = DEFAULT_CATALOG, *, label: str = _DEFAULT_NAMES.container_metric_label
+) -> tuple[str, ...]:
+    """Matchers selecting accelerator-utilisation metrics of the catalog.
+
+    Those are the gauges whose unit hint is ``percent`` (exact names and patterns, such as
+    ``.+_util``), minus exact names a pattern would catch whose own spec is not such a gauge
+    (``cpu_util`` is a rate counter).
+
+    Raises:
+        ConfigError: the catalog has no such metric.
+    """
+
+    def util(kind: Kind, unit: str) -> bool:
+        return kind is Kind.GAUGE and unit.lower() == "percent"
+
+    exact = sorted(n for n, s in catalog.exact.items() if util(s.kind, s.unit_hint))
+    patterns = [p for p, s in catalog.patterns if util(s.kind, s.unit_hint)]
+    if not exact and not patterns:
+        raise ConfigError("the catalog has no accelerator utilisation metric (percent gauges)")
+    alternatives = [quote_meta(n) for n in exact] + [
+        f"(?:{p})" if "|" in p else p for p in patterns
+    ]
+    compiled = [re.compile(p) for p in patterns]
+    shadowed = sorted(
+        n
+        for n, s in catalog.exact.items()
+        if not util(s.kind, s.unit_hint) and any(rx.fullmatch(n) for rx in compiled)
+    )
+    out = [f'{label}=~"{escape_string("|".join(alternatives))}"']
+    if shadowed:
+        out.append(f'{label}!~"{escape_string("|".join(quote_meta(n) for n in shadowed))}"')
+    return tuple(out)
+
+
+def _owner_join(n: SeriesNames, metric: str) -> str:
+    """``* on (kernel) group_left (agent, session, user, project)`` one ownership row per kernel.
+
+    A kernel relabelled from the agent's ``"undefined"`` ownership has two rows for a while
+    (a many-to-one join would fail on it): rows with a known session win, and
+    ``topk by (kernel) (1, ...)`` keeps one row whatever happens.
+    """
+    owners = f"{n.agent_label}, {n.session_label}, {n.user_label}, {n.project_label}"
+    raw = (
+        f'{n.container_metric}{{{n.container_metric_label}="{escape_string(metric)}", '
+        f'{n.value_type_label}="{n.current_value}"}}'
+    )
+    known = raw.replace("}", f', {n.session_label}!="undefined"}}')
+    rows = f"group by ({n.kernel_label}, {owners})"
+    # Rows with a known session first; "undefined" rows only for kernels that have no other.
+    return (
+        f" * on ({n.kernel_label}) group_left ({owners}) topk by ({n.kernel_label}) "
+        f"(1, {rows} ({known}) or on ({n.kernel_label}) {rows} ({raw}))"
+    )
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _kernel_alerts(n: SeriesNames, catalog: Catalog, s: AlertSettings) -> tuple[AlertRule, ...]:
+    k = n.kernel_live_stat
+    mem = escape_string(s.memory_metric)
+    by = n.kernel_label
+    cur = f'{k}{{{n.container_metric_label}="{mem}", {n.stat_label}="current"}}'
+    cap = f'{k}{{{n.container_metric_label}="{mem}", {n.stat_label}="capacity"}}'
+    memory = AlertRule(
+        alert="BackendAIKernelMemoryNearLimit",
+        expr=(
+            f"(max by ({by}) ({cur}) / max by ({by}) ({cap} > 0) * 100 > {_num(s.memory_pct)})"
+            + _owner_join(n, s.memory_metric)
+        ),
+        for_=s.memory_for,
+        labels={"severity": "warning"},
+        annotations={
+            "summary": f"Kernel ${by} is close to its memory limit ($value%)",
+            "description": (
+                f"Kernel ${by} of session ${n.session_label} (user ${n.user_label}, project "
+                f"${n.project_label}) on agent ${n.agent_label} has used more than "
+                f"{_num(s.memory_pct)}% of its memory limit for {s.memory_for} (now $value%). "
+                "The kernel's processes will be OOM-killed when it reaches the limit."
+            ),
+            "runbook": (
+                "Tell the session owner: save work and restart the session with a larger memory "
+                "slot, or reduce the working set (batch size, data loaded in memory). Check the "
+                "kernel drill-down dashboard for a steady climb (leak) versus a plateau. Nothing "
+                "breaks until the limit is reached; the agent does not raise the limit by itself."
+            ),
+        },
+    )
+    accel = ", ".join(accelerator_util_matchers(catalog, label=n.container_metric_label))
+    keys = f"{by}, {n.container_metric_label}"
+    acur = f'{k}{{{accel}, {n.stat_label}="current"}}'
+    acap = f'{k}{{{accel}, {n.stat_label}="capacity"}}'
+    idle = AlertRule(
+        alert="BackendAIKernelAcceleratorIdle",
+        expr=(
+            f"(max by ({keys}) (avg_over_time({acur}[{s.idle_window}])) / max by ({keys}) "
+            f"({acap} > 0) * 100 < {_num(s.idle_util_pct)})" + _owner_join(n, s.memory_metric)
+        ),
+        for_=s.idle_for,
+        labels={"severity": "info"},
+        annotations={
+            "summary": (
+                f"Kernel ${by} holds accelerators it does not use "
+                f"(${n.container_metric_label} $value%)"
+            ),
+            "description": (
+                f"Kernel ${by} of session ${n.session_label} (user ${n.user_label}, project "
+                f"${n.project_label}) on agent ${n.agent_label} has accelerators allocated, but "
+                f"its ${n.container_metric_label} averaged $value% over {s.idle_window}, below "
+                f"{_num(s.idle_util_pct)}%, for {s.idle_for}. This is what Backend.AI's "
+                "utilisation idle checker looks for."
+            ),
+            "runbook": (
+                "Ask the owner whether the session is still needed; idle accelerators block "
+                "other users' sessions. If the idle checker is configured with a utilisation "
+                "threshold it will terminate the session; otherwise terminate it by hand or "
+                "agree on a smaller allocation. A training job waiting on data loading shows "
+                "low accelerator and high CPU or I/O on the kernel dashboard."
+            ),
+        },
+    )
+    return memory, idle
+
+
+def _agent_alerts(n: SeriesNames, s: AlertSettings) -> tuple[AlertRule, ...]:
+    a = n.agent_label
+    raw = (
+        f'{n.device_metric}{{{n.device_metric_label}="{escape_string(s.agent_metric)}", '
+        f'{n.value_type_label}="{n.current_value}"}}'
+    )
+    return (
+        AlertRule(
+            alert="BackendAIAgentNotReporting",
+            expr=(
+                f"group by ({a}) (max_over_time({raw}[{s.agent_lookback}])) unless on ({a}) "
+                f"group by ({a}) ({raw})"
+            ),
+            for_=s.agent_for,
+            labels={"severity": "warning"},
+            annotations={
+                "summary": f"Agent ${a} stopped reporting utilisation",
+                "description": (
+                    f"Agent ${a} exported {s.agent_metric} within the last {s.agent_lookback} "
+                    f"but not for {s.agent_for}: its kernels' live stats are frozen or gone and "
+                    "the scheduler may still place sessions on it."
+                ),
+                "runbook": (
+                    "Check the agent process and its host (systemctl status backendai-agent, "
+                    "agent logs), then Prometheus' target page for a scrape error (network, TLS, "
+                    "a changed port). A decommissioned agent resolves by itself after the "
+                    "lookback; mark it lost in the manager meanwhile."
+                ),
+            },
+            value_format="%.0f",
+        ),
+    )
+
+
+def _rule_alerts(s: AlertSettings) -> tuple[AlertRule, ...]:
+    group = f'rule_group=~".+;{escape_string(s.rule_group_regex)}"'
+    ratio = "" if s.rule_slow_ratio == 1 else f" * {_num(s.rule_slow_ratio)}"
+    return (
+        AlertRule(
+            alert="PromstatRuleGroupFailing",
+            expr=(
+                f"increase(prometheus_rule_evaluation_failures_total{{{group}}}"
+                f"[{s.rule_failures_window}]) > 0"
+            ),
+            for_=s.rule_failures_for,
+            labels={"severity": "critical"},
+            annotations={
+                "summary": "Rule group $rule_group is failing",
+                "description": (
+                    f"$rule_group on $instance had $value failed rule evaluations in the last "
+                    f"{s.rule_failures_window}, for {s.rule_failures_for}. Recorded live stats "
+                    "(and alerts reading them) are missing or stale; promstat falls back to raw "
+                    "queries."
+                ),
+                "runbook": (
+                    "Read the rule error on Prometheus' /rules page or in its log (a query "
+                    "timeout, a many-to-many match after a relabelling, a sample limit). "
+                    "Regenerate the rules with `promstat rules render` for the running version "
+                    "and check them with `promstat rules check`."
+                ),
+            },
+            value_format="%.0f",
+        ),
+        AlertRule(
+            alert="PromstatRuleGroupSlow",
+            expr=(
+                f"prometheus_rule_group_last_duration_seconds{{{group}}} > "
+                f"prometheus_rule_group_interval_seconds{{{group}}}{ratio}"
+            ),
+            for_=s.rule_slow_for,
+            labels={"severity": "warning"},
+            annotations={
+                "summary": "Rule group $rule_group runs longer than its interval",
+                "description": (
+                    f"The last evaluation of $rule_group on $instance took $value s, longer "
+                    f"than {_num(s.rule_slow_ratio)} x its interval, for {s.rule_slow_for}: "
+                    "evaluations are skipped and recorded live stats lag."
+                ),
+                "runbook": (
+                    "Look at prometheus_rule_group_iterations_missed_total and the per-rule "
+                    "durations on /rules. Raise the group interval (`promstat rules render "
+                    "--interval`, with the scrape interval), give Prometheus more CPU, or shard "
+                    "the fleet across Prometheus servers."
+                ),
+            },
+        ),
+    )
+
+
+def _service_alerts(s: AlertSettings) -> tuple[AlertRule, ...]:
+    w = s.service_window
+    return (
+        AlertRule(
+            alert="PromstatQueryErrors",
+            expr=(
+                f"sum by (instance, job) (rate(promstat_query_errors_total[{w}])) / "
+                f"sum by (instance, job) (rate(promstat_queries_total[{w}])) "
+                f"> {_num(s.error_ratio)}"
+            ),
+            for_=s.error_for,
+            labels={"severity": "critical"},
+            annotations={
+                "summary": "promstat on $instance fails $value of its Prometheus queries",
+                "description": (
+                    f"$value of the Prometheus HTTP API calls promstat made on $instance "
+                    f"(job $job) failed over {w}, above {_num(s.error_ratio)}, for "
+                    f"{s.error_for}: live_stat fields on list pages come back null or as errors."
+                ),
+                "runbook": (
+                    "See promstat_query_errors_total by error_type on the promstat dashboard: "
+                    "timeout (Prometheus overloaded: check its CPU and the recorded plan), "
+                    "unavailable or connection errors (Prometheus down or unreachable), "
+                    "bad_data (a version mismatch between promstat and the rules)."
+                ),
+            },
+            value_format="percentage",
+        ),
+        AlertRule(
+            alert="PromstatDataStale",
+            expr=(
+                f"histogram_quantile({_num(s.data_age_quantile)}, sum by (instance, job, le) "
+                f"(rate(promstat_data_age_seconds_bucket[{w}]))) > {_num(s.data_age_seconds)}"
+            ),
+            for_=s.stale_for,
+            labels={"severity": "warning"},
+            annotations={
+                "summary": "promstat on $instance serves live stats $value s old",
+                "description": (
+                    f"The {_num(s.data_age_quantile)} quantile of the age of live stats promstat "
+                    f"served on $instance (job $job) was $value s over {w}, above "
+                    f"{_num(s.data_age_seconds)} s, for {s.stale_for}."
+                ),
+                "runbook": (
+                    "Stale data comes from failing background refreshes (see "
+                    "PromstatRefreshFailing), slow Prometheus queries, or agents that stopped "
+                    "reporting. Check the promstat and fleet dashboards; restart promstat only "
+                    "after Prometheus answers again."
+                ),
+            },
+            value_format="%.0f",
+        ),
+        AlertRule(
+            alert="PromstatRefreshFailing",
+            expr=f"sum by (instance, job) (rate(promstat_refresh_failures_total[{w}])) > 0",
+            for_=s.refresh_for,
+            labels={"severity": "warning"},
+            annotations={
+                "summary": "promstat on $instance cannot refresh live stats",
+                "description": (
+                    f"promstat's background refresh on $instance (job $job) failed continuously "
+                    f"for {s.refresh_for} ($value failures/s): pages get older values until the "
+                    "cache entries expire, then query Prometheus themselves."
+                ),
+                "runbook": (
+                    "Check promstat's log for the refresh error and "
+                    "promstat_query_errors_total by error_type; most often Prometheus is "
+                    "overloaded or unreachable."
+                ),
+            },
+            value_format="%.3f",
+        ),
+    )
+
+
+def build_alert_groups(
+    *,
+    names: SeriesNames = _DEFAULT_NAMES,
+    catalog: Catalog = DEFAULT_CATALOG,
+    settings: AlertSettings = AlertSettings(),
+) -> tuple[AlertGroup, ...]:
+    """Build the alert groups as typed values.
+
+    Raises:
+        ConfigError: the catalog has no accelerator utilisation metric.
+    """
+    groups: tuple[AlertGroup, ...] = (
+        AlertGroup(
+            "promstat.alerts.kernel", settings.interval, _kernel_alerts(names, catalog, settings)
+        ),
+        AlertGroup("promstat.alerts.agent", settings.interval, _agent_alerts(names, settings)),
+        AlertGroup("promstat.alerts.rules", settings.interval, _rule_alerts(settings)),
+        AlertGroup("promstat.alerts.service", settings.interval, _service_alerts(settings)),
+    )
+    if settings.runbook_url:
+        base = settings.runbook_url
+        groups = tuple(
+            dataclasses.replace(
+                g,
+                rules=tuple(
+                    dataclasses.replace(
+                        r, annotations={**r.annotations, "runbook_url": f"{base}#{r.alert.lower()}"}
+                    )
+                    for r in g.rules
+                ),
+            )
+            for g in groups
+        )
+    return groups
+
+
+# -------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _changed(settings: AlertSettings) -> list[str]:
+    default = AlertSettings()
+    return [
+        f"--set {f.name}={getattr(settings, f.name)}"
+        for f in dataclasses.fields(settings)
+        if getattr(settings, f.name) != getattr(default, f.name)
+    ]
+
+
+def _header(settings: AlertSettings, catalog_file: str | None, what: str) -> str:
+    parts = ["promstat alerts render", *_changed(settings)]
+    if catalog_file:
+        parts.append(f"--catalog {catalog_file}")
+    return (
+        f"# Code generated by promstat {_version()} ({' '.join(parts)}). DO NOT EDIT.\n"
+        f"# {what}; see promstat/alerts.py for the settings.\n"
+    )
+
+
+def render_alerts(
+    *,
+    names: SeriesNames = _DEFAULT_NAMES,
+    catalog: Catalog = DEFAULT_CATALOG,
+    settings: AlertSettings = AlertSettings(),
+    catalog_file: str | None = None,
+) -> dict[str, str]:
+    """Render the alert rule file: ``{ALERTS_FILE: YAML text}``.
+
+    Raises:
+        ConfigError: as :func:`build_alert_groups`.
+    """
+    groups = build_alert_groups(names=names, catalog=catalog, settings=settings)
+    body = _dump({"groups": [g.to_dict() for g in groups]})
+    return {
+        ALERTS_FILE: _header(
+            settings, catalog_file, "Alerting rules for Backend.AI live statistics"
+        )
+        + body
+    }
+
+
+def alert_tests_apply(
+    *,
+    catalog: Catalog = DEFAULT_CATALOG,
+    settings: AlertSettings = AlertSettings(),
+) -> bool:
+    """Whether the unit-test scenario holds: default settings and ``cuda_util`` an accelerator."""
+    if dataclasses.replace(settings, runbook_url=None) != AlertSettings():
+        return False
+    spec = catalog.lookup("cuda_util")
+    return spec.kind is Kind.GAUGE and spec.unit_hint.lower() == "percent"
+
+
+# -- the unit-test scenario (one promtool test per alert) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Case:
+    """Input series (name, labels, promtool values) and the alerts expected at two times."""
+
+    alert: str
+    series: tuple[tuple[str, Mapping[str, str], str], ...]
+    quiet_at: str
+    firing_at: str
+    firing: tuple[tuple[Mapping[str, str], float], ...]
+    extra_quiet: tuple[str, ...] = field(default=())
+
+
+def _series_text(metric: str, labels: Mapping[str, str]) -> str:
+    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"{metric}{{{inner}}}"
+
+
+def _cases(n: SeriesNames) -> tuple[_Case, ...]:
+    k = n.kernel_live_stat
+    owners = {
+        n.agent_label: "ag1",
+        n.session_label: "s1",
+        n.user_label: "u1",
+        n.project_label: "p1",
+    }
+
+    def kernel(kid: str, metric: str, stat: str, values: str) -> tuple[str, dict[str, str], str]:
+        return (
+            k,
+            {n.kernel_label: kid, n.container_metric_label: metric, n.stat_label: stat},
+            values,
+        )
+
+    def owner(kid: str, metric: str, **over: str) -> tuple[str, dict[str, str], str]:
+        labels = {
+            **owners,
+            **over,
+            n.kernel_label: kid,
+            n.container_metric_label: metric,
+            n.value_type_label: n.current_value,
+            "instance": "ag1:6003",
+            "job": "backendai-agent",
+        }
+        return n.container_metric, labels, "1x180"
+
+    def who(kid: str, **over: str) -> dict[str, str]:
+        return {**owners, **over, n.kernel_label: kid}
+
+    def rule_series(metric: str, group: str, values: str) -> tuple[str, dict[str, str], str]:
+        labels = {"instance": "prom:9090", "job": "prometheus", "rule_group": group}
+        return metric, labels, values
+
+    kgroup = "/etc/prometheus/rules/promstat-kernel.rules.yml;promstat.kernel.live_stat"
+    agroup = "/etc/prometheus/rules/promstat-agent.rules.yml;promstat.agent.live_stat"
+    other = "/etc/prometheus/rules/node.rules.yml;node.rules"
+    rgroup = {"instance": "prom:9090", "job": "prometheus"}
+
+    def svc(metric: str, inst: str, values: str, **labels: str) -> tuple[str, dict[str, str], str]:
+        return metric, {"instance": inst, "job": "manager", **labels}, values
+
+    buckets = ("1", "5", "15", "30", "60", "120", "300", "+Inf")
+
+    def histogram(inst: str, first: str) -> list[tuple[str, dict[str, str], str]]:
+        # every observation falls in the bucket whose bound is `first` and above
+        out = []
+        for le in buckets:
+            above = le == "+Inf" or float(le) >= float(first)
+            out.append(
+                svc("promstat_data_age_seconds_bucket", inst, "0+10x60" if above else "0x60", le=le)
+            )
+        return out
+
+    device = {
+        n.device_metric_label: "mem",
+        n.device_label: "root",
+        n.value_type_label: n.current_value,
+        "instance": "ag:6003",
+        "job": "backendai-agent",
+    }
+    return (
+        _Case(
+            "BackendAIKernelMemoryNearLimit",
+            (
+                # k-oom: 95 % for 30m; k-ok: 50 %; k-late: above only from 10m; k-nocap: no limit
+                kernel("k-oom", "mem", "current", "950x30"),
+                kernel("k-oom", "mem", "capacity", "1000x30"),
+                owner("k-oom", "mem"),
+                # a relabelled kernel: the agent's "undefined" ownership row next to the real one
+                owner(
+                    "k-oom",
+                    "mem",
+                    **{
+                        n.session_label: "undefined",
+                        n.user_label: "undefined",
+                        n.project_label: "undefined",
+                        n.agent_label: "ag0",
+                    },
+                ),
+                kernel("k-ok", "mem", "current", "500x30"),
+                kernel("k-ok", "mem", "capacity", "1000x30"),
+                owner("k-ok", "mem"),
+                kernel("k-late", "mem", "current", "100x9 990x20"),
+                kernel("k-late", "mem", "capacity", "1000x30"),
+                owner("k-late", "mem"),
+                kernel("k-nocap", "mem", "current", "990x30"),
+                kernel("k-nocap", "mem", "capacity", "0x30"),
+                owner("k-nocap", "mem"),
+                # another metric above its capacity is not memory
+                kernel("k-ok", "cuda_mem", "current", "990x30"),
+                kernel("k-ok", "cuda_mem", "capacity", "1000x30"),
+            ),
+            quiet_at="10m",
+            firing_at="20m",
+            firing=((who("k-oom"), 95.0),),
+        ),
+        _Case(
+            "BackendAIKernelAcceleratorIdle",
+            (
+                # k-idle: 2 % for 3h; k-busy: 60 %; k-recent: idle only from 100m; k-cpu: CPU only
+                kernel("k-idle", "cuda_util", "current", "2x180"),
+                kernel("k-idle", "cuda_util", "capacity", "100x180"),
+                owner("k-idle", "mem"),
+                kernel("k-busy", "cuda_util", "current", "60x180"),
+                kernel("k-busy", "cuda_util", "capacity", "100x180"),
+                owner("k-busy", "mem"),
+                kernel("k-recent", "cuda_util", "current", "60x100 0x80"),
+                kernel("k-recent", "cuda_util", "capacity", "100x180"),
+                owner("k-recent", "mem"),
+                kernel("k-cpu", "cpu_util", "current", "0x180"),
+                kernel("k-cpu", "cpu_util", "capacity", "1000x180"),
+                owner("k-cpu", "mem"),
+            ),
+            quiet_at="30m",
+            firing_at="150m",
+            firing=(({**who("k-idle"), n.container_metric_label: "cuda_util"}, 2.0),),
+        ),
+        _Case(
+            "BackendAIAgentNotReporting",
+            (
+                (n.device_metric, {**device, n.agent_label: "ag-up"}, "1x100"),
+                (n.device_metric, {**device, n.agent_label: "ag-gone"}, "1x20 stale"),
+                # an agent without the heartbeat metric's series is not watched
+                (
+                    n.device_metric,
+                    {**device, n.device_metric_label: "disk", n.agent_label: "ag-x"},
+                    "1x20 stale",
+                ),
+            ),
+            quiet_at="24m",
+            firing_at="35m",
+            firing=(({n.agent_label: "ag-gone"}, 1.0),),
+            # the lookback (1h) after the last sample (20m) has passed: resolved
+            extra_quiet=("90m",),
+        ),
+        _Case(
+            "PromstatRuleGroupFailing",
+            (
+                rule_series("prometheus_rule_evaluation_failures_total", kgroup, "0+1x60"),
+                rule_series("prometheus_rule_evaluation_failures_total", agroup, "3x60"),
+                rule_series("prometheus_rule_evaluation_failures_total", other, "0+1x60"),
+            ),
+            quiet_at="5m",
+            firing_at="20m",
+            firing=(({**rgroup, "rule_group": kgroup}, 5.0),),
+        ),
+        _Case(
+            "PromstatRuleGroupSlow",
+            (
+                rule_series("prometheus_rule_group_last_duration_seconds", kgroup, "20x60"),
+                rule_series("prometheus_rule_group_interval_seconds", kgroup, "15x60"),
+                rule_series("prometheus_rule_group_last_duration_seconds", agroup, "2x60"),
+                rule_series("prometheus_rule_group_interval_seconds", agroup, "15x60"),
+                rule_series("prometheus_rule_group_last_duration_seconds", other, "99x60"),
+                rule_series("prometheus_rule_group_interval_seconds", other, "15x60"),
+            ),
+            quiet_at="5m",
+            firing_at="20m",
+            firing=(({**rgroup, "rule_group": kgroup}, 20.0),),
+        ),
+        _Case(
+            "PromstatQueryErrors",
+            (
+                svc("promstat_queries_total", "m1:8080", "0+100x60"),
+                svc("promstat_query_errors_total", "m1:8080", "0+10x60", error_type="timeout"),
+                svc("promstat_queries_total", "m2:8080", "0+100x60"),
+                svc("promstat_query_errors_total", "m2:8080", "0+1x60", error_type="timeout"),
+            ),
+            quiet_at="5m",
+            firing_at="20m",
+            firing=(({"instance": "m1:8080", "job": "manager"}, 0.1),),
+        ),
+        _Case(
+            "PromstatDataStale",
+            (*histogram("m1:8080", "300"), *histogram("m2:8080", "15")),
+            quiet_at="5m",
+            firing_at="20m",
+            firing=(({"instance": "m1:8080", "job": "manager"}, 282.0),),
+        ),
+        _Case(
+            "PromstatRefreshFailing",
+            (
+                svc("promstat_refresh_failures_total", "m1:8080", "0+6x60"),
+                svc("promstat_refresh_failures_total", "m2:8080", "4x60"),
+            ),
+            quiet_at="5m",
+            firing_at="20m",
+            firing=(({"instance": "m1:8080", "job": "manager"}, 0.1),),
+        ),
+    )
+
+
+def render_alert_tests(
+    *,
+    names: SeriesNames = _DEFAULT_NAMES,
+    catalog: Catalog = DEFAULT_CATALOG,
+    settings: AlertSettings = AlertSettings(),
+) -> dict[str, str]:
+    """Render the ``promtool test rules`` file for the alerts of the default settings.
+
+    Every alert has one test: before its ``for`` has elapsed nothing fires; later exactly the
+    expected series fire, with labels and annotation texts checked, while the series below
+    the threshold (or outside the selection) stay quiet.
+
+    Returns:
+        ``{ALERT_TESTS_FILE: YAML text}``.
+
+    Raises:
+        RuleError: the scenario does not hold for ``catalog``/``settings``.
+    """
+    if not alert_tests_apply(catalog=catalog, settings=settings):
+        raise RuleError("the alert-test scenario needs the default alert settings")
+    rules = {
+        r.alert: r
+        for g in build_alert_groups(names=names, catalog=catalog, settings=settings)
+        for r in g.rules
+    }
+    tests: list[dict[str, Any]] = []
+    for case in _cases(names):
+        rule = rules[case.alert]
+        firing = [
+            {
+                "exp_labels": {**labels, **rule.labels},
+                "exp_annotations": rule.expand(labels, value),
+            }
+            for labels, value in case.firing
+        ]
+        checks: list[dict[str, Any]] = [
+            {"eval_time": t, "alertname": case.alert, "exp_alerts": []}
+            for t in (case.quiet_at, *case.extra_quiet)
+        ]
+        checks.insert(
+            1, {"eval_time": case.firing_at, "alertname": case.alert, "exp_alerts": firing}
+        )
+        tests.append(
+            {
+                "name": case.alert,
+                "interval": "1m",
+                "input_series": [
+                    {"series": _series_text(m, labels), "values": values}
+                    for m, labels, values in case.series
+                ],
+                "alert_rule_test": checks,
+            }
+        )
+    doc: dict[str, Any] = {
+        "rule_files": [f"../{ALERTS_FILE}"],
+        "evaluation_interval": "1m",
+        "tests": tests,
+    }
+    return {
+        ALERT_TESTS_FILE: _header(settings, None, "promtool unit tests of the alerting rules")
+        + _dump(doc)
+    }
+
+
+def write_alerts(
+    output_dir: str | Path,
+    *,
+    names: SeriesNames = _DEFAULT_NAMES,
+    catalog: Catalog = DEFAULT_CATALOG,
+    settings: AlertSettings = AlertSettings(),
+    catalog_file: str | None = None,
+) -> list[Path]:
+    """Write the alert rule file, and its promtool unit tests when :func:`alert_tests_apply`.
+
+    Returns:
+        The written paths, sorted.
+
+    Raises:
+        ConfigError: as :func:`build_alert_groups`.
+        RuleError: a file could not be written.
+    """
+    out = Path(output_dir)
+    files = render_alerts(
+        names=names, catalog=catalog, settings=settings, catalog_file=catalog_file
+    )
+    if alert_tests_apply(catalog=catalog, settings=settings):
+        files.update(render_alert_tests(names=names, catalog=catalog, settings=settings))
+    written: list[Path] = []
+    try:
+        for rel, text in sorted(files.items()):
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    except OSError as exc:
+        raise RuleError(f"cannot write alert files to {str(out)!r}: {exc}") from exc
+    return written
+
+
+def check_alerts(directory: str | Path) -> list[str]:
+    """Run ``promtool check rules --lint=all --lint-fatal`` and ``promtool test rules``.
+
+    Args:
+        directory: a directory holding ``*.alerts.yaml`` (and ``tests/*.test.yaml``).
+
+    Returns:
+        The files checked or tested.
+
+    Raises:
+        BinaryNotFoundError: promtool is missing.
+        RuleError: no alert files, or promtool failed (its output is in the message).
+    """
+    root = Path(directory)
+    files = sorted(str(p) for p in root.glob("*.alerts.yaml"))
+    if not files:
+        raise RuleError(f"no *.alerts.yaml files in {str(root)!r}")
+    promtool = _promtool()
+    done = _check(promtool, ["check", "rules", "--lint=all", "--lint-fatal"], files)
+    tests = sorted(str(p) for p in (root / "tests").glob("*.test.yaml"))
+    if tests:
+        done += _check(promtool, ["test", "rules"], tests)
+    return done
+
+
+async def alert_summary(client: PrometheusClient) -> str:
+    """One line saying how many alerts fire (and are pending) on the server, and which.
+
+    Reads the alerting rules' active alerts (``/api/v1/rules?type=alert``: the same alerts as
+    ``/api/v1/alerts``, grouped by rule), e.g. ``alerts: 2 firing (BackendAIKernelMemoryNear
+    Limit x2), 1 pending (BackendAIAgentNotReporting x1)``.
+    """
+    try:
+        groups = await client.rules("alert")
+    except PromstatError as exc:
+        return f"alerts: unavailable ({' '.join(str(exc).split())})"
+    states: dict[str, Counter[str]] = {"firing": Counter(), "pending": Counter()}
+    for group in groups:
+        for rule in group.rules:
+            for alert in rule.alerts:
+                states.setdefault(alert.state, Counter())[rule.name] += 1
+    parts = []
+    for state in ("firing", "pending"):
+        counts = states[state]
+        text = f"{sum(counts.values())} {state}"
+        if counts:
+            text += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + ")"
+        parts.append(text)
+    return "alerts: " + ", ".join(parts)
+
+
+# -------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    catalog = Catalog.from_yaml(Path(args.catalog)) if args.catalog else DEFAULT_CATALOG
+    settings = AlertSettings.from_pairs(args.set or [])
+    for path in write_alerts(
+        args.output, catalog=catalog, settings=settings, catalog_file=args.catalog
+    ):
+        print(path)
+    if not alert_tests_apply(catalog=catalog, settings=settings):
+        print("note: promtool unit tests are only generated for the default settings")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    for path in check_alerts(args.directory):
+        print(f"ok {path}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``alerts render`` and ``alerts check`` on an argparse ``add_subparsers()``.
+
+    Returns:
+        The ``alerts`` parser.
+    """
+    alerts: argparse.ArgumentParser = subparsers.add_parser(
+        "alerts", help="generate and check the alerting rules"
+    )
+    sub = alerts.add_subparsers(dest="alerts_command", required=True)
+    render = sub.add_parser("render", help="write the alerting-rule file (and unit tests)")
+    render.add_argument("--output", required=True, help="directory to write into")
+    render.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="change a threshold or duration (AlertSettings field), e.g. memory_pct=85",
+    )
+    render.add_argument("--catalog", default=None, help="catalog YAML extending the built-in one")
+    render.set_defaults(handler=_cmd_render)
+    check = sub.add_parser("check", help="promtool check rules --lint=all + promtool test rules")
+    check.add_argument("directory", help="directory with *.alerts.yaml (and tests/*.test.yaml)")
+    check.set_defaults(handler=_cmd_check)
+    return alerts
