@@ -36,10 +36,12 @@ failed ids instead, which is what the legacy client did for values it could not 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, PromstatError
+from .loader import DataLoader
 from .service import LiveStats
 
 __all__ = ["PromstatStatClient"]
@@ -59,6 +61,15 @@ class PromstatStatClient:
             raise ConfigError(f"errors must be 'raise' or 'none', not {errors!r}")
         self.stats = stats
         self.errors = errors
+        self._singles: tuple[asyncio.AbstractEventLoop, DataLoader[str, Any]] | None = None
+
+    def _single_loader(self) -> DataLoader[str, Any]:
+        # Singles issued in one event-loop tick (the idle checker's GET per kernel, from many
+        # sessions' tasks) become one batch; no memo here, the shared cache below decides.
+        loop = asyncio.get_running_loop()
+        if self._singles is None or self._singles[0] is not loop:
+            self._singles = (loop, DataLoader(self.stats.load_kernels, cache=False))
+        return self._singles[1]
 
     def _settle(self, values: Sequence[Any]) -> list[dict[str, Any] | None]:
         out: list[dict[str, Any] | None] = []
@@ -72,8 +83,17 @@ class PromstatStatClient:
         return out
 
     async def get_kernel_statistics(self, kernel_id: str) -> dict[str, Any] | None:
-        """Live stats of one kernel (``GET`` + unpack), or ``None`` without data."""
-        return self._settle(await self.stats.load_kernels([str(kernel_id)]))[0]
+        """Live stats of one kernel (``GET`` + unpack), or ``None`` without data.
+
+        Concurrent calls in one event-loop tick share one batch.
+        """
+        try:
+            value: dict[str, Any] | None = await self._single_loader().load(str(kernel_id))
+        except PromstatError:
+            if self.errors == "raise":
+                raise
+            return None
+        return value
 
     async def get_session_statistics_batch(
         self, session_ids: list[str]
