@@ -44,7 +44,7 @@ for live kernels.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -97,6 +97,8 @@ class Utilization:
         max_query_bytes: query text budget per chunk (VictoriaMetrics' 16 KiB default).
         max_alternatives: ids per set matcher.
         concurrency: chunks in flight.
+        clock: what "now" is (Unix seconds) for calls without ``at``; ``None`` lets the server
+            decide. Replays and tests pin it to a time inside their data.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Utilization:
         max_query_bytes: int = 16 * 1024,
         max_alternatives: int = 256,
         concurrency: int = 8,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, not {concurrency}")
@@ -121,6 +124,7 @@ class Utilization:
         self.max_query_bytes = max_query_bytes
         self.max_alternatives = max_alternatives
         self._semaphore = asyncio.Semaphore(concurrency)
+        self.clock = clock
 
     # -- query text ---------------------------------------------------------------------------
 
@@ -228,6 +232,8 @@ class Utilization:
         )
 
     async def _run(self, query: str, at: float | None) -> list[Any]:
+        if at is None and self.clock is not None:
+            at = self.clock()
         async with self._semaphore:
             result = await self.client.query_vector(query, labels=dict[str, str], time=at)
         return list(result.series)

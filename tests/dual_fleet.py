@@ -7,9 +7,9 @@ a :class:`~promstat.valkey_publisher.ValkeyPublisher` listening to its exporters
 one measurement per step, so the comparison is exact where the semantics are the same.
 
 Times: the epoch and the step are aligned so the raw plan's window subquery
-(``[window:interval]``) evaluates exactly the steps the publisher saw (the last 20 before
-``at``), and the publisher starts ``WINDOW`` seconds before ``at`` so its lifetime statistics
-cover the same samples.
+(``[window:interval]``) evaluates exactly the steps the publisher saw, and the publisher starts
+one window before ``at`` (21 steps: Prometheus 2 ranges include their left end), so its
+lifetime statistics cover the same samples.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from promstat.valkey_publisher import ValkeyPublisher, replay
 EPOCH = 1_700_000_010  # a multiple of the step, so subquery steps fall on samples
 STEP = 15
 AT = EPOCH + 900
-#: Steps the publisher replays: the last 20 up to ``AT`` (the 5m window at a 15s step).
-LEGACY_TIMES = [AT - 285 + i * STEP for i in range(20)]
+#: Steps the publisher replays: ``AT - 5m`` .. ``AT`` (the 5m window at a 15s step).
+LEGACY_TIMES = [AT - 300 + i * STEP for i in range(21)]
 
 
 @dataclass
