@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dual_fleet import DualFleet, dual_fleet, fleet_config
 
+from promstat import lab
 from promstat.catalog import DEFAULT_CATALOG
 from promstat.cli import main
+from promstat.client import PrometheusClient
 from promstat.compare import (
     COMPARE_EXIT_DISAGREE,
+    CompareOptions,
     FieldKind,
     Tolerance,
     Tolerances,
     classify,
     compare_payloads,
+    run_compare,
 )
 from promstat.errors import ConfigError
+from promstat.sim import FleetConfig, SimulatedFleet
+from promstat.valkey_publisher import ValkeyPublisher
 
 
 @pytest.mark.parametrize(
@@ -241,3 +248,41 @@ def test_broken_fleet_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     pct = fields["mem", "pct"]
     assert {e["id"] for e in pct["examples"]} == {wrong, dup}
     assert fields["cpu_util", "current"]["agreed"] == fields["cpu_util", "current"]["compared"]
+
+
+@pytest.mark.slow
+async def test_live_scraped_fleet_agrees_after_the_last_scrape(
+    start_prometheus: Callable[..., lab.PrometheusProcess],
+) -> None:
+    """A live fleet, really scraped, dual-publishing as it is measured (at each scrape).
+
+    Exposition timestamps give Prometheus the measurement instants, so the agent's rate and
+    ``irate`` span the same two measurements. The fleet stops before comparing so both sides
+    hold the same last measurement (Valkey has no history to pin a time in).
+    """
+    config = FleetConfig(
+        agents=3, kernels_per_agent=5, churn=None, exposition_timestamps=True, seed=5
+    )
+    with lab.start_redis() as redis:
+        publisher = ValkeyPublisher.from_url(redis.url, node_interval=1)
+        fleet = SimulatedFleet(config, listeners=[publisher])
+        async with fleet:
+            prom = start_prometheus(scrape_targets=fleet.targets, scrape_interval="1s")
+            root = 'backendai_device_utilization{device_id="root",value_type="current"}'
+            async with PrometheusClient(prom.url) as client:
+                for _ in range(600):  # generous: the machine is shared
+                    res = await client.query(f"count(count_over_time({root}[1m]) >= 4)")
+                    if res.vector and res.vector[0].value[1] == "3":
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    pytest.fail("Prometheus did not scrape the fleet 4 times within 60 s")
+        await publisher.close()
+        assert publisher.errors == 0
+        options = CompareOptions(redis_url=redis.url, prom_url=prom.url, interval="1s", window="5m")
+        _, (report,) = await run_compare(options)
+    assert report.ids == 15 and report.both == 15, report.to_json()
+    for stats in report.fields.values():
+        if stats.kind in (FieldKind.GAUGE, FieldKind.STRING, FieldKind.RATE):
+            assert stats.agreed == stats.compared, stats.to_json()
+    assert report.ok
