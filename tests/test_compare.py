@@ -261,7 +261,12 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
     hold the same last measurement (Valkey has no history to pin a time in).
     """
     config = FleetConfig(
-        agents=3, kernels_per_agent=5, churn=None, exposition_timestamps=True, seed=5
+        agents=3,
+        kernels_per_agent=5,
+        churn=None,
+        exposition_timestamps=True,
+        seed=5,
+        node_interval=1,  # measured every scrape: the device capacity is that interval
     )
     with lab.start_redis() as redis:
         publisher = ValkeyPublisher.from_url(redis.url, node_interval=1)
@@ -279,10 +284,20 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
                     pytest.fail("Prometheus did not scrape the fleet 4 times within 60 s")
         await publisher.close()
         assert publisher.errors == 0
-        options = CompareOptions(redis_url=redis.url, prom_url=prom.url, interval="1s", window="5m")
-        _, (report,) = await run_compare(options)
+        options = CompareOptions(
+            redis_url=redis.url, prom_url=prom.url, interval="1s", window="5m", agents=True
+        )
+        _, (report, agents) = await run_compare(options)
     assert report.ids == 15 and report.both == 15, report.to_json()
     for stats in report.fields.values():
         if stats.kind in (FieldKind.GAUGE, FieldKind.STRING, FieldKind.RATE):
             assert stats.agreed == stats.compared, stats.to_json()
     assert report.ok
+    assert agents.both == 3
+    for stats in agents.fields.values():
+        if stats.metric.endswith(".cpu_util") and stats.kind is FieldKind.RATE:
+            # The agent divides by the interval it measured; the simulator exports a model
+            # interval (1 s + up to 19 ms) while scrapes come 1 s +- jitter apart.
+            assert stats.worst_rel < 0.1, stats.to_json()
+        elif stats.kind is not FieldKind.KNOWN:
+            assert stats.agreed == stats.compared, stats.to_json()
