@@ -78,6 +78,7 @@ __all__ = [
     "COMPARE_EXIT_DISAGREE",
     "CompareOptions",
     "FieldKind",
+    "FieldOverride",
     "FieldStats",
     "LegacyRead",
     "Report",
@@ -108,15 +109,23 @@ class FieldKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Tolerance:
-    """``|a - b| <= abs + rel * max(|a|, |b|)``; ``kind`` overrides the field's kind."""
+    """``|a - b| <= abs + rel * max(|a|, |b|)``."""
 
     rel: float = 0.0
     abs: float = 0.0
-    kind: FieldKind | None = None
 
     def accepts(self, a: float, b: float) -> bool:
         """Whether two numbers agree within this tolerance."""
         return abs(a - b) <= self.abs + self.rel * max(abs(a), abs(b))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldOverride:
+    """A per-field entry of a tolerance file: what it sets (``None``: the kind's value)."""
+
+    rel: float | None = None
+    abs: float | None = None
+    kind: FieldKind | None = None
 
 
 _DEFAULT_KINDS: Final[Mapping[FieldKind, Tolerance]] = {
@@ -133,7 +142,7 @@ class Tolerances:
     """Per-kind tolerances, per-field overrides and the pass thresholds."""
 
     kinds: Mapping[FieldKind, Tolerance] = field(default_factory=lambda: dict(_DEFAULT_KINDS))
-    fields: Mapping[str, Tolerance] = field(default_factory=dict)
+    fields: Mapping[str, FieldOverride] = field(default_factory=dict)
     min_agreement: float = 0.99
     max_missing: float = 0.01
 
@@ -164,9 +173,10 @@ class Tolerances:
                 raise ConfigError(
                     f"tolerance file: unknown kind {name!r}; choose from {choices}"
                 ) from None
-            kinds[kind] = _tolerance(entry, f"kinds.{name}", base=kinds[kind])
+            given = _override(entry, f"kinds.{name}", kind_allowed=False)
+            kinds[kind] = _merge(kinds[kind], given)
         fields = {
-            str(name): _tolerance(entry, f"fields.{name}", base=None)
+            str(name): _override(entry, f"fields.{name}", kind_allowed=True)
             for name, entry in (doc.get("fields") or {}).items()
         }
         thresholds = {"min_agreement": 0.99, "max_missing": 0.01}
@@ -189,14 +199,20 @@ class Tolerances:
         if override is None:
             return kind, self.kinds[kind]
         kind = override.kind or kind
-        base = self.kinds[kind]
-        return kind, Tolerance(rel=override.rel or base.rel, abs=override.abs or base.abs)
+        return kind, _merge(self.kinds[kind], override)
 
 
-def _tolerance(entry: object, where: str, *, base: Tolerance | None) -> Tolerance:
+def _merge(base: Tolerance, override: FieldOverride) -> Tolerance:
+    return Tolerance(
+        rel=base.rel if override.rel is None else override.rel,
+        abs=base.abs if override.abs is None else override.abs,
+    )
+
+
+def _override(entry: object, where: str, *, kind_allowed: bool) -> FieldOverride:
     if not isinstance(entry, dict):
         raise ConfigError(f"tolerance file: {where} must be a mapping like {{rel: 0.01}}")
-    unknown = set(entry) - {"rel", "abs", "kind"}
+    unknown = set(entry) - ({"rel", "abs", "kind"} if kind_allowed else {"rel", "abs"})
     if unknown:
         raise ConfigError(f"tolerance file: {where}: unknown key(s) {sorted(unknown)}")
     values: dict[str, float] = {}
@@ -214,8 +230,7 @@ def _tolerance(entry: object, where: str, *, base: Tolerance | None) -> Toleranc
             raise ConfigError(
                 f"tolerance file: {where}.kind {entry['kind']!r} is unknown"
             ) from None
-    start = base or Tolerance()
-    return Tolerance(rel=values.get("rel", start.rel), abs=values.get("abs", start.abs), kind=kind)
+    return FieldOverride(rel=values.get("rel"), abs=values.get("abs"), kind=kind)
 
 
 def classify(catalog: Catalog, metric: str, name: str, *, node: bool) -> FieldKind:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from dual_fleet import DualFleet, dual_fleet, fleet_config
+from redis.asyncio import from_url
 
 from promstat import lab
 from promstat.catalog import DEFAULT_CATALOG
@@ -24,9 +27,10 @@ from promstat.compare import (
     Tolerances,
     classify,
     compare_payloads,
+    read_legacy,
     run_compare,
 )
-from promstat.errors import ConfigError
+from promstat.errors import ConfigError, TransportError
 from promstat.sim import FleetConfig, SimulatedFleet
 from promstat.valkey_publisher import ValkeyPublisher
 
@@ -65,6 +69,7 @@ def test_tolerance_file_overrides_kinds_fields_and_thresholds(tmp_path: Path) ->
     path.write_text(
         "min_agreement: 0.5\nkinds:\n  rate: {rel: 0.2}\n"
         "fields:\n  mem.stats.max: {kind: known}\n  cuda_util.pct: {abs: 1}\n"
+        "  cpu_util.pct: {rel: 0}\n"
     )
     tol = Tolerances.from_file(path)
     assert tol.min_agreement == 0.5 and tol.max_missing == 0.01
@@ -74,6 +79,7 @@ def test_tolerance_file_overrides_kinds_fields_and_thresholds(tmp_path: Path) ->
     )
     assert tol.for_field("mem.stats.max", FieldKind.WINDOW)[0] is FieldKind.KNOWN
     assert tol.for_field("cuda_util.pct", FieldKind.GAUGE)[1].abs == 1
+    assert tol.for_field("cpu_util.pct", FieldKind.RATE)[1] == Tolerance(rel=0.0, abs=0.01)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +89,7 @@ def test_tolerance_file_overrides_kinds_fields_and_thresholds(tmp_path: Path) ->
         ("fields:\n  mem.pct: {rel: -1}\n", r"fields.mem.pct.rel must be a number >= 0"),
         ("min_agreement: 2\n", r"min_agreement must be in \[0, 1\]"),
         ("oops: 1\n", "unknown key"),
+        ("kinds:\n  rate: {kind: gauge}\n", r"kinds.rate: unknown key\(s\) \['kind'\]"),
         ("- 1\n", "must hold a mapping"),
     ],
 )
@@ -301,3 +308,39 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
             assert stats.worst_rel < 0.1, stats.to_json()
         elif stats.kind is not FieldKind.KNOWN:
             assert stats.agreed == stats.compared, stats.to_json()
+
+
+@pytest.mark.slow
+async def test_read_legacy_sets_stale_and_undecodable_keys_apart(
+    redis_server: lab.ManagedProcess,
+) -> None:
+    fresh, stale, garbage, scalar, absent = (str(uuid.uuid4()) for _ in range(5))
+    client = from_url(redis_server.url)
+    try:
+        await client.set(fresh, msgpack.packb({"mem": _metric("1")}), ex=86400)
+        await client.set(stale, msgpack.packb({"mem": _metric("1")}), ex=86400 - 500)
+        await client.set(garbage, b"\xc1 not msgpack", ex=86400)
+        await client.set(scalar, msgpack.packb(42), ex=86400)
+    finally:
+        await client.aclose()
+    ids = [fresh, stale, garbage, scalar, absent]
+    read = await read_legacy(redis_server.url, ids, key_ttl=86400, stale_after=120)
+    assert read.values == {fresh: {"mem": _metric("1")}, absent: None}
+    assert read.stale == [stale]  # written ~500 s ago: nothing refreshes it
+    assert sorted(read.undecodable) == sorted([garbage, scalar])
+    report = compare_payloads(
+        read.values,
+        {key: {"mem": _metric("1")} for key in ids},
+        undecodable=read.undecodable,
+        stale=read.stale,
+    )
+    assert report.both == 1 and report.stale_legacy == [stale]
+    assert report.missing_legacy == [absent]
+    assert report.missing_fraction == pytest.approx(3 / 5)  # stale ids are not "missing"
+    unbounded = await read_legacy(redis_server.url, [stale])
+    assert unbounded.stale == [] and stale in unbounded.values
+
+
+async def test_unreachable_redis_is_a_transport_error() -> None:
+    with pytest.raises(TransportError, match="reading legacy live stats failed"):
+        await read_legacy(f"redis://127.0.0.1:{lab.free_port()}/0", ["k"])
