@@ -512,6 +512,10 @@ class ValkeyPublisher:
                 self.errors += 1
                 self.last_error = exc
                 log.warning("legacy live_stat write failed: %s", exc)
+            except Exception as exc:  # a background task must not die silently
+                self.errors += 1
+                self.last_error = exc
+                log.exception("legacy live_stat write failed unexpectedly")
 
     async def flush(self) -> int:
         """Write every kernel and agent measured since the last write.

@@ -36,6 +36,22 @@ def device(
     return Measured("i-a", metric, current, capacity, at, device_id=device_id)
 
 
+def test_exporter_listeners_see_each_recorded_measurement() -> None:
+    seen: list[Measured] = []
+    exporter = UtilizationExporter("i-a", clock=lambda: 5.0)
+    exporter.add_listener(seen.append)
+    exporter.add_kernel("k")
+    exporter.observe_container("k", "mem", "10", 20)
+    exporter.sample_time = 7.0  # a simulator's measurement instant wins over the clock
+    exporter.observe_device("mem", "root", 1.5)
+    exporter.terminate_kernel("k")
+    assert exporter.observe_container("k", "mem", 11) is False  # detained: not measured
+    assert seen == [
+        Measured("i-a", "mem", "10", 20, 5.0, kernel_id="k"),
+        Measured("i-a", "mem", 1.5, None, 7.0, device_id="root"),
+    ]
+
+
 def test_kernel_payload_follows_the_agents_stat_context() -> None:
     ctx = LegacyStatContext()
     for m in (
