@@ -8,8 +8,10 @@ and the raw path on a backfilled simulated fleet, checked against the same formu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
 from promstat.live_stat import format_pct
+from promstat.planner import PlannerConfig
+from promstat.rules import write_rules
 from promstat.service import LiveStats
 from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 from promstat.utilization import (
@@ -245,3 +249,50 @@ async def test_raw_path_on_a_simulated_fleet_matches_live_stat_payloads() -> Non
         assert per_kernel[kernel_id]["cpu_util"] == pytest.approx(rate / 10)  # of 1000 msec/s
         want = Decimal(payloads[kernel_id]["cpu_util"]["pct"])  # type: ignore[index]
         assert per_kernel[kernel_id]["cpu_util"] == pytest.approx(float(want), abs=0.01)
+
+
+@pytest.mark.slow
+async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+) -> None:
+    """The generated rules' pct, joined to sessions, equals the raw computation."""
+    rule_files = write_rules(tmp_path / "rules", interval="1s", window="4s")
+    config = FleetConfig(
+        agents=2, kernels_per_agent=4, churn=None, exposition_timestamps=True, seed=3
+    )
+    pct = 'kernel_metric:backendai_container_utilization:pct{container_metric_name="cpu_util"}'
+    async with SimulatedFleet(config) as fleet:
+        prom = start_prometheus(
+            scrape_targets=fleet.targets,
+            scrape_interval="1s",
+            rule_files=[p for p in rule_files if "test" not in p.name],
+        )
+        kernel_ids = fleet.kernel_ids()
+        async with PrometheusClient(prom.url) as client:
+            at = 0.0
+            for _ in range(900):  # generous: the machine is shared
+                res = await client.query(f"count(min_over_time({pct}[3s]) > 0)")
+                if res.vector and res.vector[0].value[1] == str(len(kernel_ids)):
+                    stamp = await client.query(f"max(timestamp({pct}))")
+                    at = float(stamp.vector[0].value[1])
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the recorded pct did not settle within 90 s")
+            slots = {fleet.kernel(k).session_id: fleet.kernel(k).mem_limit for k in kernel_ids}
+            recorded = await Utilization(client).sessions(slots, RESOURCES, at=at)
+            expressions = LiveStatExpressions(interval="1s", window="4s")
+            raw_util = Utilization(client, use_recorded=False, expressions=expressions)
+            raw = await raw_util.sessions(slots, RESOURCES, at=at)
+            stats = LiveStats(client, PlannerConfig(interval="1s", window="4s"))
+            payloads = await stats.load_kernels(kernel_ids, at=at)
+    for kernel_id, payload in zip(kernel_ids, payloads, strict=True):
+        session = fleet.kernel(kernel_id).session_id
+        assert isinstance(payload, dict)
+        want = idle_checker_utilization([payload], RESOURCES, {"mem": slots[session]})
+        _close(recorded[session], want)
+        _close(raw[session], recorded[session])
+        got = recorded[session]
+        assert got is not None and got["cpu_util"] == pytest.approx(
+            fleet.expected_rate(kernel_id, "cpu_util") / 10, rel=1e-3
+        )
