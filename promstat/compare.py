@@ -38,7 +38,7 @@ a lifetime maximum is never below a window maximum). Override any of it with
 ``--tolerance FILE`` (YAML or JSON)::
 
     min_agreement: 0.995     # share of counted comparisons that must agree (default 0.99)
-    max_missing: 0.01        # share of ids allowed to be missing on either side (default 0.01)
+    max_missing: 0.01        # share of ids, and of field values, allowed on one side only
     kinds:
       rate: {rel: 0.05, abs: 0.01}
     fields:                  # per "metric.field" ("node.cpu_util.current" for agents)
@@ -338,9 +338,24 @@ class Report:
         return missing / self.ids if self.ids else 0.0
 
     @property
+    def missing_values(self) -> int:
+        """Counted field values present on one side only (a metric or field the other lacks)."""
+        return sum(f.missing_legacy + f.missing_promstat for f in self.counted)
+
+    @property
+    def missing_value_fraction(self) -> float:
+        """:attr:`missing_values` among all counted field values of ids on both sides."""
+        total = self.compared + self.missing_values
+        return self.missing_values / total if total else 0.0
+
+    @property
     def ok(self) -> bool:
-        """Whether agreement and missing ids are within the thresholds."""
-        return self.agreement >= self.min_agreement and self.missing_fraction <= self.max_missing
+        """Whether agreement, missing ids and missing field values are within the thresholds."""
+        return (
+            self.agreement >= self.min_agreement
+            and self.missing_fraction <= self.max_missing
+            and self.missing_value_fraction <= self.max_missing
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``fields`` sorted by metric and field)."""
@@ -352,6 +367,7 @@ class Report:
             "missing_promstat": self.missing_promstat,
             "undecodable": self.undecodable,
             "stale_legacy": self.stale_legacy,
+            "missing_values": self.missing_values,
             "comparisons": self.compared,
             "agreed": self.agreed,
             "agreement": self.agreement,
@@ -654,7 +670,8 @@ def format_report(report: Report, out: TextIO) -> None:
         f"{len(report.undecodable)} undecodable, "
         f"{len(report.stale_legacy)} stale in legacy (not compared)\n"
         f"agreement: {report.agreement:.2%} of {report.compared} field comparisons "
-        f"(threshold {report.min_agreement:.2%}; missing {report.missing_fraction:.2%}, "
+        f"(threshold {report.min_agreement:.2%}; missing ids {report.missing_fraction:.2%}, "
+        f"values on one side only {report.missing_value_fraction:.2%}, "
         f"allowed {report.max_missing:.2%}): {verdict}\n"
     )
     header = ["metric", "field", "kind", "agree", "compared", "%", "worst abs", "worst rel",

@@ -130,6 +130,7 @@ def test_compare_payloads_counts_agreement_missing_and_known_apart() -> None:
     assert current.examples == [{"id": "k2", "legacy": "20", "promstat": "21"}]
     assert report.fields["mem", "stats.max"].agreed == 1  # 8% apart: inside the window bound
     assert report.fields["cuda_mem", "current"].missing_legacy == 1
+    assert report.missing_values == 4  # cuda_mem: current, capacity, pct, unit_hint
     known = {(f.metric, f.name) for f in report.known}
     assert known == {("cpu_used", "capacity"), ("cpu_used", "pct")}
     assert report.agreement == report.agreed / report.compared < 1
