@@ -31,6 +31,7 @@ from promstat.compare import (
     run_compare,
 )
 from promstat.errors import ConfigError, TransportError
+from promstat.rules import write_rules
 from promstat.sim import FleetConfig, SimulatedFleet
 from promstat.valkey_publisher import ValkeyPublisher
 
@@ -259,15 +260,21 @@ def test_broken_fleet_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("plan", ["raw", "recorded"])
 async def test_live_scraped_fleet_agrees_after_the_last_scrape(
-    start_prometheus: Callable[..., lab.PrometheusProcess],
+    plan: str, tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
 ) -> None:
     """A live fleet, really scraped, dual-publishing as it is measured (at each scrape).
 
     Exposition timestamps give Prometheus the measurement instants, so the agent's rate and
     ``irate`` span the same two measurements. The fleet stops before comparing so both sides
-    hold the same last measurement (Valkey has no history to pin a time in).
+    hold the same last measurement (Valkey has no history to pin a time in). ``recorded``
+    loads the generated rules and compares what production reads.
     """
+    rules: list[Path] = []
+    if plan == "recorded":
+        written = write_rules(tmp_path / "rules", interval="1s", window="5m")
+        rules = [p for p in written if "test" not in p.name]
     config = FleetConfig(
         agents=3,
         kernels_per_agent=5,
@@ -280,7 +287,9 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
         publisher = ValkeyPublisher.from_url(redis.url, node_interval=1)
         fleet = SimulatedFleet(config, listeners=[publisher])
         async with fleet:
-            prom = start_prometheus(scrape_targets=fleet.targets, scrape_interval="1s")
+            prom = start_prometheus(
+                scrape_targets=fleet.targets, scrape_interval="1s", rule_files=rules
+            )
             root = 'backendai_device_utilization{device_id="root",value_type="current"}'
             async with PrometheusClient(prom.url) as client:
                 for _ in range(600):  # generous: the machine is shared
@@ -292,8 +301,14 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
                     pytest.fail("Prometheus did not scrape the fleet 4 times within 60 s")
         await publisher.close()
         assert publisher.errors == 0
+        await asyncio.sleep(2.5)  # the rules evaluate once more after the last scrape
         options = CompareOptions(
-            redis_url=redis.url, prom_url=prom.url, interval="1s", window="5m", agents=True
+            redis_url=redis.url,
+            prom_url=prom.url,
+            interval="1s",
+            window="5m",
+            agents=True,
+            use_recorded=plan == "recorded",
         )
         _, (report, agents) = await run_compare(options)
     assert report.ids == 15 and report.both == 15, report.to_json()
