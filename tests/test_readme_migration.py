@@ -69,6 +69,7 @@ def test_every_shell_command_runs(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tolerance.yml").write_text(_blocks("yaml")[0])
     lines = [ln for block in _blocks("sh") for ln in block.splitlines() if ln.strip()]
+    sample_output = ""
     assert sum(ln.startswith("promstat compare") for ln in lines) == 3
     for line in lines:
         line = line.replace(REDIS, fleet.redis.url).replace(PROM, fleet.prometheus.url)
@@ -85,7 +86,17 @@ def test_every_shell_command_runs(
         assert code == 0, (line, out)
         if target is not None:
             (tmp_path / target).write_text(out)
+        if argv[1] == "compare" and "--sample" in argv:
+            sample_output = out
     assert '"ok": true' in (tmp_path / "compare.json").read_text()
+    # The sample summary in the README has the shape the command prints today.
+    shown = [ln for ln in _blocks("text")[0].splitlines() if ln.strip()]
+    printed = {_shape(ln) for ln in sample_output.splitlines()}
+    assert shown and all(_shape(ln) in printed for ln in shown), shown
+
+
+def _shape(line: str) -> str:
+    return re.sub(r"\d+(\.\d+)?", "N", line)
 
 
 async def _run(source: str, namespace: dict[str, Any]) -> None:
