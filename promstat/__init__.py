@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind, MetricSpec, NodeCurrent
 from .client import PrometheusClient, QueryObserver, RetryPolicy
+from .compat import PromstatStatClient
 from .conventions import SeriesNames
 from .errors import (
     APIError,
@@ -43,6 +44,8 @@ from .loader import DataLoader, FetchResult, SharedLoader
 from .metrics import PromstatMetrics
 from .planner import BatchOutcome, Planner, PlannerConfig
 from .service import LiveStats
+from .utilization import MemRule, Utilization
+from .valkey_publisher import ValkeyPublisher
 
 __version__ = "0.1.0"
 
@@ -66,6 +69,7 @@ __all__ = [
     "Kind",
     "LabError",
     "LiveStats",
+    "MemRule",
     "MetricSpec",
     "NodeCurrent",
     "NotAcceptableError",
@@ -75,6 +79,7 @@ __all__ = [
     "PrometheusClient",
     "PromstatError",
     "PromstatMetrics",
+    "PromstatStatClient",
     "QueryBuildError",
     "QueryObserver",
     "QueryTimeoutError",
@@ -87,6 +92,8 @@ __all__ = [
     "SharedLoader",
     "TransportError",
     "UnavailableError",
+    "Utilization",
+    "ValkeyPublisher",
     "__version__",
     "render_agent",
     "render_kernel",

@@ -193,6 +193,12 @@ def _add_demo_command(subparsers: Subparsers) -> None:
     add_demo_cli(subparsers)
 
 
+def _add_compare_command(subparsers: Subparsers) -> None:
+    from promstat.compare import add_compare_cli
+
+    add_compare_cli(subparsers)
+
+
 def _add_bench_command(subparsers: Subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="run the benchmarks (needs a source checkout)",
@@ -224,6 +230,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     _add_serve_command,
     _add_demo_command,
     _add_bench_command,
+    _add_compare_command,
 ]
 
 

@@ -35,6 +35,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Final, Self
@@ -51,6 +52,8 @@ __all__ = [
     "TEXT_CONTENT_TYPE",
     "ExporterServer",
     "KernelState",
+    "Measured",
+    "MeasurementListener",
     "UtilizationExporter",
     "container_series",
     "device_series",
@@ -71,6 +74,25 @@ DEVICE_HELP: Final = "Backend.AI device utilization: raw measurement (current) a
 
 # (metric name, is_capacity) -> line.
 _Key = tuple[str, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One measurement as a listener sees it (a container's when ``kernel_id`` is set, else a
+    device's), with the values exactly as passed to the exporter."""
+
+    agent_id: str
+    metric: str
+    current: float | str
+    capacity: float | str | None
+    #: When it was measured: the exporter's ``sample_time`` if set, else its clock.
+    at: float
+    kernel_id: str | None = None
+    device_id: str | None = None
+
+
+#: Called with every recorded measurement (e.g. the legacy Valkey publisher).
+MeasurementListener = Callable[[Measured], None]
 
 
 class KernelState(StrEnum):
@@ -249,6 +271,7 @@ class UtilizationExporter:
         self._expiry: list[tuple[float, int, _Kernel]] = []
         self._seq = 0
         self._hooks: list[Callable[[], None]] = []
+        self._listeners: list[MeasurementListener] = []
         #: When set (Unix seconds), every sample line carries this exposition timestamp.
         #: A simulator sets it to the instant its values were computed, so rates are exact
         #: whatever the scrape jitter (Prometheus then skips staleness markers for these
@@ -374,6 +397,8 @@ class UtilizationExporter:
                 + b"\n"
             )
         self._version += 1
+        if self._listeners:
+            self._notify(Measured(self.agent_id, metric, current, capacity, self._now(), kernel_id))
         return True
 
     def terminate_kernel(self, kernel_id: str, *, at: float | None = None) -> bool:
@@ -495,6 +520,9 @@ class UtilizationExporter:
                 self._device_prefix(key) + _fmt(_as_float(capacity, f"{metric} capacity")) + b"\n"
             )
         self._version += 1
+        if self._listeners:
+            m = Measured(self.agent_id, metric, current, capacity, self._now(), device_id=device_id)
+            self._notify(m)
 
     def remove_device(self, metric: str, device_id: str) -> bool:
         """Remove a device metric's series (current and capacity) now.
@@ -512,6 +540,21 @@ class UtilizationExporter:
         return found
 
     # -- exposition ---------------------------------------------------------------------------
+
+    def add_listener(self, listener: MeasurementListener) -> None:
+        """Call ``listener(Measured(...))`` after every recorded container or device measurement.
+
+        Lets a second pipeline consume the same measurements (dual publishing to Valkey during
+        a migration, :mod:`promstat.valkey_publisher`). Listeners run synchronously, in order.
+        """
+        self._listeners.append(listener)
+
+    def _now(self) -> float:
+        return self.sample_time if self.sample_time is not None else self.clock()
+
+    def _notify(self, measured: Measured) -> None:
+        for listener in self._listeners:
+            listener(measured)
 
     def add_collect_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook()`` at the start of every :meth:`render`, before expiry.

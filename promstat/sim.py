@@ -59,6 +59,7 @@ from .exporter import (
     DEVICE_HELP,
     ExporterServer,
     KernelState,
+    MeasurementListener,
     UtilizationExporter,
     container_series,
     device_series,
@@ -524,6 +525,8 @@ class SimulatedFleet:
     Args:
         config: fleet shape and seed.
         clock: wall-clock time source (Unix seconds); also the exporters' detention clock.
+        listeners: added to every agent's exporter (:meth:`UtilizationExporter.add_listener`),
+            e.g. a :class:`~promstat.valkey_publisher.ValkeyPublisher` for dual publishing.
     """
 
     def __init__(
@@ -531,6 +534,7 @@ class SimulatedFleet:
         config: FleetConfig = FleetConfig(),
         *,
         clock: Callable[[], float] = time.time,
+        listeners: Sequence[MeasurementListener] = (),
     ) -> None:
         self.config = config
         self.clock = clock
@@ -543,6 +547,8 @@ class SimulatedFleet:
                 agent_id, names=config.names, detention=config.detention, clock=clock
             )
             exporter.add_collect_hook(self._hook(agent_id))
+            for listener in listeners:
+                exporter.add_listener(listener)
             self._exporters[agent_id] = exporter
             self._last_prune[agent_id] = -math.inf
         self._servers: list[ExporterServer] = []
