@@ -72,7 +72,6 @@ def test_groups_interval_names_and_order() -> None:
         (n.kernel_live_stat, "current"),
         (n.kernel_live_stat, "capacity"),
         (n.kernel_live_stat, "rate"),
-        (n.kernel_pct, None),
         (n.kernel_live_stat, "max"),
         (n.kernel_live_stat, "avg"),
     ]
@@ -125,7 +124,6 @@ def test_names_are_configurable() -> None:
     records = {r.record for f in (kernel, agent) for g in f.groups for r in g.rules}
     assert records == {
         "kernel_metric:ctr_util:live_stat",
-        "kernel_metric:ctr_util:pct",
         "agent_device_metric:dev_util:live_stat",
         "agent_metric:dev_util:live_stat",
     }
