@@ -15,8 +15,11 @@ expressions from :class:`LiveStatExpressions`, so a recorded ``stat="max"`` and 
      :attr:`LiveStatExpressions.rate_window` = ``4 x max(collect_interval, interval) +
      interval``, so the range always spans about four measurements: a counter that Prometheus
      stores two or three times per measurement never reads as 0 or as a multiple of its rate
-     (``irate`` over the last two scrapes would). A window holding a counter reset gives ``0``
-     (legacy's ``diff`` is 0 when the counter goes down), not Prometheus' reset-corrected rate.
+     (``irate`` over the last two scrapes would). Where the last two samples show a counter
+     reset the rate is ``0`` (legacy's ``diff`` is 0 when the counter goes down), not
+     ``last / dt``; afterwards ``rate()``'s reset correction counts the post-reset value as
+     increase (legacy counted the reset interval as 0), so the rate is within
+     ``post-reset value / window`` of legacy's until the reset leaves the window.
 
   Either way the rate is kept only where a latest sample still exists (``and on``: after a
   staleness marker the range vector still holds samples, the instant selector does not), and
@@ -257,15 +260,15 @@ class LiveStatExpressions:
 
     def _rate_of(self, level: _Level, names: _NameSet, matchers: str) -> str:
         """Per-second rate: the agent's rate series, else ``rate()`` over the rate window
-        (nothing where that window holds a counter reset, so the caller's ``or ... * 0``
-        gives legacy's 0)."""
+        (nothing where the last two samples went down, a counter reset, so the caller's
+        ``or ... * 0`` gives legacy's 0 there)."""
         g = level.group
         agent = self._sel(level, self.names.rate_value, names, matchers)
         cur = self._sel(level, self.names.current_value, names, matchers)
         w = self.rate_window
         return (
             f"(max by ({g}) ({agent}) or "
-            f"max by ({g}) (rate({cur}[{w}]) unless resets({cur}[{w}]) > 0))"
+            f"max by ({g}) (rate({cur}[{w}]) unless idelta({cur}[{w}]) < 0))"
         )
 
     def _counter_rate(

@@ -24,11 +24,11 @@ RC = 'container_metric_name=~"cpu_util|net_rx|net_tx"'
 
 
 def _rate_of(names: str) -> str:
-    """The rate construction: the agent's rate series, else rate() unless a reset."""
+    """The rate construction: the agent's rate series, else rate() unless just reset."""
     cur = f'{M}{{value_type="current",{names}}}'
     return (
         f'(max by ({K}) ({M}{{value_type="rate",{names}}}) or '
-        f"max by ({K}) (rate({cur}[135s]) unless resets({cur}[135s]) > 0))"
+        f"max by ({K}) (rate({cur}[135s]) unless idelta({cur}[135s]) < 0))"
     )
 
 
