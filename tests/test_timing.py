@@ -368,6 +368,8 @@ def test_planner_rates_on_real_prometheus(tmp_path: Path, c: int, s: int) -> Non
     times sweeping two measurement intervals (so every phase against the evaluation time)."""
     fleets = _fleets(c, s)
     om = _openmetrics(fleets, s)
+    # Rules evaluate at the group's own offset from the scrapes (promtool picks it, as a
+    # server does); the raw plan is evaluated at times sweeping every phase.
     rules_start = T0 + 300
     with _prometheus_with_rules(tmp_path, c, s, om, rules_start, T0 + SPAN) as prom:
         first = T0 + 900.0
