@@ -22,7 +22,6 @@ M = "backendai_container_utilization"
 RC = 'container_metric_name=~"cpu_util|net_rx|net_tx"'
 
 
-
 def _rate_of(names: str) -> str:
     """The rate construction: the agent's rate series, else rate() unless just reset."""
     cur = f'{M}{{value_type="current",{names}}}'
@@ -133,8 +132,7 @@ def test_node_expression_text() -> None:
     by = "agent_id, device_metric_name"
     temp = 'device_metric_name=~".+_temperature"'
     assert ex.node("current") == (
-        f'max by ({by}) ({dev}{{stat="current",{temp}}})'
-        f' or sum by ({by}) ({dev}{{stat="current"}})'
+        f'max by ({by}) ({dev}{{stat="current",{temp}}}) or sum by ({by}) ({dev}{{stat="current"}})'
     )
     assert ex.node("capacity") == (
         f'max by ({by}) ({dev}{{stat="capacity",device_metric_name=~"cpu_util|.+_temperature"}})'

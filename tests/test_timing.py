@@ -24,7 +24,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
+from rules_backfill import merge_openmetrics, prometheus_with_rules
 
 from promstat import lab
 from promstat.client import PrometheusClient
@@ -39,7 +39,7 @@ from promstat.conventions import SeriesNames
 from promstat.expressions import LiveStatExpressions
 from promstat.planner import Planner, PlannerConfig
 from promstat.promql import duration
-from promstat.rules import build_rule_files, write_rules
+from promstat.rules import write_rules
 from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 
 #: (measurement interval C, scrape interval S) in seconds.
@@ -251,68 +251,11 @@ def _fleets(c: int, s: int) -> list[_Fleet]:
 
 
 def _openmetrics(fleets: Sequence[_Fleet], s: int) -> str:
-    """All fleets' samples every ``s`` seconds in one OpenMetrics text, families contiguous."""
-    lines: list[str] = []
-    for f in fleets:
-        text = fleet_openmetrics(f.sim.config, T0, T0 + SPAN, s)
-        lines += [x for x in text.replace("i-sim-", f"i-{f.tag}-").splitlines() if x[:1] != "#"]
-    out = []
-    for family in (NAMES.container_metric, NAMES.device_metric):
-        out.append(f"# TYPE {family} gauge")
-        out += [x for x in lines if x.startswith(family + "{")]
-    return "\n".join([*out, "# EOF"]) + "\n"
-
-
-def _backfill_rules(
-    prom: lab.PrometheusProcess, rules: Path, s: int, out: Path, start: int, end: int
-) -> None:
-    promtool = lab.require_binary("promtool")
-    out.mkdir(parents=True, exist_ok=True)
-    argv = [
-        promtool, "tsdb", "create-blocks-from", "rules",
-        f"--start={start}", f"--end={end}", f"--url={prom.url}",
-        f"--output-dir={out}", f"--eval-interval={s}s", "--quiet", str(rules),
-    ]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-
-
-def _stage_files(c: int, s: int, workdir: Path) -> list[Path]:
-    """The kernel and agent rules in two stages: base stats, then what reads them."""
-    files = build_rule_files(interval=f"{s}s", collect_interval=f"{c}s")
-    stages: list[list[dict[str, Any]]] = [[], []]
-    for rule_file in files:
-        for group in rule_file.groups:
-            for level in (0, 1):
-                rules = [
-                    r.to_dict()
-                    for r in group.rules
-                    if (r.labels.get("stat") in ("current", "capacity", "rate")
-                        and r.record != NAMES.agent_live_stat) == (level == 0)
-                ]  # fmt: skip
-                stages[level].append(
-                    {"name": f"{group.name}.{level}", "interval": f"{s}s", "rules": rules}
-                )
-    paths = []
-    for level, groups in enumerate(stages):
-        path = workdir / f"stage{level}.yml"
-        path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False, width=1 << 20))
-        paths.append(path)
-    return paths
-
-
-def _prometheus_with_rules(
-    tmp_path: Path, c: int, s: int, om: str, start: int, end: int
-) -> lab.PrometheusProcess:
-    data = tmp_path / "data"
-    tsdb = data / "tsdb"  # where lab.start_prometheus keeps the TSDB of a data_dir
-    lab.backfill_openmetrics(om, tsdb)
-    for i, rules in enumerate(_stage_files(c, s, tmp_path)):
-        with lab.start_prometheus(data_dir=data) as prom:
-            _backfill_rules(prom, rules, s, tmp_path / f"blocks{i}", start, end)
-        for block in (tmp_path / f"blocks{i}").iterdir():
-            shutil.move(str(block), tsdb / block.name)
-    return lab.start_prometheus(data_dir=data)
+    """All fleets' samples every ``s`` seconds in one OpenMetrics text."""
+    return merge_openmetrics(
+        fleet_openmetrics(f.sim.config, T0, T0 + SPAN, s).replace("i-sim-", f"i-{f.tag}-")
+        for f in fleets
+    )
 
 
 def _rel(got: str | None, true: float) -> float:
@@ -371,7 +314,7 @@ def test_planner_rates_on_real_prometheus(tmp_path: Path, c: int, s: int) -> Non
     # Rules evaluate at the group's own offset from the scrapes (promtool picks it, as a
     # server does); the raw plan is evaluated at times sweeping every phase.
     rules_start = T0 + 300
-    with _prometheus_with_rules(tmp_path, c, s, om, rules_start, T0 + SPAN) as prom:
+    with prometheus_with_rules(tmp_path, c, s, om, rules_start, T0 + SPAN) as prom:
         first = T0 + 900.0
         times = [first + i * 2.3 for i in range(int((2 * max(c, s) + s) / 2.3) + 1)]
         worst = asyncio.run(_worst_errors(prom.url, c, s, fleets, times))
