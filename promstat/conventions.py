@@ -21,10 +21,10 @@ page with a single selector per chunk and only the labels it needs survive::
     agent_metric:backendai_device_utilization:live_stat{agent_id, device_metric_name, stat}
 
 ``stat`` is one of :data:`STATS`: ``current`` (latest gauge or cumulative value; for rate
-counters the per-second rate: the agent's own ``value_type="rate"`` series when it exports one,
-otherwise ``rate()`` over a window of about four measurements), ``capacity``, ``max`` and ``avg`` (over the rules'
-window, of the same per-second or gauge values), ``rate`` (per-second rate of an accumulating
-counter, legacy ``stats.rate``).
+counters the per-second rate: the agent's own ``value_type="rate"`` series when it exports
+one, otherwise ``rate()`` over a window of about four measurements), ``capacity``, ``max`` and
+``avg`` (over the rules' window, of the same per-second or gauge values), ``rate`` (per-second
+rate of an accumulating counter, legacy ``stats.rate``).
 """
 
 from __future__ import annotations

@@ -514,6 +514,7 @@ class LiveStatExpressions:
         dev = self._device
         if stat == "current":
             cur = self._current(dev, node=True, only=None, matchers=matchers)
+            assert cur is not None  # every metric has a current
             return self._node_value(cur, lambda ns: self._latest(dev, ns, matchers))
         if stat == "rate":
             rate = self._rate(dev, node=True, matchers=matchers)

@@ -444,8 +444,9 @@ Expected = Mapping[tuple[str, ...], Mapping[str, float]]
 class Scenario:
     """Input series and hand-computed expected values at ``eval_time`` (seconds from start).
 
-    ``kernel``: ``(kernel_id, metric) -> {stat: value}``; ``device``: ``(agent_id, device_id, metric) -> {stat: value}``;
-    ``node``: ``(agent_id, metric) -> {stat: value}``. A stat not listed has no series.
+    ``kernel``: ``(kernel_id, metric) -> {stat: value}``; ``device``: ``(agent_id,
+    device_id, metric) -> {stat: value}``; ``node``: ``(agent_id, metric) -> {stat: value}``.
+    A stat not listed has no series.
     ``stale_only`` lists kernels whose values exist only in Prometheus' staleness-aware
     evaluation (promtool), not in backfilled/imported data.
     """

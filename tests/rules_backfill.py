@@ -62,9 +62,7 @@ def _stage_files(c: int, s: int, workdir: Path) -> list[Path]:
                     if (r.labels.get("stat") in ("current", "capacity", "rate")
                         and r.record != NAMES.agent_live_stat) == (level == 0)
                 ]  # fmt: skip
-                stages[level].append(
-                    {"name": group.name, "interval": f"{s}s", "rules": rules}
-                )
+                stages[level].append({"name": group.name, "interval": f"{s}s", "rules": rules})
     paths = []
     for level, groups in enumerate(stages):
         path = workdir / f"stage{level}.yml"
