@@ -346,14 +346,17 @@ class LiveStatExpressions:
         raise QueryBuildError(f"unknown stat {stat!r}; choose from {list(KERNEL_STATS)}")
 
     def _recorded_window(
-        self, record: str, by: str, name_label: str, stat: str, *, node: bool
+        self, record: str, by: str, name_label: str, stat: str, *, node: bool, matchers: str = ""
     ) -> str:
         if stat not in WINDOW_STATS:
             raise QueryBuildError(f"{stat!r} is not a window stat; choose from {WINDOW_STATS}")
         pub = self._publishing(stat, node=node)
         if pub.empty:
             raise QueryBuildError(f"no metric in the catalog publishes stats.{stat}")
-        sel = selector(record, eq(self.names.stat_label, "current"), *pub.matchers(name_label))
+        extra = [matchers] if matchers else []
+        sel = selector(
+            record, eq(self.names.stat_label, "current"), *pub.matchers(name_label), *extra
+        )
         # The outer max by is a no-op per group; it drops stat="current" so the result has
         # exactly the level's labels (the rule then sets stat=max/avg).
         return f"max by ({by}) ({_WINDOW_FUNCS[stat]}({sel}[{self.window}]))"
@@ -376,15 +379,24 @@ class LiveStatExpressions:
         """
         return self._raw(self._kernel, stat, node=False, matchers=matchers)
 
-    def kernel_recorded_window(self, stat: str) -> str:
+    def kernel_recorded_window(self, stat: str, *, matchers: str = "") -> str:
         """``max``/``avg`` over the window of the recorded kernel ``current`` series (rules).
+
+        Args:
+            stat: ``max`` or ``avg``.
+            matchers: extra matcher text (a rule shard's ``kernel_id`` matcher).
 
         Raises:
             QueryBuildError: ``stat`` is not a window stat, or no metric publishes it.
         """
         n = self.names
         return self._recorded_window(
-            n.kernel_live_stat, self._kernel.group, n.container_metric_label, stat, node=False
+            n.kernel_live_stat,
+            self._kernel.group,
+            n.container_metric_label,
+            stat,
+            node=False,
+            matchers=matchers,
         )
 
     def device(self, stat: str, *, matchers: str = "") -> str | None:

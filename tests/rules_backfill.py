@@ -49,9 +49,11 @@ def _backfill_rules(
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
-def _stage_files(c: int, s: int, workdir: Path) -> list[Path]:
+def _stage_files(c: int, s: int, workdir: Path, kernel_shards: int) -> list[Path]:
     """The kernel and agent rules in two stages: base stats, then what reads them."""
-    files = build_rule_files(interval=f"{s}s", collect_interval=f"{c}s")
+    files = build_rule_files(
+        interval=f"{s}s", collect_interval=f"{c}s", kernel_shards=kernel_shards
+    )
     stages: list[list[dict[str, Any]]] = [[], []]
     for rule_file in files:
         for group in rule_file.groups:
@@ -72,14 +74,14 @@ def _stage_files(c: int, s: int, workdir: Path) -> list[Path]:
 
 
 def prometheus_with_rules(
-    tmp_path: Path, c: int, s: int, om: str, start: int, end: int
+    tmp_path: Path, c: int, s: int, om: str, start: int, end: int, *, kernel_shards: int = 1
 ) -> lab.PrometheusProcess:
     """A Prometheus over ``om`` plus the generated rules (``interval=s``, ``collect_interval=c``)
     evaluated from ``start`` to ``end`` and written as blocks, in two dependency stages."""
     data = tmp_path / "data"
     tsdb = data / "tsdb"  # where lab.start_prometheus keeps the TSDB of a data_dir
     lab.backfill_openmetrics(om, tsdb)
-    for i, rules in enumerate(_stage_files(c, s, tmp_path)):
+    for i, rules in enumerate(_stage_files(c, s, tmp_path, kernel_shards)):
         with lab.start_prometheus(data_dir=data) as prom:
             _backfill_rules(prom, rules, s, tmp_path / f"blocks{i}", start, end)
         for block in (tmp_path / f"blocks{i}").iterdir():

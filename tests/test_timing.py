@@ -314,7 +314,8 @@ def test_planner_rates_on_real_prometheus(tmp_path: Path, c: int, s: int) -> Non
     # Rules evaluate at the group's own offset from the scrapes (promtool picks it, as a
     # server does); the raw plan is evaluated at times sweeping every phase.
     rules_start = T0 + 300
-    with prometheus_with_rules(tmp_path, c, s, om, rules_start, T0 + SPAN) as prom:
+    # the kernel rules sharded four ways: every kernel must still have its recorded series
+    with prometheus_with_rules(tmp_path, c, s, om, rules_start, T0 + SPAN, kernel_shards=4) as prom:
         first = T0 + 900.0
         times = [first + i * 2.3 for i in range(int((2 * max(c, s) + s) / 2.3) + 1)]
         worst = asyncio.run(_worst_errors(prom.url, c, s, fleets, times))
