@@ -709,11 +709,13 @@ class SimulatedFleet:
                 )
                 observed.pop(k.kernel_id, None)
             at, prev = model.kernel_times(k, agent, now)
-            if observed.get(k.kernel_id) != at:
+            last = observed.get(k.kernel_id)
+            if last != at:
                 observed[k.kernel_id] = at
-                # The previous measurement first (a no-op if it was observed), so the
-                # exporter's rate spans exactly one measurement interval, as the agent's does.
-                for when in (at,) if prev is None else (prev, at):
+                # The previous measurement first unless it was observed (a scrape can skip
+                # ticks), so the exporter's rate spans one measurement interval, as the
+                # agent's does, and each measurement is observed once.
+                for when in (at,) if prev is None or last == prev else (prev, at):
                     for metric in k.metrics:
                         cur, cap = model.kernel_values(k, metric, (when,))
                         exporter.observe_container(
@@ -722,9 +724,11 @@ class SimulatedFleet:
             if k.end is not None and now >= k.end:
                 exporter.terminate_kernel(k.kernel_id, at=float(k.end))
         tick = model.tick(agent, now)
-        if observed.get("") != tick:
+        last = observed.get("")
+        if last != tick:
             observed[""] = tick
-            for when in (tick - self.config.measure_interval, tick):
+            prev = tick - self.config.measure_interval
+            for when in (tick,) if last == prev else (prev, tick):
                 for metric, device_id in agent.devices:
                     cur, cap = model.device_values(agent, metric, device_id, (when,))
                     exporter.observe_device(

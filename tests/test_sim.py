@@ -470,3 +470,29 @@ async def test_timer_observes_measurements_without_scrapes() -> None:
             if len(seen) >= 3:
                 break
         assert len(seen) >= 3
+
+
+def test_each_measurement_is_observed_once() -> None:
+    """However often it is scraped, the exporter sees each measurement once, at its
+    measurement time (what a measurement listener on ``observe_*`` relies on)."""
+    clock = FakeClock(E)
+    fleet = SimulatedFleet(SMALL, clock=clock)
+    agent_id = fleet.agent_ids()[0]
+    exporter = fleet.exporters[agent_id]
+    seen: list[tuple[str, str, float | None]] = []
+    original = exporter.observe_container
+
+    def spy(kernel_id: str, metric: str, *args: object, at: float | None = None) -> bool:
+        seen.append((kernel_id, metric, at))
+        return original(kernel_id, metric, *args, at=at)  # type: ignore[arg-type]
+
+    exporter.observe_container = spy  # type: ignore[method-assign]
+    for dt in range(0, 150, 7):  # scrapes every 7 s over five measurement intervals
+        clock.now = E + dt
+        exporter.render()
+    assert seen and len(seen) == len(set(seen))
+    kernel_id = fleet.kernel_ids(agent_id=agent_id)[0]
+    times = {at for k, m, at in seen if k == kernel_id and m == "cpu_util"}
+    ticks = {fleet.measured_at(agent_id, E + dt) for dt in range(0, 150, 7)}
+    # the measurement before the first scrape's (for its rate), then one per tick
+    assert times == ticks | {min(ticks) - 30}
