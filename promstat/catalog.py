@@ -12,7 +12,8 @@ says:
 * ``stats`` — which ``stats.*`` keys legacy published for kernels (its ``stats_filter``);
 * ``capacity`` — what a kernel's ``capacity`` is when the agent exports no capacity series;
 * ``integral`` — whether consumers ``int()`` the values, so they must be integer strings;
-* node-level overrides for the agent payload.
+* node-level overrides for the agent payload, including how devices combine into the node
+  value (``node_aggregate``: sum, or max for temperatures) and capacity (``node_capacity``).
 
 Accelerator families (``cuda_*``, ``rocm_*``, ``ipu_*``, ``gaudi*_*``, ``rngd_*``, ``atom*_*``,
 ``{slot}_mem``, ``{slot}_util``, ``*_power`` ...) are matched by pattern, so an unknown plugin's

@@ -16,7 +16,9 @@ Rules of one group run sequentially at the same timestamp, so each group lists t
 over the recorded ``current``, node sums over the recorded device series). The group
 ``interval`` is the scrape interval; ``collect_interval`` (how often agents measure) sizes the
 ``rate()`` window used for agents without a rate series. No ``pct`` series is recorded:
-pages compute ``pct`` from ``current`` and ``capacity`` and nothing read it.
+pages compute ``pct`` from ``current`` and ``capacity`` and nothing read it. With
+``kernel_shards=N`` the kernel group is split into N groups by the first hex digit of
+``kernel_id`` (:func:`kernel_shard_matchers`), which Prometheus evaluates concurrently.
 
 :func:`render_rule_tests` generates ``promtool test rules`` files from one fixed scenario
 (:data:`SCENARIO`: steady load, a counter reset, a one-sample kernel, a duplicate frozen series
