@@ -184,6 +184,10 @@ async def test_recorded_plan_is_cheaper_for_the_server(
         tmp_path, start_prometheus, agents=2, kernels_per_agent=20, seed=3
     ) as (fleet, client, url, k_at, _):
         kernels = fleet.kernel_ids()
+        # let the raw ranges fill (rate window 9 s plus the 4 s max/avg window): the agents'
+        # rate series settle the comparison long before
+        await asyncio.sleep(14)
+        k_at, _ = await _settled_times(client, len(kernels))
         settings = dict(
             interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, fleet_fraction=None
         )
@@ -194,13 +198,12 @@ async def test_recorded_plan_is_cheaper_for_the_server(
         rec_samples, rec_bytes = await _server_samples(url, rec_q, k_at)
     assert len(rec_q) < len(raw_q)
     # the raw plan rates ranges of about four measurements and runs window subqueries;
-    # recorded series are read at one instant: at least 2x fewer samples touched here (a 4 s
-    # window of 1 s steps; production's 5 m window of 15 s steps makes it 20x or more)
-    assert rec_samples * 2 <= raw_samples, (rec_samples, raw_samples)
+    # recorded series are read at one instant: at least 3x fewer samples touched (about 7x
+    # with this 4 s window of 1 s steps; production's 5 m window of 15 s steps: 20x or more)
+    assert rec_samples * 3 <= raw_samples, (rec_samples, raw_samples)
     # the recorded family carries a `stat` label the raw shapes imply: it may cost a few
     # more bytes, never many more
-    # (about 1.35x here: the small 4 s window makes the raw answers' stats blocks small too)
-    assert rec_bytes <= raw_bytes * 1.5, (rec_bytes, raw_bytes)
+    assert rec_bytes <= raw_bytes * 1.3, (rec_bytes, raw_bytes)
 
 
 # -------------------------------------------------------------------------------------------
