@@ -12,7 +12,8 @@ says:
 * ``stats`` — which ``stats.*`` keys legacy published for kernels (its ``stats_filter``);
 * ``capacity`` — what a kernel's ``capacity`` is when the agent exports no capacity series;
 * ``integral`` — whether consumers ``int()`` the values, so they must be integer strings;
-* node-level overrides for the agent payload.
+* node-level overrides for the agent payload, including how devices combine into the node
+  value (``node_aggregate``: sum, or max for temperatures) and capacity (``node_capacity``).
 
 Accelerator families (``cuda_*``, ``rocm_*``, ``ipu_*``, ``gaudi*_*``, ``rngd_*``, ``atom*_*``,
 ``{slot}_mem``, ``{slot}_util``, ``*_power`` ...) are matched by pattern, so an unknown plugin's
@@ -112,6 +113,10 @@ class MetricSpec:
     #: How device capacities add up to the node capacity: ``sum`` (memory, GPUs) or ``max``
     #: (node ``cpu_util``: every core reports the same interval).
     node_capacity: str = "sum"
+    #: How device values add up to the node value: ``sum`` (usage, counters, accelerator
+    #: percent-sums) or ``max`` (temperature-like gauges: the node is as hot as its hottest
+    #: device; a sum of temperatures means nothing). ``max`` is for gauges only.
+    node_aggregate: str = "sum"
 
     def __post_init__(self) -> None:
         bad = [s for s in (*self.stats, *(self.node_stats or ())) if s not in _STAT_KEYS]
@@ -119,6 +124,12 @@ class MetricSpec:
             raise ConfigError(f"unsupported stats key(s) {bad}; choose from {list(_STAT_KEYS)}")
         if self.node_capacity not in ("sum", "max"):
             raise ConfigError(f"node_capacity must be 'sum' or 'max', not {self.node_capacity!r}")
+        if self.node_aggregate not in ("sum", "max"):
+            raise ConfigError(f"node_aggregate must be 'sum' or 'max', not {self.node_aggregate!r}")
+        if self.node_aggregate == "max" and self.kind is not Kind.GAUGE:
+            raise ConfigError(
+                f"node_aggregate='max' is for gauges; a {self.kind.value} is summed over devices"
+            )
 
     @property
     def unit_hint_node(self) -> str:
@@ -178,7 +189,11 @@ _BUILTIN_PATTERNS: tuple[tuple[str, MetricSpec], ...] = (
     (r".+_mem", _BYTES_MAX),
     (r".+_util", _UTIL),
     (r".+_power", MetricSpec(unit_hint="Watts", stats=("max",))),
-    (r".+_temperature", MetricSpec(unit_hint="Celsius")),
+    # Node temperature = the hottest device (capacity: the same per-device limit, e.g. 120).
+    (
+        r".+_temperature",
+        MetricSpec(unit_hint="Celsius", node_aggregate="max", node_capacity="max"),
+    ),
 )
 
 
@@ -299,6 +314,7 @@ def _spec_from_mapping(entry: Mapping[str, Any], *, where: str) -> MetricSpec:
         ("node_unit_hint", (str, type(None))),
         ("integral", bool),
         ("node_capacity", str),
+        ("node_aggregate", str),
     ):
         # YAML happily gives ints, lists or "yes" strings; a wrong type must not slip
         # through as a truthy value or a non-string unit.

@@ -16,15 +16,15 @@ every value a live_stat page needs, told apart by a ``stat`` label, so the plann
 page with a single selector per chunk and only the labels it needs survive::
 
     kernel_metric:backendai_container_utilization:live_stat{kernel_id, container_metric_name, stat}
-    kernel_metric:backendai_container_utilization:pct{kernel_id, container_metric_name}
     agent_device_metric:backendai_device_utilization:live_stat{agent_id, device_id,
                                                               device_metric_name, stat}
     agent_metric:backendai_device_utilization:live_stat{agent_id, device_metric_name, stat}
 
-``stat`` is one of :data:`STATS`: ``current`` (latest gauge or cumulative value; per-second rate
-from the last two samples for rate counters), ``capacity``, ``max`` and ``avg`` (over the rules'
-window, of the same per-second or gauge values), ``rate`` (per-second rate of an accumulating
-counter, legacy ``stats.rate``).
+``stat`` is one of :data:`STATS`: ``current`` (latest gauge or cumulative value; for rate
+counters the per-second rate: the agent's own ``value_type="rate"`` series when it exports
+one, otherwise ``rate()`` over a window of about four measurements), ``capacity``, ``max`` and
+``avg`` (over the rules' window, of the same per-second or gauge values), ``rate`` (per-second
+rate of an accumulating counter, legacy ``stats.rate``).
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class SeriesNames:
     stat_label: str = "stat"
     current_value: str = "current"
     capacity_value: str = "capacity"
+    #: ``value_type`` of the per-second rate an agent computed between its last two
+    #: measurements (promstat's exporter publishes it for counters; upstream agents do not).
+    rate_value: str = "rate"
 
     @property
     def kernel_live_stat(self) -> str:
@@ -69,7 +72,11 @@ class SeriesNames:
 
     @property
     def kernel_pct(self) -> str:
-        """Recorded per-kernel, per-metric utilisation percentage (current/capacity*100)."""
+        """Name of the per-kernel percentage family that older rule files recorded.
+
+        No rule records it any more (nothing read it: pages compute ``pct`` from ``current`` and
+        ``capacity``); the name stays so cleanup queries and dashboards can still spell it.
+        """
         return f"kernel_metric:{self.container_metric}:pct"
 
     @property

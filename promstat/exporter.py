@@ -13,6 +13,19 @@ as ``cpu_util``, ``net_*`` and ``io_*`` are cumulative), ``value_type="capacity"
 once a measurement came with a capacity. A later measurement without a capacity leaves the
 capacity series at its last value, as the agent's gauge does.
 
+One addition (``publish_rates=True``, the default): for the counters whose rate live_stat shows
+(:data:`RATE_METRICS`), ``value_type="rate"`` carries the per-second rate between the agent's
+last two measurements, computed here exactly as legacy's ``stats.rate``: ``(value - previous) /
+(at - previous_at)``, ``0`` on the first measurement and when the counter went down (a reset,
+BA-3926). Prometheus scrapes on its own timer, usually faster than agents measure, so it stores
+each measurement two or more times and cannot tell when a measurement was taken; the agent can.
+The rules and the planner prefer this series and fall back to a windowed ``rate()`` of the raw
+counter for agents that do not export it (upstream agents), so mixed fleets work.
+
+A measurement flows as ``observe_container(kernel_id, metric, current, capacity, at=t)`` /
+``observe_device(metric, device_id, current, capacity, at=t)``: ``at`` is the measurement time
+(default: the exporter's clock); observing the same ``at`` again changes no rate.
+
 Lifecycle (the agent's ``lazy_remove_container_metric``):
 :meth:`UtilizationExporter.terminate_kernel` freezes a kernel's series at their last values;
 they stay exported for ``detention`` seconds of the injected clock and are then removed, so
@@ -34,7 +47,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -42,6 +55,7 @@ from typing import Final, Self
 
 from aiohttp import web
 
+from .catalog import DEFAULT_CATALOG, Kind
 from .conventions import SeriesNames
 from .errors import ConfigError
 
@@ -49,6 +63,7 @@ __all__ = [
     "CONTAINER_HELP",
     "DEVICE_HELP",
     "OPENMETRICS_CONTENT_TYPE",
+    "RATE_METRICS",
     "TEXT_CONTENT_TYPE",
     "ExporterServer",
     "KernelState",
@@ -72,8 +87,33 @@ OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; 
 CONTAINER_HELP: Final = "Backend.AI container utilization: raw measurement (current) and capacity."
 DEVICE_HELP: Final = "Backend.AI device utilization: raw measurement (current) and capacity."
 
-# (metric name, is_capacity) -> line.
-_Key = tuple[str, bool]
+#: Counters whose per-second rate live_stat shows (``cpu_util``, ``net_*``: ``current``;
+#: ``io_*``: ``stats.rate``): the exporter publishes ``value_type="rate"`` for these.
+RATE_METRICS: Final = frozenset(
+    n
+    for n, s in DEFAULT_CATALOG.exact.items()
+    if s.kind is Kind.RATE_COUNTER
+    or (s.kind is Kind.ACCUMULATING_COUNTER and "rate" in (*s.stats, *s.stats_node))
+)
+
+# (metric name, value type) -> line.
+_Key = tuple[str, str]
+# A counter's last measurement: (at, value).
+_Last = tuple[float, float]
+
+
+def _legacy_rate(last: _Last | None, at: float, value: float) -> float | None:
+    """Legacy's ``stats.rate`` for a new measurement, or ``None`` if it is not new.
+
+    0 on the first measurement and when the counter went down (diff 0 at a reset).
+    """
+    if last is None:
+        return 0.0
+    prev_at, prev = last
+    if not at > prev_at:
+        return None
+    diff = value - prev
+    return diff / (at - prev_at) if diff >= 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +264,7 @@ def device_series(
 class _Kernel:
     """One kernel's series: label prefixes and full exposition lines, in observation order."""
 
-    __slots__ = ("kernel_id", "lines", "owner", "prefixes", "state")
+    __slots__ = ("kernel_id", "last", "lines", "owner", "prefixes", "state")
 
     def __init__(self, kernel_id: str, owner: tuple[str, str, str]) -> None:
         self.kernel_id = kernel_id
@@ -232,6 +272,8 @@ class _Kernel:
         # Series text plus the separating space, built once per series.
         self.prefixes: dict[_Key, bytes] = {}
         self.lines: dict[_Key, bytes] = {}
+        # Last measurement of each rated counter.
+        self.last: dict[str, _Last] = {}
         self.state = KernelState.LIVE
 
 
@@ -243,7 +285,11 @@ class UtilizationExporter:
         names: metric and label names (operators relabel; the defaults are Backend.AI's).
         detention: seconds a terminated kernel's series stay exported, frozen (agent default
             ``UTILIZATION_METRIC_DETENTION = 600``). ``0`` removes them at once.
-        clock: the time source of the detention; inject a fake in tests.
+        clock: the time source of the detention and the default measurement time; inject a
+            fake in tests.
+        publish_rates: also export ``value_type="rate"`` for ``rate_metrics`` (see the module
+            docstring); ``False`` exports exactly what upstream agents do.
+        rate_metrics: counter names (container and device) that get a rate series.
 
     Raises:
         ConfigError: ``detention`` is negative or NaN.
@@ -256,6 +302,8 @@ class UtilizationExporter:
         names: SeriesNames = SeriesNames(),  # noqa: B008 - frozen dataclass, safe default
         detention: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        publish_rates: bool = True,
+        rate_metrics: Collection[str] = RATE_METRICS,
     ) -> None:
         if not detention >= 0:
             raise ConfigError(f"detention must be >= 0 seconds, not {detention!r}")
@@ -263,9 +311,13 @@ class UtilizationExporter:
         self.names = names
         self.detention = float(detention)
         self.clock = clock
+        self.rate_metrics: frozenset[str] = (
+            frozenset(rate_metrics) if publish_rates else frozenset()
+        )
         self._kernels: dict[str, _Kernel] = {}
-        self._device_prefixes: dict[tuple[str, str, bool], bytes] = {}
-        self._device_lines: dict[tuple[str, str, bool], bytes] = {}
+        self._device_prefixes: dict[tuple[str, str, str], bytes] = {}
+        self._device_lines: dict[tuple[str, str, str], bytes] = {}
+        self._device_last: dict[tuple[str, str], _Last] = {}
         # (deadline, sequence, kernel record): lazily popped; stale entries (re-added or removed
         # kernels) are recognised by identity and skipped.
         self._expiry: list[tuple[float, int, _Kernel]] = []
@@ -332,6 +384,7 @@ class UtilizationExporter:
         for key, line in rec.lines.items():
             prefix = self._container_prefix(fresh, key)
             fresh.lines[key] = prefix + line[len(rec.prefixes[key]) :]
+        fresh.last = rec.last
         self._kernels[rec.kernel_id] = fresh
         self._version += 1
 
@@ -347,7 +400,7 @@ class UtilizationExporter:
                 session_id=rec.owner[0],
                 user_id=rec.owner[1],
                 project_id=rec.owner[2],
-                value_type=n.capacity_value if key[1] else n.current_value,
+                value_type=key[1],
             )
             prefix = (text + " ").encode()
             rec.prefixes[key] = prefix
@@ -359,6 +412,8 @@ class UtilizationExporter:
         metric: str,
         current: float | str,
         capacity: float | str | None = None,
+        *,
+        at: float | None = None,
     ) -> bool:
         """Record one container measurement (the agent's ``observe_container_metric``).
 
@@ -369,6 +424,9 @@ class UtilizationExporter:
                 (the agent passes ``str(Decimal)``).
             capacity: the measurement's capacity, or ``None`` when it has none (an existing
                 capacity series then keeps its last value).
+            at: when the value was measured (seconds, any epoch; default: the clock). The
+                rate series of a counter in :attr:`rate_metrics` is the rate since the
+                previous ``at``; the same ``at`` again is the same measurement (rate kept).
 
         Returns:
             ``True`` if recorded; ``False`` if the kernel is detained (terminated: values stay
@@ -387,18 +445,25 @@ class UtilizationExporter:
             )
         if rec.state is not KernelState.LIVE:
             return False
-        key = (metric, False)
-        rec.lines[key] = self._container_prefix(rec, key) + _fmt(_as_float(current, metric)) + b"\n"
+        n = self.names
+        value = _as_float(current, metric)
+        lines = [(n.current_value, value)]
         if capacity is not None:
-            key = (metric, True)
-            rec.lines[key] = (
-                self._container_prefix(rec, key)
-                + _fmt(_as_float(capacity, f"{metric} capacity"))
-                + b"\n"
-            )
+            lines.append((n.capacity_value, _as_float(capacity, f"{metric} capacity")))
+        if metric in self.rate_metrics:
+            when = self.clock() if at is None else at
+            rate = _legacy_rate(rec.last.get(metric), when, value)
+            if rate is not None:
+                rec.last[metric] = (when, value)
+                lines.append((n.rate_value, rate))
+        for value_type, v in lines:
+            key = (metric, value_type)
+            rec.lines[key] = self._container_prefix(rec, key) + _fmt(v) + b"\n"
         self._version += 1
         if self._listeners:
-            self._notify(Measured(self.agent_id, metric, current, capacity, self._now(), kernel_id))
+            self._notify(
+                Measured(self.agent_id, metric, current, capacity, self._now(at), kernel_id)
+            )
         return True
 
     def terminate_kernel(self, kernel_id: str, *, at: float | None = None) -> bool:
@@ -477,7 +542,7 @@ class UtilizationExporter:
 
     # -- devices ------------------------------------------------------------------------------
 
-    def _device_prefix(self, key: tuple[str, str, bool]) -> bytes:
+    def _device_prefix(self, key: tuple[str, str, str]) -> bytes:
         prefix = self._device_prefixes.get(key)
         if prefix is None:
             n = self.names
@@ -486,7 +551,7 @@ class UtilizationExporter:
                 metric=key[0],
                 agent_id=self.agent_id,
                 device_id=key[1],
-                value_type=n.capacity_value if key[2] else n.current_value,
+                value_type=key[2],
             )
             prefix = (text + " ").encode()
             self._device_prefixes[key] = prefix
@@ -498,6 +563,8 @@ class UtilizationExporter:
         device_id: str,
         current: float | str,
         capacity: float | str | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
         """Record one device measurement (the agent's ``observe_device_metric``).
 
@@ -506,33 +573,44 @@ class UtilizationExporter:
             device_id: device id, e.g. ``"0"``, ``"root"``, ``"/dev/nvme0n1p2"``, ``"node"``.
             current: the raw value (per-core cumulative msec for ``cpu_util``).
             capacity: the capacity, or ``None`` (``net_*`` have none).
+            at: when the value was measured (default: the clock); as for
+                :meth:`observe_container`.
 
         Raises:
             ConfigError: a value is not a number.
         """
-        key = (metric, device_id, False)
-        self._device_lines[key] = (
-            self._device_prefix(key) + _fmt(_as_float(current, metric)) + b"\n"
-        )
+        n = self.names
+        value = _as_float(current, metric)
+        lines = [(n.current_value, value)]
         if capacity is not None:
-            key = (metric, device_id, True)
-            self._device_lines[key] = (
-                self._device_prefix(key) + _fmt(_as_float(capacity, f"{metric} capacity")) + b"\n"
-            )
+            lines.append((n.capacity_value, _as_float(capacity, f"{metric} capacity")))
+        if metric in self.rate_metrics:
+            when = self.clock() if at is None else at
+            rate = _legacy_rate(self._device_last.get((metric, device_id)), when, value)
+            if rate is not None:
+                self._device_last[(metric, device_id)] = (when, value)
+                lines.append((n.rate_value, rate))
+        for value_type, v in lines:
+            key = (metric, device_id, value_type)
+            self._device_lines[key] = self._device_prefix(key) + _fmt(v) + b"\n"
         self._version += 1
         if self._listeners:
-            m = Measured(self.agent_id, metric, current, capacity, self._now(), device_id=device_id)
+            m = Measured(
+                self.agent_id, metric, current, capacity, self._now(at), device_id=device_id
+            )
             self._notify(m)
 
     def remove_device(self, metric: str, device_id: str) -> bool:
-        """Remove a device metric's series (current and capacity) now.
+        """Remove a device metric's series (current, capacity and rate) now.
 
         Returns:
             ``True`` if there was a series to remove.
         """
         found = False
-        for is_capacity in (False, True):
-            key = (metric, device_id, is_capacity)
+        n = self.names
+        self._device_last.pop((metric, device_id), None)
+        for value_type in (n.current_value, n.capacity_value, n.rate_value):
+            key = (metric, device_id, value_type)
             self._device_prefixes.pop(key, None)
             found = self._device_lines.pop(key, None) is not None or found
         if found:
@@ -549,7 +627,10 @@ class UtilizationExporter:
         """
         self._listeners.append(listener)
 
-    def _now(self) -> float:
+    def _now(self, at: float | None = None) -> float:
+        # The measurement time the caller passed wins: it is when the agent measured.
+        if at is not None:
+            return at
         return self.sample_time if self.sample_time is not None else self.clock()
 
     def _notify(self, measured: Measured) -> None:

@@ -6,20 +6,35 @@ expressions from :class:`LiveStatExpressions`, so a recorded ``stat="max"`` and 
 
 * ``current`` — gauges and accumulating counters: the latest value, ``max by`` over duplicate
   series (a stale series from an old ``instance`` must never add up, as it did with upstream's
-  ``sum by``). Rate counters (``cpu_util``, ``net_*``): ``irate`` (last two samples, resets
-  handled), kept only where a latest sample still exists (``and on``: after a staleness marker
-  the range vector still holds samples, the instant selector does not), and ``0`` for a series
-  with a single sample (``or latest * 0``: never the raw counter).
+  ``sum by``). Rate counters (``cpu_util``, ``net_*``): the per-second rate, taken
+
+  1. from the agent's own ``value_type="rate"`` series when it exports one (promstat's
+     exporter does: the rate between its last two measurements, ``0`` at a counter reset and
+     on the first measurement — legacy's ``stats.rate`` exactly, whatever the scrape timing);
+  2. otherwise (a plain upstream agent: raw counters only) ``rate()`` over
+     :attr:`LiveStatExpressions.rate_window` = ``4 x max(collect_interval, interval) +
+     interval``, so the range always spans about four measurements: a counter that Prometheus
+     stores two or three times per measurement never reads as 0 or as a multiple of its rate
+     (``irate`` over the last two scrapes would). Where the last two samples show a counter
+     reset the rate is ``0`` (legacy's ``diff`` is 0 when the counter goes down), not
+     ``last / dt``; afterwards ``rate()``'s reset correction counts the post-reset value as
+     increase (legacy counted the reset interval as 0), so the rate is within
+     ``post-reset value / window`` of legacy's until the reset leaves the window.
+
+  Either way the rate is kept only where a latest sample still exists (``and on``: after a
+  staleness marker the range vector still holds samples, the instant selector does not), and
+  is ``0`` for a series without a rate yet (``or latest * 0``: never the raw counter).
 * ``capacity`` — the latest capacity series, ``max by`` over duplicates.
-* ``rate`` — the same ``irate`` construction for accumulating counters whose catalog entry
-  publishes ``stats.rate`` (``io_read``, ``io_write``).
+* ``rate`` — the same construction for accumulating counters whose catalog entry publishes
+  ``stats.rate`` (``io_read``, ``io_write``).
 * ``max`` / ``avg`` — ``max_over_time`` / ``avg_over_time`` over ``window`` of the ``current``
   values, for metrics whose catalog entry publishes that key. Raw path: a subquery
   ``[window:interval]``; rules: the recorded ``current`` series.
 * device level: the same with device labels; a rate counter with
-  ``node_current=interval_diff`` (device ``cpu_util``) is ``irate * capacity / 1000`` (usage
+  ``node_current=interval_diff`` (device ``cpu_util``) is ``rate * capacity / 1000`` (usage
   during one collection interval), or the plain rate when it has no capacity series.
-* node level: devices summed per agent; capacity summed, or ``max`` for
+* node level: devices combined per agent by the catalog's ``node_aggregate`` (``sum`` for usage
+  and counters, ``max`` for temperature-like gauges); capacity summed, or ``max`` for
   ``node_capacity="max"``; ``max``/``avg`` over the window of the node ``current``.
 
 Every expression groups by exactly the level's labels (``kernel_id, container_metric_name``;
@@ -38,6 +53,7 @@ from .catalog import DEFAULT_CATALOG, Catalog, Kind, MetricSpec, NodeCurrent
 from .conventions import SeriesNames
 from .errors import ConfigError, QueryBuildError
 from .promql import (
+    duration,
     eq,
     escape_string,
     not_set_matcher,
@@ -111,13 +127,16 @@ class LiveStatExpressions:
     Attributes:
         names: metric and label names (configurable because operators relabel).
         catalog: the metric catalog (kinds, stats keys, node overrides).
-        lookback: ``irate`` range; keep it equal to the instant-query lookback (5m).
+        lookback: the instant-query lookback (5m); validated, kept for the rules' command line.
         window: ``max``/``avg`` window (at least 4 x ``interval``).
         interval: rule group interval == scrape interval; the raw path's subquery step.
+        collect_interval: how often agents measure (Backend.AI's
+            ``[agent.utilization-metric]`` interval, 30 s since 26.4.4); sizes the
+            :attr:`rate_window` used for agents that export raw counters only.
 
     Raises:
-        ConfigError: a duration is invalid, ``window < 4 x interval`` or
-            ``lookback < 2 x interval`` (``irate`` needs two samples).
+        ConfigError: a duration is invalid or not positive, ``window < 4 x interval`` or
+            ``lookback < 2 x interval``.
     """
 
     names: SeriesNames = field(default_factory=SeriesNames)
@@ -125,6 +144,7 @@ class LiveStatExpressions:
     lookback: str = "5m"
     window: str = "5m"
     interval: str = "15s"
+    collect_interval: str = "30s"
 
     def __post_init__(self) -> None:
         interval = parse_duration(self.interval)
@@ -132,6 +152,8 @@ class LiveStatExpressions:
         lookback = parse_duration(self.lookback)
         if interval <= 0:
             raise ConfigError(f"interval must be positive, got {self.interval!r}")
+        if parse_duration(self.collect_interval) <= 0:
+            raise ConfigError(f"collect_interval must be positive, got {self.collect_interval!r}")
         if window < 4 * interval:
             raise ConfigError(
                 f"window {self.window!r} is shorter than 4 x interval {self.interval!r}: "
@@ -140,8 +162,23 @@ class LiveStatExpressions:
         if lookback < 2 * interval:
             raise ConfigError(
                 f"lookback {self.lookback!r} is shorter than 2 x interval {self.interval!r}: "
-                "irate needs two samples in its range"
+                "a rate needs two samples in its range"
             )
+
+    @property
+    def rate_window(self) -> str:
+        """Range of ``rate()`` for raw counters: ``4 x max(collect_interval, interval) +
+        interval``.
+
+        It always spans about four measurements and five scrapes, so a counter stored several
+        times per measurement (scrapes faster than measurements) cannot alias to 0 or to a
+        multiple of its rate. For a steady load the error is below ``C / (W - S)``, at most 25%
+        (11% at C=30 s, S=15 s; 14% at C=30 s, S=20 s); a change of load shows fully after
+        about ``W + C``.
+        """
+        collect = parse_duration(self.collect_interval)
+        scrape = parse_duration(self.interval)
+        return duration(4 * max(collect, scrape) + scrape)
 
     # -- levels -------------------------------------------------------------------------------
 
@@ -221,24 +258,33 @@ class LiveStatExpressions:
         cur = self._sel(level, self.names.current_value, names, matchers)
         return f"max by ({level.group}) ({cur})"
 
-    def _irate(self, level: _Level, names: _NameSet, matchers: str) -> str:
+    def _rate_of(self, level: _Level, names: _NameSet, matchers: str) -> str:
+        """Per-second rate: the agent's rate series, else ``rate()`` over the rate window
+        (nothing where the last two samples went down, a counter reset, so the caller's
+        ``or ... * 0`` gives legacy's 0 there)."""
+        g = level.group
+        agent = self._sel(level, self.names.rate_value, names, matchers)
         cur = self._sel(level, self.names.current_value, names, matchers)
-        return f"max by ({level.group}) (irate({cur}[{self.lookback}]))"
+        w = self.rate_window
+        return (
+            f"(max by ({g}) ({agent}) or "
+            f"max by ({g}) (rate({cur}[{w}]) unless idelta({cur}[{w}]) < 0))"
+        )
 
     def _counter_rate(
         self, level: _Level, value_rate: Sequence[str], interval_diff: Sequence[str], matchers: str
     ) -> str:
-        """``irate`` of counters, kept where a latest sample exists, ``0`` for one sample."""
+        """Rates of counters, kept where a latest sample exists, ``0`` without a rate."""
         terms: list[str] = []
         if interval_diff:
             ids = _NameSet(exact=tuple(interval_diff))
-            rate = self._irate(level, ids, matchers)
+            rate = self._rate_of(level, ids, matchers)
             cap = self._sel(level, self.names.capacity_value, ids, matchers)
             terms.append(
                 f"{rate} * on ({level.group}) max by ({level.group}) ({cap}) / 1000 or {rate}"
             )
         if value_rate:
-            terms.append(self._irate(level, _NameSet(exact=tuple(value_rate)), matchers))
+            terms.append(self._rate_of(level, _NameSet(exact=tuple(value_rate)), matchers))
         values = _join_or(terms)
         if len(terms) > 1 or interval_diff:
             values = f"({values})"  # `and` binds tighter than `or`
@@ -300,14 +346,17 @@ class LiveStatExpressions:
         raise QueryBuildError(f"unknown stat {stat!r}; choose from {list(KERNEL_STATS)}")
 
     def _recorded_window(
-        self, record: str, by: str, name_label: str, stat: str, *, node: bool
+        self, record: str, by: str, name_label: str, stat: str, *, node: bool, matchers: str = ""
     ) -> str:
         if stat not in WINDOW_STATS:
             raise QueryBuildError(f"{stat!r} is not a window stat; choose from {WINDOW_STATS}")
         pub = self._publishing(stat, node=node)
         if pub.empty:
             raise QueryBuildError(f"no metric in the catalog publishes stats.{stat}")
-        sel = selector(record, eq(self.names.stat_label, "current"), *pub.matchers(name_label))
+        extra = [matchers] if matchers else []
+        sel = selector(
+            record, eq(self.names.stat_label, "current"), *pub.matchers(name_label), *extra
+        )
         # The outer max by is a no-op per group; it drops stat="current" so the result has
         # exactly the level's labels (the rule then sets stat=max/avg).
         return f"max by ({by}) ({_WINDOW_FUNCS[stat]}({sel}[{self.window}]))"
@@ -330,15 +379,24 @@ class LiveStatExpressions:
         """
         return self._raw(self._kernel, stat, node=False, matchers=matchers)
 
-    def kernel_recorded_window(self, stat: str) -> str:
+    def kernel_recorded_window(self, stat: str, *, matchers: str = "") -> str:
         """``max``/``avg`` over the window of the recorded kernel ``current`` series (rules).
+
+        Args:
+            stat: ``max`` or ``avg``.
+            matchers: extra matcher text (a rule shard's ``kernel_id`` matcher).
 
         Raises:
             QueryBuildError: ``stat`` is not a window stat, or no metric publishes it.
         """
         n = self.names
         return self._recorded_window(
-            n.kernel_live_stat, self._kernel.group, n.container_metric_label, stat, node=False
+            n.kernel_live_stat,
+            self._kernel.group,
+            n.container_metric_label,
+            stat,
+            node=False,
+            matchers=matchers,
         )
 
     def device(self, stat: str, *, matchers: str = "") -> str | None:
@@ -363,19 +421,41 @@ class LiveStatExpressions:
             n.device_live_stat, self._device.group, n.device_metric_label, stat, node=True
         )
 
-    def _node_capacity_sets(self) -> tuple[_NameSet, _NameSet]:
-        """(summed, maxed) metric-name sets for node capacity."""
-        maxed_exact = tuple(
-            sorted(n for n, s in self.catalog.exact.items() if s.node_capacity == "max")
-        )
-        maxed_patterns = tuple(p for p, s in self.catalog.patterns if s.node_capacity == "max")
-        shadowed = self._shadowed(maxed_patterns, lambda s: s.node_capacity != "max")
+    def _node_sets(self, maxed_if: Callable[[MetricSpec], bool]) -> tuple[_NameSet, _NameSet]:
+        """(summed, maxed) metric-name sets for a node aggregation (``maxed_if`` picks max)."""
+        maxed_exact = tuple(sorted(n for n, s in self.catalog.exact.items() if maxed_if(s)))
+        maxed_patterns = tuple(p for p, s in self.catalog.patterns if maxed_if(s))
+        shadowed = self._shadowed(maxed_patterns, lambda s: not maxed_if(s))
         maxed = _NameSet(maxed_exact, maxed_patterns, shadowed)
         if maxed.empty:
             return _NameSet(), maxed
         # Summed = everything else; names shadowed out of a max pattern are summed explicitly.
         summed = _NameSet(exclude=(*maxed_exact,)) if not maxed_patterns else _NameSet()
         return summed, maxed
+
+    def _node_capacity_sets(self) -> tuple[_NameSet, _NameSet]:
+        """(summed, maxed) metric-name sets for node capacity."""
+        return self._node_sets(lambda s: s.node_capacity == "max")
+
+    def _node_maxed(self, also: Callable[[MetricSpec], bool] = lambda s: True) -> _NameSet:
+        """Metrics whose node value is the max over devices (``node_aggregate="max"``)."""
+        return self._node_sets(lambda s: s.node_aggregate == "max" and also(s))[1]
+
+    def _node_value(
+        self, summed: str, maxed: Callable[[_NameSet], str], *, names: _NameSet | None = None
+    ) -> str:
+        """``sum by`` node of ``summed``, with the ``node_aggregate="max"`` metrics maxed.
+
+        ``maxed(names)`` selects those metrics' device values; the ``or`` keeps the max for
+        them (left side wins per ``(agent, metric)``) and the sum for every other metric.
+        """
+        by = self._node_by
+        if names is None:
+            names = self._node_maxed()
+        total = f"sum by ({by}) ({summed})"
+        if names.empty:
+            return total
+        return f"max by ({by}) ({maxed(names)}) or {total}"
 
     def _node_capacity(self, source: str, *, recorded: bool, matchers: str) -> str:
         summed, maxed = self._node_capacity_sets()
@@ -399,10 +479,11 @@ class LiveStatExpressions:
     def node(self, stat: str) -> str | None:
         """Per-agent (node) ``stat`` from the recorded device series (rules).
 
-        ``current``/``rate``: devices summed; ``capacity``: summed, or ``max`` for metrics with
-        ``node_capacity="max"``; ``max``/``avg``: over the window of the recorded *node*
-        ``current`` (the max of a sum is not the sum of maxima), so the node rules for them
-        must come after the node ``current`` rule.
+        ``current``/``rate``: devices summed, or their ``max`` for ``node_aggregate="max"``
+        (temperatures); ``capacity``: summed, or ``max`` for ``node_capacity="max"``;
+        ``max``/``avg``: over the window of the recorded *node* ``current`` (the max of a sum
+        is not the sum of maxima), so the node rules for them must come after the node
+        ``current`` rule.
 
         Returns:
             PromQL labelled exactly ``(agent_id, device_metric_name)``, or ``None`` when no
@@ -416,7 +497,13 @@ class LiveStatExpressions:
         if stat in ("current", "rate"):
             if stat == "rate" and self.device("rate") is None:
                 return None
-            return f"sum by ({by}) ({selector(n.device_live_stat, eq(n.stat_label, stat))})"
+            label = n.device_metric_label
+            return self._node_value(
+                selector(n.device_live_stat, eq(n.stat_label, stat)),
+                lambda ns: selector(
+                    n.device_live_stat, eq(n.stat_label, stat), *ns.matchers(label)
+                ),
+            )
         if stat == "capacity":
             return self._node_capacity(n.device_live_stat, recorded=True, matchers="")
         if stat in WINDOW_STATS:
@@ -439,7 +526,8 @@ class LiveStatExpressions:
         dev = self._device
         if stat == "current":
             cur = self._current(dev, node=True, only=None, matchers=matchers)
-            return f"sum by ({by}) ({cur})"
+            assert cur is not None  # every metric has a current
+            return self._node_value(cur, lambda ns: self._latest(dev, ns, matchers))
         if stat == "rate":
             rate = self._rate(dev, node=True, matchers=matchers)
             return None if rate is None else f"sum by ({by}) ({rate})"
@@ -450,5 +538,10 @@ class LiveStatExpressions:
             if inner is None:
                 return None
             func = _WINDOW_FUNCS[stat]
-            return f"{func}((sum by ({by}) ({inner}))[{self.window}:{self.interval}])"
+            # Only the maxed metrics that publish this stat (the others are not in `inner`).
+            names = self._node_maxed(lambda s: self._has(s, stat, node=True))
+            node_cur = self._node_value(
+                inner, lambda ns: self._latest(dev, ns, matchers), names=names
+            )
+            return f"{func}(({node_cur})[{self.window}:{self.interval}])"
         raise QueryBuildError(f"unknown stat {stat!r}; choose from {list(KERNEL_STATS)}")

@@ -73,6 +73,8 @@ class PlannerConfig:
         interval: scrape / rule evaluation interval (subquery step on the raw path).
         lookback: range of ``irate`` for rate counters (the instant lookback).
         window: window of ``stats.max``/``stats.avg``.
+        collect_interval: how often agents measure (Backend.AI: 30 s); sizes the ``rate()``
+            window for agents that export raw counters only (see ``LiveStatExpressions``).
         max_query_bytes: query text budget per request (VictoriaMetrics rejects > 16 KiB).
         max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
         concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
@@ -91,6 +93,7 @@ class PlannerConfig:
     interval: str = "15s"
     lookback: str = "5m"
     window: str = "5m"
+    collect_interval: str = "30s"
     max_query_bytes: int = 16 * 1024
     max_alternatives: int = 256
     concurrency: int = 8
@@ -101,7 +104,7 @@ class PlannerConfig:
     raw_fallback: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("interval", "lookback", "window"):
+        for name in ("interval", "lookback", "window", "collect_interval"):
             parse_duration(getattr(self, name))  # raises ConfigError with the bad text
         if self.max_alternatives < 1 or self.concurrency < 1:
             raise ConfigError("max_alternatives and concurrency must be >= 1")
@@ -117,6 +120,7 @@ class PlannerConfig:
             lookback=self.lookback,
             window=self.window,
             interval=self.interval,
+            collect_interval=self.collect_interval,
         )
 
 

@@ -27,8 +27,17 @@ Value model (all numbers drawn once per kernel/agent from the seed; ``t`` in sec
   ``cuda_mem``/``cuda_util`` per GPU index (capacity :data:`GPU_MEMORY` and 100). Device values
   are independent of the kernels' values.
 
-Use :meth:`SimulatedFleet.sample`, :meth:`SimulatedFleet.device_sample` and
-:meth:`SimulatedFleet.expected_rate` to compute expected query results.
+Measurement timing: like a real agent, each simulated agent *measures* on its own timer, every
+``measure_interval`` seconds (default 30 s, Backend.AI's default since 26.4.4) at ticks
+``offset + i * measure_interval`` (a per-agent offset drawn from the seed, or
+``measure_offset``), not when Prometheus scrapes. Between ticks the exporter keeps serving the
+last measurement, so a faster scrape stores each measurement two or more times, as in
+production. A kernel is measured first at its start and last at its end (the values it
+freezes at). With ``publish_rates`` (default) the exporter also publishes each counter's
+``value_type="rate"`` between the last two measurements (see :mod:`promstat.exporter`).
+
+Use :meth:`SimulatedFleet.sample`, :meth:`SimulatedFleet.device_sample` (the value measured
+last before a time) and :meth:`SimulatedFleet.expected_rate` to compute expected query results.
 
 Churn: each agent has ``kernels_per_agent`` slots; a slot runs one kernel after another.
 Lifetimes are ``min_lifetime`` plus an exponential draw (integer seconds), gaps between
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import math
 import random
 import time
@@ -57,6 +67,7 @@ from .errors import ConfigError
 from .exporter import (
     CONTAINER_HELP,
     DEVICE_HELP,
+    RATE_METRICS,
     ExporterServer,
     KernelState,
     MeasurementListener,
@@ -164,10 +175,14 @@ class FleetConfig:
         gauge_period: seconds a gauge value stays constant.
         node_interval: the agent's node collection interval (device ``cpu_util`` capacity).
         names: metric and label names.
-        exposition_timestamps: stamp every sample with the instant its value was computed,
-            so rates seen by Prometheus are exact despite scrape jitter (tests comparing
-            query paths use it; terminated kernels then linger for the lookback instead of
-            getting staleness markers).
+        exposition_timestamps: stamp every sample with the instant its value was measured
+            (tests comparing query paths use it; terminated kernels then linger for the
+            lookback instead of getting staleness markers).
+        measure_interval: seconds between an agent's measurements (its own timer).
+        measure_offset: the phase of every agent's measurement ticks (``offset + i *
+            measure_interval``, Unix seconds); ``None`` draws one per agent from the seed.
+        publish_rates: export the agent-computed ``value_type="rate"`` series (promstat's
+            exporter); ``False`` exports raw counters only, as upstream agents do.
     """
 
     agents: int = 20
@@ -181,6 +196,9 @@ class FleetConfig:
     node_interval: float = 30.0
     names: SeriesNames = field(default_factory=SeriesNames)
     exposition_timestamps: bool = False
+    measure_interval: float = 30.0
+    measure_offset: float | None = None
+    publish_rates: bool = True
 
     def __post_init__(self) -> None:
         if self.agents < 0 or self.kernels_per_agent < 0:
@@ -189,6 +207,8 @@ class FleetConfig:
             raise ConfigError(f"gpu_agent_ratio must be in [0, 1], not {self.gpu_agent_ratio!r}")
         if not self.gauge_period > 0 or not self.node_interval > 0:
             raise ConfigError("gauge_period and node_interval must be > 0")
+        if not (self.measure_interval > 0 and math.isfinite(self.measure_interval)):
+            raise ConfigError(f"measure_interval must be > 0, not {self.measure_interval!r}")
         if not self.detention >= 0:
             raise ConfigError(f"detention must be >= 0, not {self.detention!r}")
 
@@ -408,6 +428,34 @@ class _FleetModel:
             out.extend(reversed(list(slot.overlapping(lo, hi))))
         return out
 
+    # -- measurement timing -----------------------------------------------------------------
+
+    def offset(self, agent: SimAgent) -> float:
+        """Phase of the agent's measurement ticks."""
+        cfg = self.config
+        if cfg.measure_offset is not None:
+            return cfg.measure_offset
+        return float(math.floor(_unit(agent.key, 7, 0) * cfg.measure_interval))
+
+    def tick(self, agent: SimAgent, t: float) -> float:
+        """The agent's last measurement time at or before ``t``."""
+        c, off = self.config.measure_interval, self.offset(agent)
+        return off + math.floor((t - off) / c + 1e-9) * c
+
+    def _tick_before(self, agent: SimAgent, t: float) -> float:
+        c, off = self.config.measure_interval, self.offset(agent)
+        return off + (math.ceil((t - off) / c - 1e-9) - 1) * c
+
+    def kernel_times(self, k: SimKernel, agent: SimAgent, t: float) -> tuple[float, float | None]:
+        """``(measured, previous)``: when the kernel's values served at ``t`` were measured,
+        and the measurement before (``None`` for the first one, at the kernel's start)."""
+        if k.end is not None and t >= k.end:
+            return float(k.end), max(float(k.start), self._tick_before(agent, k.end))
+        m = self.tick(agent, t)
+        if m <= k.start:
+            return float(k.start), None
+        return m, max(float(k.start), m - self.config.measure_interval)
+
     # -- value functions: ``times`` are sample times; frozen kernels are clamped here ------
 
     def kernel_values(self, k: SimKernel, metric: str, times: Sequence[float]) -> Values:
@@ -509,6 +557,13 @@ class _FleetModel:
         raise ConfigError(f"agent {a.agent_id} has no device metric {metric!r}/{device_id!r}")
 
 
+def _legacy_rate(cur: float, prev: float | None, at: float, prev_at: float | None) -> float:
+    """The exporter's rate between two measurements (0 first and at a reset)."""
+    if prev is None or prev_at is None or cur < prev or not at > prev_at:
+        return 0.0
+    return (cur - prev) / (at - prev_at)
+
+
 def _expected_rate(rates: Mapping[str, int], metric: str, what: str) -> float:
     try:
         return float(rates[metric])
@@ -519,8 +574,11 @@ def _expected_rate(rates: Mapping[str, int], metric: str, what: str) -> float:
 class SimulatedFleet:
     """A live simulated fleet: one :class:`UtilizationExporter` (and HTTP port) per agent.
 
-    Values are computed when an exporter renders (a scrape), from the fleet clock, so counters
-    are exact functions of the scrape time. :meth:`step` does the same for all agents on demand.
+    Each agent measures at its own ticks (``measure_interval``); while started, a timer task
+    observes every measurement into the exporters as its tick passes (so a measurement
+    listener sees them on time), and every render (a scrape) first catches up with the
+    fleet clock, so a scrape never serves an older measurement than its time calls for.
+    :meth:`step` does the same for all agents on demand.
 
     Args:
         config: fleet shape and seed.
@@ -544,7 +602,11 @@ class SimulatedFleet:
         self._last_prune: dict[str, float] = {}
         for agent_id in self._model.agents:
             exporter = UtilizationExporter(
-                agent_id, names=config.names, detention=config.detention, clock=clock
+                agent_id,
+                names=config.names,
+                detention=config.detention,
+                clock=clock,
+                publish_rates=config.publish_rates,
             )
             exporter.add_collect_hook(self._hook(agent_id))
             for listener in listeners:
@@ -552,18 +614,24 @@ class SimulatedFleet:
             self._exporters[agent_id] = exporter
             self._last_prune[agent_id] = -math.inf
         self._servers: list[ExporterServer] = []
+        self._timer: asyncio.Task[None] | None = None
+        # agent -> {kernel id, or "" for the devices: measurement time last observed}
+        self._observed: dict[str, dict[str, float]] = {a: {} for a in self._model.agents}
 
     def _hook(self, agent_id: str) -> Callable[[], None]:
         def collect() -> None:
-            now = self.clock()
-            if self.config.exposition_timestamps:
-                # Compute the values at the millisecond the exposition states, so a rate
-                # between any two samples is exactly the model's rate.
-                now = round(now, 3)
-                self._exporters[agent_id].sample_time = now
-            self._step_agent(agent_id, now)
+            self._step_agent(agent_id, self.clock())
 
         return collect
+
+    async def _measure(self) -> None:
+        # The agents' own timers: observe each measurement as its tick passes.
+        model, c = self._model, self.config.measure_interval
+        while True:
+            now = self.clock()
+            self.step(now)
+            upcoming = min((model.tick(a, now) + c for a in model.agents.values()), default=now + c)
+            await asyncio.sleep(min(c, max(0.05, upcoming - now)))
 
     @property
     def epoch(self) -> int:
@@ -583,9 +651,16 @@ class SimulatedFleet:
             await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
             raise
         self._servers = servers
+        self.step()  # the first measurement is there before the first scrape
+        self._timer = asyncio.create_task(self._measure(), name="promstat-sim-measure")
 
     async def stop(self) -> None:
-        """Stop every server. Idempotent."""
+        """Stop the measurement timer and every server. Idempotent."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
         servers, self._servers = self._servers, []
         await asyncio.gather(*(s.stop() for s in servers))
 
@@ -626,6 +701,7 @@ class SimulatedFleet:
         model = self._model
         exporter = self._exporters[agent_id]
         agent = model.agents[agent_id]
+        observed = self._observed[agent_id]
         for k in model.kernels_overlapping(agent_id, now, now):
             state = exporter.kernel_state(k.kernel_id)
             if state is KernelState.DETAINED:
@@ -637,21 +713,43 @@ class SimulatedFleet:
                     user_id=k.user_id,
                     project_id=k.project_id,
                 )
-            ending = k.end is not None and now >= k.end
-            at = float(k.end) if k.end is not None and ending else now
-            for metric in k.metrics:
-                cur, cap = model.kernel_values(k, metric, (at,))
-                exporter.observe_container(k.kernel_id, metric, cur[0], cap[0] if cap else None)
-            if ending:
-                exporter.terminate_kernel(k.kernel_id, at=at)
-        for metric, device_id in agent.devices:
-            cur, cap = model.device_values(agent, metric, device_id, (now,))
-            exporter.observe_device(metric, device_id, cur[0], cap[0] if cap else None)
+                observed.pop(k.kernel_id, None)
+            at, prev = model.kernel_times(k, agent, now)
+            last = observed.get(k.kernel_id)
+            if last != at:
+                observed[k.kernel_id] = at
+                # The previous measurement first unless it was observed (a scrape can skip
+                # ticks), so the exporter's rate spans one measurement interval, as the
+                # agent's does, and each measurement is observed once.
+                for when in (at,) if prev is None or last == prev else (prev, at):
+                    for metric in k.metrics:
+                        cur, cap = model.kernel_values(k, metric, (when,))
+                        exporter.observe_container(
+                            k.kernel_id, metric, cur[0], cap[0] if cap else None, at=when
+                        )
+            if k.end is not None and now >= k.end:
+                exporter.terminate_kernel(k.kernel_id, at=float(k.end))
+        tick = model.tick(agent, now)
+        last = observed.get("")
+        if last != tick:
+            observed[""] = tick
+            prev = tick - self.config.measure_interval
+            for when in (tick,) if last == prev else (prev, tick):
+                for metric, device_id in agent.devices:
+                    cur, cap = model.device_values(agent, metric, device_id, (when,))
+                    exporter.observe_device(
+                        metric, device_id, cur[0], cap[0] if cap else None, at=when
+                    )
+        if self.config.exposition_timestamps:
+            exporter.sample_time = round(tick, 3)
         # Bound memory in a long-running fleet: forget kernels gone for more than a day.
         if now - self._last_prune[agent_id] > 3600:
             self._last_prune[agent_id] = now
             for slot in model.slots[agent_id]:
                 slot.prune(now - _FORGET_AFTER)
+            live = set(exporter.kernel_ids(include_detained=True))
+            for kernel_id in [k for k in observed if k and k not in live]:
+                del observed[kernel_id]
 
     # -- model queries for tests ----------------------------------------------------------
 
@@ -720,23 +818,35 @@ class SimulatedFleet:
         raise ConfigError(f"{agent_id}: {metric!r}/{device_id!r} is not a device counter")
 
     def sample(self, kernel_id: str, metric: str, t: float) -> tuple[float, float | None]:
-        """The kernel's ``(current, capacity)`` at ``t`` (frozen at ``end`` after it ends).
+        """The kernel's ``(current, capacity)`` served at ``t``: its last measurement (frozen
+        at ``end`` after it ends).
 
         Raises:
             ConfigError: unknown kernel or metric.
         """
-        cur, cap = self._model.kernel_values(self.kernel(kernel_id), metric, (t,))
+        k = self.kernel(kernel_id)
+        at, _ = self._model.kernel_times(k, self._model.agents[k.agent_id], t)
+        cur, cap = self._model.kernel_values(k, metric, (at,))
         return cur[0], (cap[0] if cap else None)
+
+    def measured_at(self, agent_id: str, t: float) -> float:
+        """The agent's last measurement time at or before ``t`` (its timer's tick).
+
+        Raises:
+            ConfigError: unknown agent id.
+        """
+        return self._model.tick(self.agent(agent_id), t)
 
     def device_sample(
         self, agent_id: str, metric: str, device_id: str, t: float
     ) -> tuple[float, float | None]:
-        """A device's ``(current, capacity)`` at ``t``.
+        """A device's ``(current, capacity)`` served at ``t`` (its last measurement).
 
         Raises:
             ConfigError: unknown agent, metric or device.
         """
-        cur, cap = self._model.device_values(self.agent(agent_id), metric, device_id, (t,))
+        a = self.agent(agent_id)
+        cur, cap = self._model.device_values(a, metric, device_id, (self._model.tick(a, t),))
         return cur[0], (cap[0] if cap else None)
 
 
@@ -762,11 +872,12 @@ def iter_fleet_openmetrics(
 ) -> Iterator[str]:
     """Stream the fleet's samples from ``start`` to ``end`` as OpenMetrics text with timestamps.
 
-    Same value functions and lifecycle as :class:`SimulatedFleet`: kernels appear at their
-    start, are frozen from their end and vanish after the detention. Samples are at
-    ``start + i * step``. Chunks are whole series (one kernel metric or device metric each), so
-    the output can be written straight to a file for ``promtool tsdb create-blocks-from
-    openmetrics``.
+    Same value functions, measurement timer and lifecycle as :class:`SimulatedFleet`: kernels
+    appear at their start, are frozen from their end and vanish after the detention. Samples
+    are at ``start + i * step`` (the scrape times) and hold the last measurement before them,
+    plus the agent-computed rate series with ``publish_rates``. Chunks are whole series (one
+    kernel metric or device metric each), so the output can be written straight to a file for
+    ``promtool tsdb create-blocks-from openmetrics``.
 
     Args:
         config: the fleet; ``config.epoch`` (default ``start``) fixes the schedule.
@@ -784,7 +895,8 @@ def iter_fleet_openmetrics(
     model = _FleetModel(config, config.epoch if config.epoch is not None else start)
     names = config.names
     stamps = [" " + format_value(t) + "\n" for t in times]
-    cur_vt, cap_vt = names.current_value, names.capacity_value
+    cur_vt, cap_vt, rate_vt = names.current_value, names.capacity_value, names.rate_value
+    rated = RATE_METRICS if config.publish_rates else frozenset[str]()
     detention = config.detention
     cm, dm = names.container_metric, names.device_metric
     yield f"# HELP {cm} {CONTAINER_HELP}\n# TYPE {cm} gauge\n"
@@ -795,10 +907,21 @@ def iter_fleet_openmetrics(
             if lo >= hi:
                 continue
             ts, st = times[lo:hi], stamps[lo:hi]
+            agent = model.agents[agent_id]
+            measured = [model.kernel_times(k, agent, t) for t in ts]
+            at = [m for m, _ in measured]
             chunk: list[str] = []
             for metric in k.metrics:
-                cur, cap = model.kernel_values(k, metric, ts)
-                for values, vt in ((cur, cur_vt), (cap, cap_vt)):
+                cur, cap = model.kernel_values(k, metric, at)
+                rate = None
+                if metric in rated:
+                    before = [m if p is None else p for m, p in measured]
+                    prev, _ = model.kernel_values(k, metric, before)
+                    rate = [
+                        _legacy_rate(c, None if p is None else v, m, p)
+                        for c, v, (m, p) in zip(cur, prev, measured, strict=True)
+                    ]
+                for values, vt in ((cur, cur_vt), (cap, cap_vt), (rate, rate_vt)):
                     if values is None:
                         continue
                     prefix = container_series(
@@ -815,9 +938,18 @@ def iter_fleet_openmetrics(
             yield "".join(chunk)
     yield f"# HELP {dm} {DEVICE_HELP}\n# TYPE {dm} gauge\n"
     for agent in model.agents.values():
+        ticks = [model.tick(agent, t) for t in times]
+        before = [m - config.measure_interval for m in ticks]
         for metric, device_id in agent.devices:
-            cur, cap = model.device_values(agent, metric, device_id, times)
-            for values, vt in ((cur, cur_vt), (cap, cap_vt)):
+            cur, cap = model.device_values(agent, metric, device_id, ticks)
+            rate = None
+            if metric in rated:
+                prev, _ = model.device_values(agent, metric, device_id, before)
+                rate = [
+                    _legacy_rate(c, v, m, p)
+                    for c, v, m, p in zip(cur, prev, ticks, before, strict=True)
+                ]
+            for values, vt in ((cur, cur_vt), (cap, cap_vt), (rate, rate_vt)):
                 if values is None:
                     continue
                 prefix = device_series(

@@ -145,8 +145,11 @@ EXPECTED_KERNELS: dict[str, dict[str, Any] | None] = {
         "npu_mem": _m("1610612736", "17179869184", "9.38", "bytes", max="1610612736"),
     },
     K2: {
-        # irate at the reset step is 7500/15 = 500: avg over the 20 window steps = 975
-        "cpu_util": _m("1000", "1000", "100", "percent", max="1000", avg="975"),
+        # no rate series: rate() over 135 s (4 x 30 s + 15 s). The step whose last two samples
+        # are the reset is 0 (legacy's diff 0); later windows holding the reset count the
+        # post-reset 7500 as increase: 127500 per 135 s = 944.4 on the steps, 112500 / 120 s =
+        # 937.5 at AT; avg over the 20 steps (15 x 1000, 0, 4 x 944.4) = 938.889
+        "cpu_util": _m("937.5", "1000", "93.75", "percent", max="1000", avg="938.889"),
         # max over the duplicate, never the sum: capacity 4 GiB, not 8 GiB
         "mem": _m("2147483648", "4294967296", "50", "bytes", max="2147483648"),
     },

@@ -14,6 +14,7 @@ from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError
 from promstat.exporter import (
     OPENMETRICS_CONTENT_TYPE,
+    RATE_METRICS,
     TEXT_CONTENT_TYPE,
     ExporterServer,
     KernelState,
@@ -43,8 +44,11 @@ class FakeClock:
 
 
 def small_exporter(clock: FakeClock | None = None) -> UtilizationExporter:
-    """One kernel with cpu_util (capacity), io_read (none), one device metric."""
-    exporter = UtilizationExporter("i-ag1", clock=clock or FakeClock())
+    """One kernel with cpu_util (capacity), io_read (none), one device metric.
+
+    Without rate series: exactly what upstream agents export (rates are tested apart).
+    """
+    exporter = UtilizationExporter("i-ag1", clock=clock or FakeClock(), publish_rates=False)
     exporter.add_kernel(K1, session_id="s1", user_id="u1", project_id="p1")
     exporter.observe_container(K1, "cpu_util", "1290.608", "1000")
     exporter.observe_container(K1, "io_read", 3387392)
@@ -430,3 +434,68 @@ def test_exposition_parses_with_prometheus_client() -> None:
             "value_type",
         ]
         assert len(families["backendai_device_utilization"].samples) == 3
+
+
+def _rate_lines(exporter: UtilizationExporter) -> dict[str, float]:
+    """``{metric or metric/device: value}`` of the exported rate series."""
+    out: dict[str, float] = {}
+    for line in exporter.render().decode().splitlines():
+        if 'value_type="rate"' not in line:
+            continue
+        labels, _, value = line.rpartition(" ")
+        metric = labels.split('_metric_name="', 1)[1].split('"', 1)[0]
+        device = labels.split('device_id="', 1)[1].split('"', 1)[0] if "device_id" in labels else ""
+        out[f"{metric}/{device}" if device else metric] = float(value)
+    return out
+
+
+def test_rate_series_is_legacy_rate_between_measurements() -> None:
+    """The rate series is (value - previous) / (at - previous at), 0 on the first
+    measurement, 0 at a counter reset (legacy diff), and unchanged when the same measurement
+    is observed again (a scrape between measurements)."""
+    exporter = UtilizationExporter("a", clock=FakeClock())
+    exporter.add_kernel(K1)
+    exporter.observe_container(K1, "cpu_util", 1000, 1000, at=100.0)
+    exporter.observe_container(K1, "mem", 5, 10, at=100.0)  # a gauge: no rate series
+    exporter.observe_device("net_rx", "node", 0, at=100.0)
+    assert _rate_lines(exporter) == {"cpu_util": 0.0, "net_rx/node": 0.0}
+    exporter.observe_container(K1, "cpu_util", 31000, at=130.0)
+    exporter.observe_device("net_rx", "node", 6000, at=130.0)
+    assert _rate_lines(exporter) == {"cpu_util": 1000.0, "net_rx/node": 200.0}
+    exporter.observe_container(K1, "cpu_util", 31000, at=130.0)  # same measurement again
+    assert _rate_lines(exporter)["cpu_util"] == 1000.0
+    exporter.observe_container(K1, "cpu_util", 500, at=160.0)  # the counter was reset
+    exporter.observe_device("net_rx", "node", 9000, at=145.0)
+    assert _rate_lines(exporter) == {"cpu_util": 0.0, "net_rx/node": 200.0}
+    exporter.observe_container(K1, "cpu_util", 15500, at=175.0)
+    assert _rate_lines(exporter)["cpu_util"] == 1000.0
+
+
+def test_rate_series_uses_the_clock_by_default_and_can_be_disabled() -> None:
+    """Without ``at`` the measurement time is the clock; ``publish_rates=False`` exports
+    exactly the upstream agent's series; ``rate_metrics`` picks the counters."""
+    clock = FakeClock(0.0)
+    exporter = UtilizationExporter("a", clock=clock, rate_metrics={"io_read"})
+    exporter.add_kernel(K1)
+    exporter.observe_container(K1, "io_read", 0)
+    exporter.observe_container(K1, "cpu_util", 0)
+    clock.now = 10.0
+    exporter.observe_container(K1, "io_read", 2500)
+    assert _rate_lines(exporter) == {"io_read": 250.0}
+    plain = UtilizationExporter("a", publish_rates=False)
+    plain.add_kernel(K1)
+    plain.observe_container(K1, "cpu_util", 0, at=1.0)
+    plain.observe_device("cpu_util", "0", 0, 30000, at=1.0)
+    assert b'value_type="rate"' not in plain.render()
+    assert {"cpu_util", "net_rx", "net_tx", "io_read", "io_write"} == set(RATE_METRICS)
+
+
+def test_remove_device_forgets_its_rate() -> None:
+    """A removed device starts over: its next measurement is a first one (rate 0)."""
+    exporter = UtilizationExporter("a", clock=FakeClock())
+    exporter.observe_device("net_tx", "node", 0, at=0.0)
+    exporter.observe_device("net_tx", "node", 100, at=10.0)
+    assert exporter.remove_device("net_tx", "node")
+    assert exporter.series_count == 0
+    exporter.observe_device("net_tx", "node", 500, at=20.0)
+    assert _rate_lines(exporter) == {"net_tx/node": 0.0}

@@ -21,22 +21,32 @@ K = "kernel_id, container_metric_name"
 M = "backendai_container_utilization"
 RC = 'container_metric_name=~"cpu_util|net_rx|net_tx"'
 
+
+def _rate_of(names: str) -> str:
+    """The rate construction: the agent's rate series, else rate() unless just reset."""
+    cur = f'{M}{{value_type="current",{names}}}'
+    return (
+        f'(max by ({K}) ({M}{{value_type="rate",{names}}}) or '
+        f"max by ({K}) (rate({cur}[135s]) unless idelta({cur}[135s]) < 0))"
+    )
+
+
 CURRENT = (
     f'max by ({K}) ({M}{{value_type="current",container_metric_name!~"cpu_util|net_rx|net_tx"}})'
-    f' or (max by ({K}) (irate({M}{{value_type="current",{RC}}}[5m]))'
+    f" or ({_rate_of(RC)}"
     f' and on ({K}) max by ({K}) ({M}{{value_type="current",{RC}}}))'
     f' or max by ({K}) ({M}{{value_type="current",{RC}}}) * 0'
 )
 CAPACITY = f'max by ({K}) ({M}{{value_type="capacity"}})'
 IO = 'container_metric_name=~"io_read|io_write"'
 RATE = (
-    f'(max by ({K}) (irate({M}{{value_type="current",{IO}}}[5m]))'
+    f"({_rate_of(IO)}"
     f' and on ({K}) max by ({K}) ({M}{{value_type="current",{IO}}}))'
     f' or max by ({K}) ({M}{{value_type="current",{IO}}}) * 0'
 )
 CPU = 'container_metric_name="cpu_util"'
 CPU_RATE = (
-    f'(max by ({K}) (irate({M}{{value_type="current",{CPU}}}[5m]))'
+    f"({_rate_of(CPU)}"
     f' and on ({K}) max by ({K}) ({M}{{value_type="current",{CPU}}}))'
     f' or max by ({K}) ({M}{{value_type="current",{CPU}}}) * 0'
 )
@@ -115,22 +125,26 @@ def test_kernel_recorded_window_text() -> None:
 
 
 def test_node_expression_text() -> None:
-    """Node stats sum recorded devices; cpu_util capacity is a max, not a sum."""
+    """Node stats sum recorded devices, temperatures take the hottest device; cpu_util and
+    temperature capacities are a max, not a sum."""
     ex = LiveStatExpressions()
     dev = "agent_device_metric:backendai_device_utilization:live_stat"
     by = "agent_id, device_metric_name"
-    assert ex.node("current") == f'sum by ({by}) ({dev}{{stat="current"}})'
+    temp = 'device_metric_name=~".+_temperature"'
+    assert ex.node("current") == (
+        f'max by ({by}) ({dev}{{stat="current",{temp}}}) or sum by ({by}) ({dev}{{stat="current"}})'
+    )
     assert ex.node("capacity") == (
-        f'sum by ({by}) ({dev}{{stat="capacity",device_metric_name!="cpu_util"}})'
-        f' or max by ({by}) ({dev}{{stat="capacity",device_metric_name="cpu_util"}})'
+        f'max by ({by}) ({dev}{{stat="capacity",device_metric_name=~"cpu_util|.+_temperature"}})'
+        f' or sum by ({by}) ({dev}{{stat="capacity"}})'
     )
 
 
 def test_device_cpu_util_is_usage_per_interval() -> None:
-    """Device cpu_util current is irate * capacity / 1000, falling back to the plain rate."""
+    """Device cpu_util current is rate * capacity / 1000, falling back to the plain rate."""
     cur = LiveStatExpressions().device("current")
     assert cur is not None
-    assert "/ 1000 or max by (agent_id, device_id, device_metric_name) (irate(" in cur
+    assert "/ 1000 or (max by (agent_id, device_id, device_metric_name) (backendai_device" in cur
     assert "* on (agent_id, device_id, device_metric_name) max by" in cur
 
 

@@ -72,7 +72,6 @@ def test_groups_interval_names_and_order() -> None:
         (n.kernel_live_stat, "current"),
         (n.kernel_live_stat, "capacity"),
         (n.kernel_live_stat, "rate"),
-        (n.kernel_pct, None),
         (n.kernel_live_stat, "max"),
         (n.kernel_live_stat, "avg"),
     ]
@@ -125,7 +124,6 @@ def test_names_are_configurable() -> None:
     records = {r.record for f in (kernel, agent) for g in f.groups for r in g.rules}
     assert records == {
         "kernel_metric:ctr_util:live_stat",
-        "kernel_metric:ctr_util:pct",
         "agent_device_metric:dev_util:live_stat",
         "agent_metric:dev_util:live_stat",
     }
@@ -182,3 +180,42 @@ def test_cli_render_and_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[
         args.handler(args)
     args = parser.parse_args(["rules", "check", str(tmp_path)])
     assert args.directory == str(tmp_path)
+
+
+@pytest.mark.parametrize("shards", [2, 4, 8, 16])
+def test_kernel_shards_partition_every_id(shards: int) -> None:
+    """Each kernel id falls in exactly one shard, UUIDs spread over all of them, and odd ids
+    (not starting with lowercase hex, empty) land in the last one."""
+    import uuid
+
+    from promstat.rules import kernel_shard_matchers
+
+    matchers = kernel_shard_matchers(SeriesNames(), shards)
+    regexes = [re.compile(m.split('=~"', 1)[1][:-1]) for m in matchers]
+    ids = [str(uuid.uuid4()) for _ in range(400)] + ["k1", "", "ABC-1", 'we"ird', ".*"]
+    hits = {i: 0 for i in range(shards)}
+    for kernel_id in ids:
+        (shard,) = [i for i, rx in enumerate(regexes) if rx.fullmatch(kernel_id)]
+        hits[shard] += 1
+    assert all(n > 0 for n in hits.values())
+    for odd in ("k1", "", "ABC-1"):
+        assert regexes[-1].fullmatch(odd)
+
+
+def test_kernel_shards_make_one_group_each_with_the_same_records() -> None:
+    """Sharded kernel rules: one group per shard, every rule restricted to its shard, the
+    same record names and stat labels as the single group; bad counts are refused."""
+    (single, _), (sharded, _) = build_rule_files(), build_rule_files(kernel_shards=4)
+    assert len(single.groups) == 1 and len(sharded.groups) == 4
+    assert [g.name for g in sharded.groups] == [
+        f"promstat.kernel.live_stat.shard{i}of4" for i in range(4)
+    ]
+    base = [(r.record, dict(r.labels)) for r in single.groups[0].rules]
+    for group in sharded.groups:
+        assert [(r.record, dict(r.labels)) for r in group.rules] == base
+        shard = group.rules[0].expr.split('kernel_id=~"', 1)[1].split('"', 1)[0]
+        for rule in group.rules:
+            selectors = re.findall(r"\{[^}]*\}", rule.expr)
+            assert selectors and all(f'kernel_id=~"{shard}"' in sel for sel in selectors)
+    with pytest.raises(ConfigError, match="kernel_shards"):
+        build_rule_files(kernel_shards=3)

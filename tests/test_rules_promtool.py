@@ -93,3 +93,12 @@ def test_custom_names_pass_promtool(tmp_path: Path) -> None:
     )
     write_rules(tmp_path, names=names)
     assert len(check_rules(tmp_path)) == 4
+
+
+def test_sharded_rules_pass_lint_and_the_unit_tests(tmp_path: Path) -> None:
+    """With the kernel group split in four, promtool lint and the scenario's unit tests pass:
+    the recorded values are the same."""
+    written = write_rules(tmp_path, kernel_shards=4)
+    assert any(p.parent.name == "tests" for p in written)
+    assert "shard3of4" in (tmp_path / "promstat-kernel.rules.yml").read_text()
+    assert len(check_rules(tmp_path)) == 4

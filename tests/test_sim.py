@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import re
@@ -35,6 +36,8 @@ CHURNY = FleetConfig(
     detention=30,
     epoch=E,
 )
+# Measuring every second on whole seconds: every integer time is a measurement.
+PER_SECOND = dataclasses.replace(SMALL, measure_interval=1.0, measure_offset=0.0)
 COUNTERS = ("cpu_util", "cpu_used", "io_read", "io_write", "net_rx", "net_tx")
 
 
@@ -159,7 +162,7 @@ def test_value_shapes() -> None:
 
 def test_counters_are_exact_lines() -> None:
     """On integer times a counter's difference is exactly rate x seconds, also for bytes."""
-    fleet = SimulatedFleet(SMALL, clock=FakeClock(E))
+    fleet = SimulatedFleet(PER_SECOND, clock=FakeClock(E))
     for kernel_id in fleet.kernel_ids():
         for metric in COUNTERS:
             v0 = fleet.sample(kernel_id, metric, E + 15)[0]
@@ -287,9 +290,10 @@ def test_backfill_format_and_streaming(tmp_path: Path) -> None:
         assert float(ts) > last_ts.get(series, -math.inf)
         last_ts[series] = float(ts)
     kernel_series = [s for s in seen if s.startswith("backendai_container_utilization")]
-    # 8 metrics + 2 capacities (cpu_util, mem); GPU kernels add cuda_mem/cuda_util + capacities
+    # 8 metrics + 2 capacities (cpu_util, mem) + 5 rates (cpu_util, io_*, net_*); GPU kernels
+    # add cuda_mem/cuda_util + capacities
     fleet = SimulatedFleet(SMALL)
-    expected = sum(14 if fleet.kernel(k).gpus else 10 for k in fleet.kernel_ids(at=E))
+    expected = sum(19 if fleet.kernel(k).gpus else 15 for k in fleet.kernel_ids(at=E))
     assert len(kernel_series) == expected
     assert re.search(r'value_type="current"\} [0-9.e+]+ 1700000060$', text, re.MULTILINE)
 
@@ -327,7 +331,8 @@ async def test_fleet_serves_every_agent() -> None:
                 async with session.get(f"http://{target}/metrics") as resp:
                     body = await resp.text()
                 assert f'agent_id="{agent_id}"' in body
-                assert body.count('container_metric_name="cpu_util"') == 6
+                # three kernels: current, capacity and the agent-computed rate
+                assert body.count('container_metric_name="cpu_util"') == 9
     assert fleet.targets == []
 
 
@@ -335,7 +340,8 @@ async def test_fleet_serves_every_agent() -> None:
 def test_backfill_queried_from_real_prometheus(
     start_prometheus: Callable[..., PrometheusProcess],
 ) -> None:
-    """Prometheus ingests the backfill; values and irate at a pinned time match the model."""
+    """Prometheus ingests the backfill; values and the agents' rates at a pinned time match
+    the model (the raw counters are stair steps: each measurement is stored twice)."""
     end = E + 300
     prom = start_prometheus(openmetrics=fleet_openmetrics(SMALL, E, end, 15))
     fleet = SimulatedFleet(SMALL)
@@ -347,15 +353,16 @@ def test_backfill_queried_from_real_prometheus(
     for row in mem:
         assert float(row["value"][1]) == fleet.sample(row["metric"]["kernel_id"], "mem", end)[0]
     rates = prom.query(
-        'irate(backendai_container_utilization{container_metric_name="cpu_util",'
-        'value_type="current"}[1m])',
+        'backendai_container_utilization{container_metric_name="cpu_util",value_type="rate"}',
         at=end,
     )
     assert len(rates) == 6
     for row in rates:
         expected = fleet.expected_rate(row["metric"]["kernel_id"], "cpu_util")
         assert float(row["value"][1]) == expected
-    net = prom.query('rate(backendai_device_utilization{device_metric_name="net_rx"}[5m])', at=end)
+    net = prom.query(
+        'backendai_device_utilization{device_metric_name="net_rx",value_type="rate"}', at=end
+    )
     assert {r["metric"]["agent_id"]: float(r["value"][1]) for r in net} == {
         a: fleet.expected_device_rate(a, "net_rx", "node") for a in fleet.agent_ids()
     }
@@ -365,19 +372,20 @@ def test_backfill_queried_from_real_prometheus(
 async def test_live_scrape_irate_matches_expected_rate(
     start_prometheus: Callable[..., PrometheusProcess],
 ) -> None:
-    """A real Prometheus scraping the live fleet every second sees the model's CPU rates."""
-    config = FleetConfig(agents=2, kernels_per_agent=3, gpu_agent_ratio=0.5, churn=None)
-    query = (
-        'irate(backendai_container_utilization{container_metric_name="cpu_util",'
-        'value_type="current"}[30s])'
+    """A real Prometheus scraping every second a fleet that measures every 2 s (each
+    measurement stored twice) sees the model's CPU rates exactly in the agents' rate series."""
+    config = FleetConfig(
+        agents=2, kernels_per_agent=3, gpu_agent_ratio=0.5, churn=None, measure_interval=2.0
     )
+    query = 'backendai_container_utilization{container_metric_name="cpu_util",value_type="rate"}'
+    positive = f"{query} > 0"
     async with SimulatedFleet(config) as fleet:
         prom = await asyncio.to_thread(
             start_prometheus, scrape_targets=fleet.targets, scrape_interval="1s"
         )
         rows: list[dict[str, object]] = []
-        for _ in range(120):  # up to ~60 s: at least two scrapes of both agents are needed
-            rows = await asyncio.to_thread(prom.query, query)
+        for _ in range(120):  # up to ~60 s: two measurements of both agents are needed
+            rows = await asyncio.to_thread(prom.query, positive)
             if len(rows) == 6:
                 break
             await asyncio.sleep(0.5)
@@ -388,5 +396,103 @@ async def test_live_scrape_irate_matches_expected_rate(
             assert isinstance(metric, dict) and isinstance(value, list)
             assert metric["job"] == "promstat"
             expected = fleet.expected_rate(metric["kernel_id"], "cpu_util")
-            assert float(value[1]) == pytest.approx(expected, rel=0.05)
+            assert float(value[1]) == pytest.approx(expected, rel=1e-9)
             assert metric["kernel_id"] in fleet.kernel_ids(agent_id=metric["agent_id"])
+
+
+def test_agents_measure_on_their_own_timer() -> None:
+    """Served values change only at each agent's measurement ticks (default every 30 s, a
+    per-agent phase from the seed), whatever the scrape times; the rate series is the model's
+    rate between the last two measurements."""
+    assert SMALL.measure_interval == 30.0
+    clock = FakeClock(E)
+    fleet = SimulatedFleet(SMALL, clock=clock)
+    agent_id = fleet.agent_ids()[0]
+    kernel_id = fleet.kernel_ids(agent_id=agent_id)[0]
+    tick = fleet.measured_at(agent_id, E + 100)
+    assert tick <= E + 100 < tick + 30
+    assert fleet.measured_at(agent_id, tick + 29.9) == tick
+    offsets = {fleet.measured_at(a, E) % 30 for a in fleet.agent_ids()}
+    assert len(offsets) == 2, "agents are not aligned with each other"
+    exporter = fleet.exporters[agent_id]
+    served: list[tuple[float, float]] = []
+    for dt in (0.0, 10.0, 20.0, 29.0):  # scrapes every 10 s within one measurement interval
+        clock.now = tick + dt
+        snap = parse_exposition(exporter.render().decode())
+        cur = next(v for s, v in snap.items() if kernel_id in s and '"cpu_used"' in s)
+        rate = next(
+            v
+            for s, v in snap.items()
+            if kernel_id in s and '"cpu_util"' in s and 'value_type="rate"' in s
+        )
+        served.append((cur, rate))
+    assert len(set(served)) == 1, "a measurement is served unchanged until the next tick"
+    assert served[0][0] == fleet.sample(kernel_id, "cpu_used", tick)[0]
+    assert served[0][1] == fleet.expected_rate(kernel_id, "cpu_util")
+    clock.now = tick + 30
+    snap = parse_exposition(exporter.render().decode())
+    cur = next(v for s, v in snap.items() if kernel_id in s and '"cpu_used"' in s)
+    assert cur - served[0][0] == 30 * fleet.expected_rate(kernel_id, "cpu_used")
+
+
+def test_backfill_stores_each_measurement_per_scrape() -> None:
+    """A 15 s scrape of a 30 s measurement stores every value twice; without
+    ``publish_rates`` no rate series exists (the upstream agent's exposition)."""
+    config = dataclasses.replace(SMALL, measure_offset=float(E + 7))
+    text = fleet_openmetrics(config, E, E + 120, 15)
+    fleet = SimulatedFleet(config)
+    kernel_id = fleet.kernel_ids(at=E)[0]
+    values = [
+        float(line.rsplit(" ", 2)[1])
+        for line in text.splitlines()
+        if kernel_id in line and '"cpu_used"' in line
+    ]
+    # samples at E, E+15, ..., E+120; ticks at E-23, E+7, E+37, E+67, E+97
+    assert values[1] == values[2] and values[3] == values[4] and values[5] == values[6]
+    assert values[2] != values[3]
+    assert values[0] != values[1]
+    plain = fleet_openmetrics(dataclasses.replace(config, publish_rates=False), E, E + 60, 15)
+    assert 'value_type="rate"' not in plain and 'value_type="rate"' in text
+
+
+async def test_timer_observes_measurements_without_scrapes() -> None:
+    """While started, the fleet's own timer observes each measurement as its tick passes."""
+    config = dataclasses.replace(SMALL, epoch=None, measure_interval=0.5)
+    async with SimulatedFleet(config) as fleet:
+        exporter = fleet.exporters[fleet.agent_ids()[0]]
+        first = exporter.series_count
+        assert first > 0, "the first step happens on start"
+        seen: set[bytes] = set()
+        for _ in range(40):
+            # _chunks is the rendered body without running the catch-up hook
+            seen.add(b"".join(exporter._chunks(False)))
+            await asyncio.sleep(0.1)
+            if len(seen) >= 3:
+                break
+        assert len(seen) >= 3
+
+
+def test_each_measurement_is_observed_once() -> None:
+    """However often it is scraped, the exporter sees each measurement once, at its
+    measurement time (what a measurement listener on ``observe_*`` relies on)."""
+    clock = FakeClock(E)
+    fleet = SimulatedFleet(SMALL, clock=clock)
+    agent_id = fleet.agent_ids()[0]
+    exporter = fleet.exporters[agent_id]
+    seen: list[tuple[str, str, float | None]] = []
+    original = exporter.observe_container
+
+    def spy(kernel_id: str, metric: str, *args: object, at: float | None = None) -> bool:
+        seen.append((kernel_id, metric, at))
+        return original(kernel_id, metric, *args, at=at)  # type: ignore[arg-type]
+
+    exporter.observe_container = spy  # type: ignore[method-assign]
+    for dt in range(0, 150, 7):  # scrapes every 7 s over five measurement intervals
+        clock.now = E + dt
+        exporter.render()
+    assert seen and len(seen) == len(set(seen))
+    kernel_id = fleet.kernel_ids(agent_id=agent_id)[0]
+    times = {at for k, m, at in seen if k == kernel_id and m == "cpu_util"}
+    ticks = {fleet.measured_at(agent_id, E + dt) for dt in range(0, 150, 7)}
+    # the measurement before the first scrape's (for its rate), then one per tick
+    assert times == ticks | {min(ticks) - 30}
