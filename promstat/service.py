@@ -7,31 +7,47 @@ It wires the pieces in the order of the data flow::
 
 Typical use in a manager process::
 
-    async with PrometheusClient("http://prometheus:9090") as prom:
-        stats = LiveStats(prom)
+    async with LiveStats("http://prometheus:9090") as stats:   # owns its client
         ...
         # in each GraphQL request:
         loader = stats.kernel_loader()
         payload = await loader.load(kernel_id)       # dict in the legacy shape, or None
+
+Lifecycle: ``aclose()`` (or leaving ``async with``) runs the closers of everything the instance
+owns, last registered first: background components (refresh-ahead registers its own), the
+shared loaders (in-flight fetches are cancelled; their waiters get
+:class:`~promstat.errors.ClosedError`), the planner's background detections and, when the
+instance owns it, the client. A closed instance raises :class:`~promstat.errors.ClosedError`;
+an instance used from a second event loop raises
+:class:`~promstat.errors.EventLoopMismatchError` (create one per event loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
 
-from .errors import ConfigError, PromstatError
+from .errors import ClosedError, ConfigError, EventLoopMismatchError, PromstatError
 from .history import History, HistoryResult
-from .loader import DataLoader, FetchResult, SharedLoader
+from .loader import DEFAULT_MAX_ENTRIES, DataLoader, FetchResult, SharedLoader
 from .metrics import PromstatMetrics
 from .planner import Planner, PlannerConfig, QueryExecutor
 from .promql import parse_duration
 
-__all__ = ["LiveStats"]
+__all__ = ["DEFAULT_AGENT_CACHE_ENTRIES", "LiveStats"]
 
 Payload = dict[str, Any]
+
+log = logging.getLogger(__name__)
+
+#: Default bound of the agent cache. An agent payload carries every device (64 cores, GPUs):
+#: up to ~40 KiB of Python objects, so 2,048 agents is at most ~80 MiB, like the kernel cache
+#: (:data:`~promstat.loader.DEFAULT_MAX_ENTRIES`); fleets have far fewer agents than kernels.
+DEFAULT_AGENT_CACHE_ENTRIES = 2_048
 
 
 class LiveStats:
@@ -39,40 +55,134 @@ class LiveStats:
 
     Args:
         client: a :class:`~promstat.client.PrometheusClient` (or anything with
-            ``query_vector``/``query_range``).
-        config: planner settings (names, catalog, windows, budgets).
+            ``query_vector``/``query_range``), or a base URL: LiveStats then creates the
+            client (with ``client_options``, reporting to ``metrics``) and owns it.
+        config: planner settings (names, catalog, windows, budgets, ``page_deadline``).
         cache_ttl: seconds a live value is shared across requests; default one scrape
             interval (``config.interval``). 0 keeps single-flight but caches nothing.
-        cache_entries: bound of each shared cache.
+        cache_entries: bound of the kernel cache (default
+            :data:`~promstat.loader.DEFAULT_MAX_ENTRIES`, ~80 MiB when full).
+        agent_cache_entries: bound of the agent cache (default
+            :data:`DEFAULT_AGENT_CACHE_ENTRIES`).
         metrics: counters to report to (a new :class:`PromstatMetrics` by default); pass the
             same object as the client's ``observer`` to see HTTP costs as well.
         clock: what "now" is (Unix seconds) for loads without ``at``; replays and tests pin
             it to a time inside their data.
+        owns_client: close the client in :meth:`aclose` (default: only a client LiveStats
+            created from a URL).
+        client_options: keyword arguments for the client created from a URL (``timeout``,
+            ``bearer_token``, ``headers``, ...).
+
+    Use it as an async context manager or call :meth:`aclose` at shutdown.
     """
 
     def __init__(
         self,
-        client: QueryExecutor,
+        client: QueryExecutor | str,
         config: PlannerConfig | None = None,
         *,
         cache_ttl: float | None = None,
-        cache_entries: int = 100_000,
+        cache_entries: int = DEFAULT_MAX_ENTRIES,
+        agent_cache_entries: int = DEFAULT_AGENT_CACHE_ENTRIES,
         metrics: PromstatMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        owns_client: bool | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config or PlannerConfig()
         self.metrics = metrics or PromstatMetrics()
-        self.planner = Planner(client, self.config, metrics=self.metrics, clock=clock)
         ttl = parse_duration(self.config.interval) if cache_ttl is None else cache_ttl
         if ttl < 0:
             raise ConfigError(f"cache_ttl must be >= 0, not {ttl}")
+        if cache_entries < 1 or agent_cache_entries < 1:
+            raise ConfigError(
+                f"cache_entries and agent_cache_entries must be >= 1, not {cache_entries} "
+                f"and {agent_cache_entries}"
+            )
+        if isinstance(client, str):
+            from .client import PrometheusClient  # only this way of building needs it
+
+            options = {"observer": self.metrics, **(client_options or {})}
+            client = PrometheusClient(client, **options)
+            owns_client = True if owns_client is None else owns_client
+        elif client_options:
+            raise ConfigError("client_options apply only when LiveStats is given a URL")
+        self.client = client
+        self.planner = Planner(client, self.config, metrics=self.metrics, clock=clock)
         self._kernels: SharedLoader[str, Payload] = SharedLoader(
-            self._fetch_kernels, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+            self._fetch_kernels,
+            ttl=ttl,
+            max_entries=cache_entries,
+            metrics=self.metrics,
+            name="LiveStats kernel loader",
         )
         self._agents: SharedLoader[str, Payload] = SharedLoader(
-            self._fetch_agents, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+            self._fetch_agents,
+            ttl=ttl,
+            max_entries=agent_cache_entries,
+            metrics=self.metrics,
+            name="LiveStats agent loader",
         )
         self.history = History(client, self.config, metrics=self.metrics)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        #: What aclose() runs, last registered first. A background component joins with
+        #: ``self._closers.append(component.aclose)`` when it starts.
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        close_client = getattr(client, "close", None) if owns_client else None
+        if close_client is not None:
+            self._closers.append(close_client)
+        self._closers += [self.planner.aclose, self._agents.aclose, self._kernels.aclose]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in each shared cache (``kernels``, ``agents``)."""
+        return {"kernels": len(self._kernels), "agents": len(self._agents)}
+
+    def _check(self) -> None:
+        """Raise unless this instance is open and used from its own event loop."""
+        if self._closed:
+            raise ClosedError(what="LiveStats")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a loader built outside a loop: its first load checks again
+            return
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EventLoopMismatchError(what="LiveStats")
+
+    async def __aenter__(self) -> Self:
+        self._check()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop background work, answer waiting loads with ClosedError, close an owned client.
+
+        Runs every registered closer, last registered first; a closer that fails is logged
+        (logger ``promstat.service``) and the others still run. Idempotent.
+        """
+        self._closed = True
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing %r failed", closer)
 
     async def _fetch_kernels(self, ids: list[str]) -> FetchResult[str, Payload]:
         out = await self.planner.kernels(ids)
@@ -91,7 +201,12 @@ class LiveStats:
 
         With ``at`` (Unix seconds) the values are evaluated at that time and bypass the shared
         cache (used for final stats of terminated kernels).
+
+        Raises:
+            ClosedError: after :meth:`aclose`.
+            EventLoopMismatchError: called from another event loop than the first use.
         """
+        self._check()
         if at is None:
             return await self._kernels.batch_load(kernel_ids)
         out = await self.planner.kernels(kernel_ids, at=at)
@@ -101,6 +216,7 @@ class LiveStats:
         self, agent_ids: Sequence[str], *, at: float | None = None
     ) -> list[Payload | BaseException | None]:
         """Legacy agent live_stat (``{"node", "devices"}``) for each id, or ``None``/error."""
+        self._check()
         if at is None:
             return await self._agents.batch_load(agent_ids)
         out = await self.planner.agents(agent_ids, at=at)
@@ -110,10 +226,12 @@ class LiveStats:
 
     def kernel_loader(self, *, max_batch_size: int | None = None) -> DataLoader[str, Payload]:
         """A new per-request DataLoader over :meth:`load_kernels`."""
+        self._check()
         return DataLoader(self.load_kernels, max_batch_size=max_batch_size)
 
     def agent_loader(self, *, max_batch_size: int | None = None) -> DataLoader[str, Payload]:
         """A new per-request DataLoader over :meth:`load_agents`."""
+        self._check()
         return DataLoader(self.load_agents, max_batch_size=max_batch_size)
 
     # -- more than legacy had ---------------------------------------------------------------
@@ -130,6 +248,7 @@ class LiveStats:
         Returns:
             kernel id -> payload, ``None`` or the error of its batch.
         """
+        self._check()
         by_time: dict[float, list[str]] = {}
         for kernel_id, at in terminated.items():
             by_time.setdefault(float(at), []).append(kernel_id)
@@ -152,6 +271,7 @@ class LiveStats:
         step: float,
     ) -> HistoryResult:
         """Trend series for many kernels and metrics at once (see :class:`History`)."""
+        self._check()
         return await self.history.kernels(kernel_ids, metrics, start=start, end=end, step=step)
 
     def invalidate(self) -> None:
