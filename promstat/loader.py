@@ -51,10 +51,11 @@ V = TypeVar("V")
 #: The batch-function contract: one result per key, in key order.
 BatchLoadFn = Callable[[list[K]], Awaitable[Sequence[V | BaseException | None]]]
 
-#: Default bound of a :class:`SharedLoader`: 16,384 entries. A kernel payload (ten metrics,
-#: legacy strings) takes ~5 KiB of Python objects (measured with tracemalloc), so a full cache
-#: is ~80 MiB: room for a fleet-wide 10,000-kernel page plus 60% churn within one TTL. The TTL
-#: purge keeps a steady manager far below it (only keys written within one TTL stay).
+#: Default bound of a :class:`SharedLoader`: 16,384 entries. A ten-metric kernel payload takes
+#: 3.3 KiB of Python objects as the planner renders it and 5 KiB decoded from JSON (measured
+#: with tracemalloc), so a full cache is 55-80 MiB: room for a fleet-wide 10,000-kernel page
+#: plus 60% churn within one TTL. The TTL purge keeps a steady manager far below it (only keys
+#: written within the last TTL stay).
 DEFAULT_MAX_ENTRIES = 16_384
 
 
