@@ -225,7 +225,5 @@ async def test_oversized_answers_are_quiet(reports: Reports) -> None:
     client = OversizedClient()
     async with LiveStats(client, CHUNKED) as stats:
         answered = await drive_pages(stats)
-    assert answered and all(
-        isinstance(a, ResponseTooLargeError) for page in answered for a in page
-    )
+    assert answered and all(isinstance(a, ResponseTooLargeError) for page in answered for a in page)
     assert_quiet(reports, answered, len(client.queries))
