@@ -48,6 +48,7 @@ import aiohttp
 from aiohttp import web
 
 from promstat import lab
+from promstat.errors import LabError
 from promstat.graphql_app import EXAMPLE_QUERY, make_app
 from promstat.integrations import FleetRegistry
 from promstat.metrics import PromstatMetrics
@@ -412,7 +413,7 @@ class _Soak:
                     if page.clean and page.with_data >= page.rows // 2:
                         return
                 await asyncio.sleep(0.5)
-        raise lab.LabError(f"no clean page within {limit:g} s of the fleet starting")
+        raise LabError(f"no clean page within {limit:g} s of the fleet starting")
 
     def report(self, metrics: PromstatMetrics, reports: int, logs: _Records) -> SoakReport:
         o = self.o

@@ -279,7 +279,10 @@ def default_page_deadline(client: object) -> float:
 
 
 def _describe(exc: BaseException) -> str:
-    """A short, id-free account of a failure for a log line (never the query text)."""
+    """A short account of a failure for a log line.
+
+    The error's type and the server's text, never the query text (it would name ids).
+    """
     if isinstance(exc, APIError):
         kind = f", {exc.error_type}" if exc.error_type else ""
         text = f"{type(exc).__name__} (HTTP {exc.status}{kind}): {exc.error}"
