@@ -119,9 +119,9 @@ async def test_hung_queries_end_at_the_page_deadline(hung: tuple[HungServer, str
     """600 hung queries behind 8 slots: pages end at the page deadline, not after 75 rounds."""
     server, url = hung
     config = PlannerConfig(use_recorded=False, fleet_fraction=None, max_alternatives=4)
-    async with LiveStats(url, config, client_options={"timeout": 1.0}) as stats:
+    async with LiveStats(url, config, client_options={"timeout": 2.0}) as stats:
         deadline = stats.planner.page_deadline
-        assert deadline == pytest.approx(1.5)  # the client's 1 s plus the 0.5 s minimum margin
+        assert deadline == pytest.approx(2.5)  # the client's 2 s plus the 0.5 s minimum margin
         seconds, answers = await load_pages(stats)
     assert seconds <= 1.5 * deadline
     errors = flat(answers)
@@ -131,7 +131,7 @@ async def test_hung_queries_end_at_the_page_deadline(hung: tuple[HungServer, str
     assert late, "no key waited past the page deadline"
     assert {a.stage for a in late} <= {"a query slot", "the query"}
     assert "a query slot" in {a.stage for a in late}
-    assert "raw/filtered plan" in str(late[0]) and "page deadline of 1.5s" in str(late[0])
+    assert "raw/filtered plan" in str(late[0]) and "page deadline of 2.5s" in str(late[0])
     assert server.connections <= 2 * 8  # at most two rounds of the 8 slots were ever sent
 
 
@@ -140,10 +140,10 @@ async def test_a_deadline_shorter_than_the_client_timeout_wins(
 ) -> None:
     """page_deadline below the client's deadline: every key gets PageDeadlineError."""
     _, url = hung
-    config = PlannerConfig(page_deadline=1.0, max_alternatives=4)
+    config = PlannerConfig(page_deadline=2.0, max_alternatives=4)
     async with LiveStats(url, config, client_options={"timeout": 30}) as stats:
         seconds, answers = await load_pages(stats)
-    assert seconds <= 1.5
+    assert seconds <= 3.0
     errors = flat(answers)
     assert all(isinstance(a, PageDeadlineError) for a in errors)
     assert {a.stage for a in errors} == {"plan detection"}
@@ -168,12 +168,12 @@ async def test_retries_count_against_the_page_deadline(serve: Serve) -> None:
     """A client that would retry a flapping 503 for 30 s is cut at the page deadline."""
     fake = FakePrometheus()
     fake.set_reply("query", Reply.prometheus_starting().with_delay(0.1))
-    config = PlannerConfig(use_recorded=False, fleet_fraction=None, page_deadline=1.0)
+    config = PlannerConfig(use_recorded=False, fleet_fraction=None, page_deadline=2.0)
     retry = RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.02)
     options = {"timeout": 30, "retry": retry}
     async with LiveStats(await serve(fake), config, client_options=options) as stats:
         seconds, answers = await load_pages(stats)
-    assert seconds <= 1.5
+    assert seconds <= 3.0
     errors = flat(answers)
     assert all(isinstance(a, PageDeadlineError) for a in errors)
     assert len(fake.requests) > 8  # the client did retry, inside the deadline
@@ -184,12 +184,12 @@ async def test_splits_count_against_the_page_deadline(serve: Serve) -> None:
     fake = FakePrometheus()
     fake.set_reply("query", Reply.uri_too_long().with_delay(0.15))
     config = PlannerConfig(
-        use_recorded=False, fleet_fraction=None, page_deadline=1.0, max_alternatives=64
+        use_recorded=False, fleet_fraction=None, page_deadline=2.0, max_alternatives=64
     )
     async with LiveStats(await serve(fake), config, client_options={"timeout": 30}) as stats:
         seconds, answers = await load_pages(stats)
         splits = stats.metrics.snapshot().chunk_splits
-    assert seconds <= 1.5
+    assert seconds <= 3.0
     errors = flat(answers)
     assert all(isinstance(a, PageDeadlineError | QueryTooLargeError) for a in errors)
     assert any(isinstance(a, PageDeadlineError) for a in errors)
@@ -247,11 +247,11 @@ async def test_a_client_without_its_own_deadline_is_cut_too() -> None:
         async def query_vector(self, query: str, **kwargs: Any) -> Any:
             await asyncio.sleep(3600)
 
-    planner = Planner(Forever(), PlannerConfig(page_deadline=0.3))
+    planner = Planner(Forever(), PlannerConfig(page_deadline=1.0))
     loop = asyncio.get_running_loop()
     started = loop.time()
     outs = await asyncio.gather(*(planner.kernels([f"k{i}"]) for i in range(5)))
-    assert loop.time() - started <= 0.45
+    assert loop.time() - started <= 1.5
     errors = [o.payloads[f"k{i}"] for i, o in enumerate(outs)]
     assert all(isinstance(e, PageDeadlineError) for e in errors)
     with pytest.raises(PromstatError, match="plan detection"):
