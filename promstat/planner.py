@@ -700,9 +700,9 @@ class Planner:
             and len(wanted) >= self.config.fleet_fraction * live
         )
         plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
-        job = _Job(
-            level, plan, shapes, chunks, wanted, at, deadline, _Accumulator(), {}, outcome
-        )
+        acc = _Accumulator()
+        failed: dict[str, PromstatError] = {}
+        job = _Job(level, plan, shapes, chunks, wanted, at, deadline, acc, failed, outcome)
         units: list[Awaitable[None]] = []
         for shape in shapes:
             for chunk in (None,) if fleet else chunks:
@@ -717,8 +717,7 @@ class Planner:
                 job.late,
             )
         render = self._render_kernel if level == "kernel" else self._render_agent
-        rows = job.acc.rows
-        failed = job.failed
+        rows = acc.rows
         payloads: dict[str, Payload | PromstatError | None] = {}
         for ident in wanted:
             err = failed.get(ident)
