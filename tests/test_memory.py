@@ -13,6 +13,8 @@ import os
 import tracemalloc
 from typing import Any
 
+import pytest
+
 from promstat import live_stat
 from promstat.loader import DEFAULT_MAX_ENTRIES, FetchResult, SharedLoader
 
@@ -73,6 +75,7 @@ def batch(n: int) -> list[str]:
     return [f"k-{n * BATCH + i}" for i in range(BATCH)]
 
 
+@pytest.mark.slow
 async def test_churning_100k_kernels_keeps_entries_and_rss_bounded() -> None:
     """100 pages of 1,000 new kernels, 3 s apart: at most one TTL of pages stays cached."""
     clock = Clock()
