@@ -10,6 +10,8 @@ builtin (``except TimeoutError`` and ``except ValueError`` keep working), the wa
     ├── QueryBuildError(ValueError)          PromQL that cannot be built (empty set, tiny budget)
     ├── TransportError                       could not talk to the server (refused, reset, DNS, TLS)
     │   └── RequestTimeoutError(TimeoutError)    the client-side deadline passed
+    │       └── PageDeadlineError                a load's page deadline passed (detection, waiting
+    │                                            for a query slot, retries and splits included)
     ├── APIError                             the server answered with an error
     │   ├── BadDataError(ValueError)             errorType bad_data (400): never retried
     │   ├── ExecutionError                       errorType execution (422), e.g. too many samples
@@ -27,6 +29,8 @@ builtin (``except TimeoutError`` and ``except ValueError`` keep working), the wa
     ├── ResponseDecodeError                  a body that is not the JSON envelope (a proxy's HTML
     │                                        page, Prometheus' plain-text 503): status + first bytes
     ├── RuleError                            recording-rule generation or verification failed
+    ├── ClosedError(RuntimeError)            a LiveStats (or its loaders) used after aclose()
+    ├── EventLoopMismatchError(RuntimeError) a LiveStats/Planner used from a second event loop
     ├── LabError                             a managed local server failed to start or stop
     │   └── BinaryNotFoundError(FileNotFoundError)   a binary is missing: says how to install
     └── BatchSizeMismatchError               a batch function returned the wrong number of results
@@ -45,12 +49,15 @@ __all__ = [
     "BatchSizeMismatchError",
     "BinaryNotFoundError",
     "CanceledError",
+    "ClosedError",
     "ConfigError",
+    "EventLoopMismatchError",
     "ExecutionError",
     "InternalError",
     "LabError",
     "NotAcceptableError",
     "NotFoundError",
+    "PageDeadlineError",
     "PromstatError",
     "QueryBuildError",
     "QueryTimeoutError",
@@ -95,6 +102,30 @@ class RequestTimeoutError(TransportError, TimeoutError):
         self.timeout = timeout
         what = f"no answer within {timeout:g}s" if timeout is not None else "request timed out"
         super().__init__(what, url=url)
+
+
+class PageDeadlineError(RequestTimeoutError):
+    """One load (a page's batch) ran out of its page deadline.
+
+    The deadline covers everything the load waits for: plan detection, a free query slot,
+    the client's retries and the planner's splits. Each key the load could not answer in time
+    gets this error (keys that were answered keep their values).
+
+    Attributes:
+        timeout: the page deadline in seconds.
+        stage: what the load was waiting for when it passed (``"detection"``,
+            ``"a query slot"``, ``"the query"``).
+        detail: the plan shape that was cut short (plan, level, shape, ids).
+    """
+
+    def __init__(self, *, timeout: float, stage: str, detail: str = "", url: str = "") -> None:
+        self.timeout = timeout
+        self.stage = stage
+        self.detail = detail
+        where = f" ({detail})" if detail else ""
+        TransportError.__init__(
+            self, f"page deadline of {timeout:g}s passed while waiting for {stage}{where}", url=url
+        )
 
 
 class APIError(PromstatError):
@@ -284,6 +315,35 @@ class ResponseDecodeError(PromstatError):
 
 class RuleError(PromstatError):
     """Recording-rule generation, rendering or verification failed."""
+
+
+class ClosedError(PromstatError, RuntimeError):
+    """An object was used after its ``aclose()``: create a new one instead.
+
+    Attributes:
+        what: the closed object (``"LiveStats"``, ``"SharedLoader"``, ``"Planner"``).
+    """
+
+    def __init__(self, *, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} is closed (aclose() was called); create a new {what} to load again"
+        )
+
+
+class EventLoopMismatchError(PromstatError, RuntimeError):
+    """An object bound to one event loop was used from another.
+
+    Its semaphore, locks and shared futures belong to the loop it was first used in; create
+    one per event loop (per process, in a manager with one loop).
+    """
+
+    def __init__(self, *, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} is bound to the event loop it was first used in and was now used from "
+            f"another one; create one {what} per event loop"
+        )
 
 
 class LabError(PromstatError):

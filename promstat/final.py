@@ -204,6 +204,10 @@ class FinalStats:
         """Forget every cached answer."""
         self._cache.invalidate()
 
+    async def aclose(self) -> None:
+        """Cancel in-flight lookups (their waiters get ClosedError) and drop the cache."""
+        await self._cache.aclose()
+
     async def load(self, keys: Sequence[FinalKey]) -> list[Payload | BaseException | None]:
         """Final stats per ``(kernel_id, terminated_at)``, in order: payload, ``None`` or error.
 

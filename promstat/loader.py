@@ -9,8 +9,15 @@ Two layers, because they solve different problems:
   batch has been cancelled the batch is not sent (or is cancelled in flight).
 * :class:`SharedLoader` is shared by all requests of a process. Concurrent loads of the same key
   share one query (single-flight) and results are kept for a short TTL (default: one scrape
-  interval — the data cannot change faster) in a bounded LRU. It never keeps errors, nor results
-  that came with warnings (a partial answer from Thanos, say).
+  interval — the data cannot change faster). It never keeps errors, nor results that came with
+  warnings (a partial answer from Thanos, say). Its memory is bounded twice: entries are kept in
+  write order, and since every entry lives the same TTL the expired ones are always at the front,
+  so each write (and each load) drops them there in O(expired); and ``max_entries`` caps what a
+  burst of distinct keys can add within one TTL (default :data:`DEFAULT_MAX_ENTRIES`, sized in
+  bytes below). ``aclose()`` cancels its fetches; their waiters get :class:`ClosedError`.
+
+Failures are quiet: every future that carries a key's error is read before it is dropped, so
+asyncio never reports "Future exception was never retrieved", however many callers gave up.
 
 Both speak the batch-function contract ``async batch_load(keys) -> list[value | None |
 Exception]``, so aiodataloader's and strawberry's loaders can sit on top of a
@@ -27,10 +34,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, TypeVar
 
-from .errors import BatchSizeMismatchError, PromstatError
+from .errors import BatchSizeMismatchError, ClosedError, PromstatError
 from .metrics import PromstatMetrics
 
 __all__ = [
+    "DEFAULT_MAX_ENTRIES",
     "BatchLoadFn",
     "DataLoader",
     "FetchResult",
@@ -42,6 +50,13 @@ V = TypeVar("V")
 
 #: The batch-function contract: one result per key, in key order.
 BatchLoadFn = Callable[[list[K]], Awaitable[Sequence[V | BaseException | None]]]
+
+#: Default bound of a :class:`SharedLoader`: 16,384 entries. A ten-metric kernel payload takes
+#: 3.3 KiB of Python objects as the planner renders it and 5 KiB decoded from JSON (measured
+#: with tracemalloc), so a full cache is 55-80 MiB: room for a fleet-wide 10,000-kernel page
+#: plus 60% churn within one TTL. The TTL purge keeps a steady manager far below it (only keys
+#: written within the last TTL stay).
+DEFAULT_MAX_ENTRIES = 16_384
 
 
 def _relay(waiter: asyncio.Future[V | None], shared: asyncio.Future[V | None]) -> None:
@@ -262,9 +277,11 @@ class SharedLoader(Generic[K, V]):
         fetch: ``async fetch(keys) -> FetchResult`` answering every key it is given.
         ttl: seconds a value stays fresh (default 15: one scrape interval). 0 disables caching
             but keeps single-flight.
-        max_entries: LRU bound of the cache.
+        max_entries: bound of the cache; beyond it the oldest written entries go first (they
+            are the next to expire anyway).
         metrics: counters for hits and misses.
         clock: monotonic clock (injectable for tests).
+        name: what error messages call this loader.
     """
 
     def __init__(
@@ -272,21 +289,36 @@ class SharedLoader(Generic[K, V]):
         fetch: Callable[[list[K]], Awaitable[FetchResult[K, V]]],
         *,
         ttl: float = 15.0,
-        max_entries: int = 100_000,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
         metrics: PromstatMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "SharedLoader",
     ) -> None:
         self._fetch = fetch
         self.ttl = ttl
         self.max_entries = max_entries
         self.metrics = metrics or PromstatMetrics()
+        self.name = name
         self._clock = clock
+        # Write order, not use order: every entry lives `ttl`, so the expired ones are always
+        # at the front and a purge stops at the first fresh one.
         self._cache: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
         self._inflight: dict[K, asyncio.Future[V | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    @property
+    def inflight(self) -> int:
+        """Keys being fetched right now."""
+        return len(self._inflight)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
 
     def invalidate(self, keys: Iterable[K] | None = None) -> None:
         """Drop cached values (all of them when ``keys`` is None)."""
@@ -296,14 +328,35 @@ class SharedLoader(Generic[K, V]):
             for key in keys:
                 self._cache.pop(key, None)
 
+    def purge(self, now: float | None = None) -> int:
+        """Drop expired entries now (writes and loads do it as they go); returns how many."""
+        return self._purge(self._clock() if now is None else now)
+
+    def _purge(self, now: float) -> int:
+        cache, limit, dropped = self._cache, now - self.ttl, 0
+        while cache:
+            stamp = cache[next(iter(cache))][0]
+            if stamp > limit:
+                break
+            cache.popitem(last=False)
+            dropped += 1
+        return dropped
+
     async def batch_load(self, keys: Sequence[K]) -> list[V | BaseException | None]:
         """Answer ``keys`` from cache, from in-flight fetches, or with one new fetch.
 
         Returns one value, ``None`` or exception per key, in key order (the batch-function
         contract). Never raises for a key's own failure; cancellation of this call does not
         cancel a fetch other callers share.
+
+        Raises:
+            ClosedError: :meth:`aclose` was called.
         """
+        if self._closed:
+            raise ClosedError(what=self.name)
         now = self._clock()
+        if self._cache:
+            self._purge(now)
         answers: dict[K, V | None] = {}
         waiting: dict[K, asyncio.Future[V | None]] = {}
         missing: list[K] = []
@@ -312,7 +365,6 @@ class SharedLoader(Generic[K, V]):
             entry = self._cache.get(key)
             if entry is not None and now - entry[0] < self.ttl:
                 answers[key] = entry[1]
-                self._cache.move_to_end(key)
                 hits += 1
                 continue
             fut = self._inflight.get(key)
@@ -331,31 +383,63 @@ class SharedLoader(Generic[K, V]):
             waiting.update(futs)
         out: list[V | BaseException | None] = []
         if waiting:
-            await asyncio.wait([asyncio.shield(f) for f in set(waiting.values())])
+            # asyncio.wait never cancels what it waits for, so a caller that goes away leaves
+            # the shared fetch running for the others, and it wraps nothing: the shield futures
+            # this used to wait on kept every failed key's exception unread when their caller
+            # had gone, and asyncio logged each one ("Future exception was never retrieved").
+            await asyncio.wait(set(waiting.values()))
         for key in keys:
             if key in answers:
                 out.append(answers[key])
                 continue
             fut = waiting[key]
+            if fut.cancelled():
+                out.append(ClosedError(what=self.name))
+                continue
             exc = fut.exception()
             out.append(exc if exc is not None else fut.result())
         return out
+
+    async def aclose(self) -> None:
+        """Cancel in-flight fetches (their waiters get :class:`ClosedError`), drop the cache.
+
+        Idempotent. Later :meth:`batch_load` calls raise :class:`ClosedError`.
+        """
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # A task cancelled before its first step never ran its handler: answer its keys here.
+        self._fail_all(self._inflight, ClosedError(what=self.name))
+        self._inflight.clear()
+        self._cache.clear()
+
+    def _fail_all(self, futs: dict[K, asyncio.Future[V | None]], err: Exception) -> None:
+        for key, fut in futs.items():
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved: callers may all have gone
 
     async def _run(self, keys: list[K], futs: dict[K, asyncio.Future[V | None]]) -> None:
         try:
             result = await self._fetch(keys)
         except BaseException as exc:  # the whole fetch failed: every key gets the error
-            err = exc if isinstance(exc, Exception) else PromstatError(f"fetch aborted: {exc!r}")
-            for key, fut in futs.items():
-                if self._inflight.get(key) is fut:
-                    del self._inflight[key]
-                if not fut.done():
-                    fut.set_exception(err)
-                    fut.exception()  # mark retrieved: callers may all have gone
+            if isinstance(exc, Exception):
+                err: Exception = exc
+            elif self._closed:
+                err = ClosedError(what=self.name)
+            else:
+                err = PromstatError(f"fetch aborted: {exc!r}")
+            self._fail_all(futs, err)
             if not isinstance(exc, Exception):
                 raise
             return
         stamp = self._clock()
+        cache = self._cache
         for key, fut in futs.items():
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
@@ -366,7 +450,8 @@ class SharedLoader(Generic[K, V]):
                 continue
             fut.set_result(value)
             if self.ttl > 0 and key not in result.uncacheable:
-                self._cache[key] = (stamp, value)
-                self._cache.move_to_end(key)
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
+                cache[key] = (stamp, value)
+                cache.move_to_end(key)
+        self._purge(stamp)
+        while len(cache) > self.max_entries:
+            cache.popitem(last=False)

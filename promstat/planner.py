@@ -16,13 +16,24 @@ postings fast path). Chunks run concurrently under a semaphore, all at one pinne
 time. When a batch covers most of the live fleet (``fleet_fraction``), one unfiltered query per
 shape is cheaper than many chunks of a long regex, and the planner picks rows client-side.
 
-A chunk the server rejects as too large (413/414/431, "too long query") is split and retried.
-A chunk that fails gives its own ids the error; the other ids still get their values.
+A chunk the server rejects as too large (413/414/431, "too long query", an answer over the
+client's ``max_response_bytes``) is split and retried; a fleet-wide query that is too large falls
+back to the id chunks. A chunk that fails gives its own ids the error; the other ids still get
+their values.
+
+Faults and deadlines: every load has one **page deadline** (``PlannerConfig.page_deadline``,
+default a little above the client's own deadline) covering plan detection, waiting for one of
+the ``concurrency`` query slots, the client's retries and every split; what is not answered by
+then gets :class:`~promstat.errors.PageDeadlineError`. Detection is single-flight per level and a
+failed detection is remembered for ``detect_failure_ttl`` seconds, so an outage costs one
+detection query, not one per waiting page. Each failed query logs one line (logger
+``promstat.planner``, WARNING) naming its plan shape, never one line per id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time as _time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +44,16 @@ import msgspec
 from . import live_stat
 from .catalog import DEFAULT_CATALOG, Catalog
 from .conventions import SeriesNames
-from .errors import ConfigError, ExecutionError, PromstatError, QueryTooLargeError
+from .errors import (
+    APIError,
+    ClosedError,
+    ConfigError,
+    EventLoopMismatchError,
+    ExecutionError,
+    PageDeadlineError,
+    PromstatError,
+    QueryTooLargeError,
+)
 from .expressions import LiveStatExpressions
 from .metrics import PromstatMetrics
 from .promql import chunk_values, parse_duration, set_matcher
@@ -45,7 +65,13 @@ __all__ = [
     "PlannerConfig",
     "QueryExecutor",
     "chunk_ids",
+    "default_page_deadline",
 ]
+
+log = logging.getLogger(__name__)
+
+#: PrometheusClient's default deadline, assumed for clients that do not say theirs.
+_DEFAULT_CLIENT_TIMEOUT = 30.0
 
 Payload = dict[str, Any]
 
@@ -86,6 +112,11 @@ class PlannerConfig:
         raw_fallback: with detection (``use_recorded=None``), ask the raw expressions for
             ids the recorded series had nothing for (a kernel younger than one rule
             evaluation, rules running on only some shards).
+        page_deadline: seconds one load may take in all: detection, waiting for a query slot,
+            retries and splits. ``None``: :func:`default_page_deadline` of the client (its own
+            deadline plus 20%, at least 0.5 s more).
+        detect_failure_ttl: seconds a failed detection is remembered: loads in that window get
+            the same error at once instead of asking a failing server again.
     """
 
     names: SeriesNames = SeriesNames()  # noqa: RUF009 - frozen, immutable default
@@ -102,6 +133,8 @@ class PlannerConfig:
     detect_ttl: float = 300.0
     max_split_depth: int = 6
     raw_fallback: bool = True
+    page_deadline: float | None = None
+    detect_failure_ttl: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("interval", "lookback", "window", "collect_interval"):
@@ -110,6 +143,10 @@ class PlannerConfig:
             raise ConfigError("max_alternatives and concurrency must be >= 1")
         if self.fleet_fraction is not None and not 0.0 < self.fleet_fraction <= 1.0:
             raise ConfigError(f"fleet_fraction must be in (0, 1], not {self.fleet_fraction}")
+        if self.page_deadline is not None and not self.page_deadline > 0:
+            raise ConfigError(f"page_deadline must be > 0 or None, not {self.page_deadline}")
+        if not self.detect_failure_ttl >= 0:
+            raise ConfigError(f"detect_failure_ttl must be >= 0, not {self.detect_failure_ttl}")
 
     @property
     def expressions(self) -> LiveStatExpressions:
@@ -229,6 +266,58 @@ def _present(metrics: Mapping[str, Mapping[str, str]]) -> dict[str, Mapping[str,
     return {name: stats for name, stats in metrics.items() if "current" in stats}
 
 
+def default_page_deadline(client: object) -> float:
+    """The page deadline used when ``PlannerConfig.page_deadline`` is ``None``.
+
+    The client's own deadline (``timeout``; 30 s, PrometheusClient's default, when the client
+    does not say) plus 20%, at least 0.5 s more: one query that uses its whole deadline still
+    reports the client's own :class:`~promstat.errors.RequestTimeoutError`, while time spent
+    queueing for a query slot, in retries and in splits is cut at the page deadline.
+    """
+    timeout = getattr(client, "timeout", None)
+    if not isinstance(timeout, int | float):
+        timeout = getattr(client, "_timeout", None)  # PrometheusClient keeps it private
+    if not isinstance(timeout, int | float) or not timeout > 0:
+        timeout = _DEFAULT_CLIENT_TIMEOUT
+    return float(timeout) + max(0.5, 0.2 * float(timeout))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short account of a failure for a log line.
+
+    The error's type and the server's text, never the query text (it would name ids).
+    """
+    if isinstance(exc, APIError):
+        kind = f", {exc.error_type}" if exc.error_type else ""
+        text = f"{type(exc).__name__} (HTTP {exc.status}{kind}): {exc.error}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+@dataclass(slots=True)
+class _Job:
+    """One plan run for one load: what all its queries share."""
+
+    level: str
+    plan: str
+    shapes: tuple[_Shape, ...]
+    chunks: list[tuple[str, ...]]
+    wanted: Mapping[str, object]
+    at: float
+    deadline: float
+    acc: _Accumulator
+    failed: dict[str, PromstatError]
+    outcome: BatchOutcome
+    late: int = 0  # queries that never got a slot before the deadline
+
+    def where(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
+        """The plan shape of one query, for errors and log lines."""
+        part = "fleet-wide" if chunk is None else f"chunk of {len(chunk)} ids"
+        index = self.shapes.index(shape) + 1 if shape in self.shapes else 0
+        return f"{self.level} {self.plan} plan, shape {index}/{len(self.shapes)}, {part}"
+
+
 class Planner:
     """Turns batches of ids into concurrent chunked queries and legacy payloads.
 
@@ -237,6 +326,11 @@ class Planner:
         config: planner settings.
         metrics: counters to report splits and plan choices to.
         clock: wall clock for the default evaluation time (Unix seconds).
+
+    A planner belongs to the event loop it is first used in (its query slots and shared
+    detections live there); using it from another loop raises
+    :class:`~promstat.errors.EventLoopMismatchError`. :meth:`aclose` cancels its background
+    detections; it never closes the client.
     """
 
     def __init__(
@@ -253,7 +347,18 @@ class Planner:
         self._clock = clock
         self._sem = asyncio.Semaphore(self.config.concurrency)
         self._detected: dict[str, tuple[float, bool, int]] = {}
-        self._detect_lock = asyncio.Lock()
+        #: the page deadline in seconds (configured, or derived from the client's deadline)
+        self.page_deadline = (
+            self.config.page_deadline
+            if self.config.page_deadline is not None
+            else default_page_deadline(client)
+        )
+        # single-flight detection per level, and the last failure per level (negative cache)
+        self._detecting: dict[str, asyncio.Future[tuple[bool, int] | PromstatError]] = {}
+        self._detect_failed: dict[str, tuple[float, PromstatError]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._build_shapes()
 
     # -- shapes -----------------------------------------------------------------------------
@@ -375,6 +480,37 @@ class Planner:
             return self._agent_recorded if recorded else self._agent_raw
         raise ConfigError(f"unknown level {level!r}; expected 'kernel' or 'agent'")
 
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _enter(self) -> asyncio.AbstractEventLoop:
+        """The running loop, after checking this planner is open and belongs to it."""
+        if self._closed:
+            raise ClosedError(what="Planner")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EventLoopMismatchError(what="Planner")
+        return loop
+
+    @property
+    def background_tasks(self) -> int:
+        """Detections running in the background right now."""
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        """Cancel background detections; later loads raise ClosedError. Idempotent."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in self._detecting.values():
+            if not fut.done():
+                fut.set_result(ClosedError(what="Planner"))
+        self._detecting.clear()
+
     # -- detection --------------------------------------------------------------------------
 
     async def detect(
@@ -383,56 +519,132 @@ class Planner:
         """Whether recorded series exist for ``level``, and how many ids the live fleet has.
 
         One cheap ``count(count by (id) (...))`` query; the answer is cached for
-        ``detect_ttl`` seconds (``refresh=True`` asks again). ``at`` is the evaluation time
-        (default: now).
+        ``detect_ttl`` seconds (``refresh=True`` asks again) and a failure for
+        ``detect_failure_ttl``. Concurrent callers share one detection. ``at`` is the
+        evaluation time (default: now). With a forced plan (``use_recorded`` True/False) and
+        no fleet-wide choice (``fleet_fraction=None``) there is nothing to ask.
 
         Returns:
             ``(recorded_available, live_ids)``; ``live_ids`` counts ids in the series the
             chosen plan reads (0 when unknown).
+
+        Raises:
+            PromstatError: the detection failed (or did not finish within the page deadline).
         """
+        loop = self._enter()
+        found = await self._detect(level, at, refresh, loop.time() + self.page_deadline)
+        if isinstance(found, PromstatError):
+            raise found
+        return found
+
+    async def _detect(
+        self, level: str, at: float | None, refresh: bool, deadline: float
+    ) -> tuple[bool, int] | PromstatError:
+        """Detection for one load: cached answer, cached failure, or the shared detection."""
+        self._select(level, True)  # an unknown level is the caller's bug: raise ConfigError
+        cfg = self.config
+        if cfg.use_recorded is not None and cfg.fleet_fraction is None:
+            return cfg.use_recorded, 0
         now = _time.monotonic()
-        cached = self._detected.get(level)
-        if cached is not None and not refresh and now - cached[0] < self.config.detect_ttl:
-            return cached[1], cached[2]
-        async with self._detect_lock:
+        if not refresh:
             cached = self._detected.get(level)
-            if (
-                cached is not None
-                and not refresh
-                and _time.monotonic() - cached[0] < self.config.detect_ttl
-            ):
+            if cached is not None and now - cached[0] < cfg.detect_ttl:
                 return cached[1], cached[2]
-            n = self.config.names
-            if level == "kernel":
-                label, recorded_sel = (
-                    n.kernel_label,
-                    f'{n.kernel_live_stat}{{{n.stat_label}="current"}}',
-                )
-                raw_sel = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
-            else:
-                label, recorded_sel = (
-                    n.agent_label,
-                    f'{n.agent_live_stat}{{{n.stat_label}="current"}}',
-                )
-                raw_sel = f'{n.device_metric}{{{n.value_type_label}="{n.current_value}"}}'
-            count_row = msgspec.defstruct("CountRow", [], frozen=True, gc=False)
-            forced = self.config.use_recorded
-            recorded, live = False, 0
-            if forced is not False:
-                res = await self.client.query_vector(
-                    f"count(count by ({label}) ({recorded_sel}))", labels=count_row, time=at
-                )
-                if res.series:
-                    recorded, live = True, int(float(res.series[0].value[1]))
-            if forced is True:
-                recorded = True
-            if not recorded:
-                res = await self.client.query_vector(
-                    f"count(count by ({label}) ({raw_sel}))", labels=count_row, time=at
-                )
-                live = int(float(res.series[0].value[1])) if res.series else 0
-            self._detected[level] = (_time.monotonic(), recorded, live)
-            return recorded, live
+            failed = self._detect_failed.get(level)
+            if failed is not None and now - failed[0] < cfg.detect_failure_ttl:
+                return failed[1]
+        loop = asyncio.get_running_loop()
+        fut = self._detecting.get(level)
+        if fut is None:
+            fut = self._detecting[level] = loop.create_future()
+            task = loop.create_task(self._detect_now(level, at, fut))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not fut.done():
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                # asyncio.wait leaves the shared detection running when this load gives up
+                await asyncio.wait({fut}, timeout=remaining)
+        if not fut.done():
+            return PageDeadlineError(
+                timeout=self.page_deadline, stage="plan detection", detail=f"{level} plan"
+            )
+        return fut.result()
+
+    async def _detect_now(
+        self,
+        level: str,
+        at: float | None,
+        fut: asyncio.Future[tuple[bool, int] | PromstatError],
+    ) -> None:
+        """The one detection every waiting load shares; its future only ever gets a result."""
+        outcome: tuple[bool, int] | PromstatError
+        try:
+            async with asyncio.timeout(self.page_deadline):
+                outcome = await self._count_live(level, at)
+        except PromstatError as exc:
+            outcome = exc
+        except TimeoutError:  # a client without a deadline of its own hung
+            outcome = PageDeadlineError(
+                timeout=self.page_deadline, stage="plan detection", detail=f"{level} plan"
+            )
+        except asyncio.CancelledError:
+            if not fut.done():
+                fut.set_result(ClosedError(what="Planner"))
+            raise
+        except Exception as exc:  # a bug: every waiting key still gets a PromstatError
+            log.exception("%s plan detection failed unexpectedly", level)
+            outcome = PromstatError(f"{level} plan detection failed: {exc!r}")
+            outcome.__cause__ = exc
+        finally:
+            if self._detecting.get(level) is fut:
+                del self._detecting[level]
+        stamp = _time.monotonic()
+        if isinstance(outcome, PromstatError):
+            self._detect_failed[level] = (stamp, outcome)
+            log.warning(
+                "%s plan detection failed (remembered for %gs): %s",
+                level,
+                self.config.detect_failure_ttl,
+                _describe(outcome),
+            )
+        else:
+            self._detect_failed.pop(level, None)
+            self._detected[level] = (stamp, *outcome)
+        if not fut.done():
+            fut.set_result(outcome)
+
+    async def _count_live(self, level: str, at: float | None) -> tuple[bool, int]:
+        n = self.config.names
+        if level == "kernel":
+            label, recorded_sel = (
+                n.kernel_label,
+                f'{n.kernel_live_stat}{{{n.stat_label}="current"}}',
+            )
+            raw_sel = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
+        else:
+            label, recorded_sel = (
+                n.agent_label,
+                f'{n.agent_live_stat}{{{n.stat_label}="current"}}',
+            )
+            raw_sel = f'{n.device_metric}{{{n.value_type_label}="{n.current_value}"}}'
+        count_row = msgspec.defstruct("CountRow", [], frozen=True, gc=False)
+        forced = self.config.use_recorded
+        recorded, live = False, 0
+        if forced is not False:
+            res = await self.client.query_vector(
+                f"count(count by ({label}) ({recorded_sel}))", labels=count_row, time=at
+            )
+            if res.series:
+                recorded, live = True, int(float(res.series[0].value[1]))
+        if forced is True:
+            recorded = True
+        if not recorded:
+            res = await self.client.query_vector(
+                f"count(count by ({label}) ({raw_sel}))", labels=count_row, time=at
+            )
+            live = int(float(res.series[0].value[1])) if res.series else 0
+        return recorded, live
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -445,23 +657,26 @@ class Planner:
         return await self._fetch("agent", ids, at)
 
     async def _fetch(self, level: str, ids: Sequence[str], at: float | None) -> BatchOutcome:
+        loop = self._enter()
         wanted = dict.fromkeys(ids)
         at = self._clock() if at is None else float(at)
         outcome = BatchOutcome(payloads={}, at=at)
         if not wanted:
             return outcome
-        try:
-            recorded, live = await self.detect(level, at=at)
-        except PromstatError as exc:
-            outcome.payloads = dict.fromkeys(wanted, exc)
+        # One deadline for the whole load: detection, query slots, retries, splits, fallback.
+        deadline = loop.time() + self.page_deadline
+        found = await self._detect(level, at, False, deadline)
+        if isinstance(found, PromstatError):
+            outcome.payloads = dict.fromkeys(wanted, found)
             return outcome
-        plan, payloads = await self._execute(level, recorded, live, wanted, at, outcome)
+        recorded, live = found
+        plan, payloads = await self._execute(level, recorded, live, wanted, at, outcome, deadline)
         missing = {i: None for i, p in payloads.items() if p is None}
         if recorded and missing and self.config.use_recorded is None and self.config.raw_fallback:
             # Recorded series lag the raw ones by up to one evaluation interval (a kernel
             # that just started) and may be missing where rules run on only some shards:
             # ask the raw expressions for exactly the ids that came back empty.
-            _, fallback = await self._execute(level, False, 0, missing, at, outcome)
+            _, fallback = await self._execute(level, False, 0, missing, at, outcome, deadline)
             if any(v is not None for v in fallback.values()):
                 plan += "+raw"
             payloads.update(fallback)
@@ -478,6 +693,7 @@ class Planner:
         wanted: dict[str, None],
         at: float,
         outcome: BatchOutcome,
+        deadline: float,
     ) -> tuple[str, dict[str, Payload | PromstatError | None]]:
         shapes = self._select(level, recorded)
         chunks = self._chunks(shapes, sorted(wanted))
@@ -487,20 +703,29 @@ class Planner:
             and live > 0
             and len(wanted) >= self.config.fleet_fraction * live
         )
+        plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
         acc = _Accumulator()
         failed: dict[str, PromstatError] = {}
+        job = _Job(level, plan, shapes, chunks, wanted, at, deadline, acc, failed, outcome)
         units: list[Awaitable[None]] = []
         for shape in shapes:
             for chunk in (None,) if fleet else chunks:
-                units.append(self._run(shape, chunk, at, acc, wanted, failed, outcome, 0))
+                units.append(self._run(job, shape, chunk, 0))
         await asyncio.gather(*units)
+        if job.late:
+            log.warning(
+                "%s %s plan: page deadline of %gs passed before %d queries got a query slot",
+                level,
+                plan,
+                self.page_deadline,
+                job.late,
+            )
         render = self._render_kernel if level == "kernel" else self._render_agent
         rows = acc.rows
         payloads: dict[str, Payload | PromstatError | None] = {}
         for ident in wanted:
             err = failed.get(ident)
             payloads[ident] = err if err is not None else render(rows.get(ident))
-        plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
         return plan, payloads
 
     def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
@@ -510,53 +735,70 @@ class Planner:
         return chunk_ids(worst.expr, worst.id_label, ordered, self.config)
 
     async def _run(
-        self,
-        shape: _Shape,
-        chunk: tuple[str, ...] | None,
-        at: float,
-        acc: _Accumulator,
-        wanted: Mapping[str, object],
-        failed: dict[str, PromstatError],
-        outcome: BatchOutcome,
-        depth: int,
+        self, job: _Job, shape: _Shape, chunk: tuple[str, ...] | None, depth: int
     ) -> None:
         expr = shape.text(chunk)
+        stage = "a query slot"
         try:
-            async with self._sem:
-                outcome.queries += 1
-                res = await self.client.query_vector(expr, labels=shape.labels, time=at)
+            async with asyncio.timeout_at(job.deadline):
+                async with self._sem:
+                    stage = "the query"
+                    job.outcome.queries += 1
+                    res = await self.client.query_vector(expr, labels=shape.labels, time=job.at)
         except (QueryTooLargeError, ExecutionError) as exc:
-            splittable = (
-                chunk is not None and len(chunk) > 1 and depth < self.config.max_split_depth
-            )
             too_many_samples = isinstance(exc, ExecutionError) and not isinstance(
                 exc, QueryTooLargeError
             )
             if too_many_samples and "too many samples" not in exc.error.lower():
-                splittable = False
-            if not splittable:
-                for ident in chunk if chunk is not None else wanted:
-                    failed.setdefault(ident, exc)
+                self._fail(job, shape, chunk, exc)
                 return
-            assert chunk is not None
+            if depth >= self.config.max_split_depth or (chunk is not None and len(chunk) < 2):
+                self._fail(job, shape, chunk, exc)
+                return
+            # Too large: halve the chunk, or turn a fleet-wide query into the id chunks.
             self.metrics.on_split()
-            half = len(chunk) // 2
-            await asyncio.gather(
-                self._run(shape, chunk[:half], at, acc, wanted, failed, outcome, depth + 1),
-                self._run(shape, chunk[half:], at, acc, wanted, failed, outcome, depth + 1),
+            log.debug("%s: too large, split (%s)", job.where(shape, chunk), _describe(exc))
+            if chunk is None:
+                parts: list[tuple[str, ...]] = job.chunks
+            else:
+                half = len(chunk) // 2
+                parts = [chunk[:half], chunk[half:]]
+            await asyncio.gather(*(self._run(job, shape, part, depth + 1) for part in parts))
+            return
+        except PromstatError as exc:  # the client's own timeout (RequestTimeoutError) included
+            self._fail(job, shape, chunk, exc)
+            return
+        except TimeoutError:  # the page deadline
+            err = PageDeadlineError(
+                timeout=self.page_deadline, stage=stage, detail=job.where(shape, chunk)
             )
+            self._fail(job, shape, chunk, err, sent=stage == "the query")
             return
-        except PromstatError as exc:
-            for ident in chunk if chunk is not None else wanted:
-                failed.setdefault(ident, exc)
-            return
-        acc.add(shape, res.series, wanted)
+        job.acc.add(shape, res.series, job.wanted)
+        outcome = job.outcome
         notes = (*res.warnings, *res.infos)
         if res.warnings:
-            outcome.uncacheable.update(chunk if chunk is not None else wanted)
+            outcome.uncacheable.update(chunk if chunk is not None else job.wanted)
         for note in notes:
             if note not in outcome.warnings:
                 outcome.warnings.append(note)
+
+    def _fail(
+        self,
+        job: _Job,
+        shape: _Shape,
+        chunk: tuple[str, ...] | None,
+        exc: PromstatError,
+        *,
+        sent: bool = True,
+    ) -> None:
+        """Give the query's ids its error; one log line per failed query, none per id."""
+        for ident in chunk if chunk is not None else job.wanted:
+            job.failed.setdefault(ident, exc)
+        if sent:
+            log.warning("query failed (%s): %s", job.where(shape, chunk), _describe(exc))
+        else:
+            job.late += 1  # reported once per plan run, in _execute
 
     # -- rendering --------------------------------------------------------------------------
 

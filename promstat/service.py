@@ -7,33 +7,51 @@ It wires the pieces in the order of the data flow::
 
 Typical use in a manager process::
 
-    async with PrometheusClient("http://prometheus:9090") as prom:
-        stats = LiveStats(prom)
+    async with LiveStats("http://prometheus:9090") as stats:   # owns its client
         ...
         # in each GraphQL request:
         loader = stats.kernel_loader()
         payload = await loader.load(kernel_id)       # dict in the legacy shape, or None
+
+Lifecycle: ``aclose()`` (or leaving ``async with``) runs the closers of everything the instance
+owns, last registered first: background components (refresh-ahead registers its own), the
+shared loaders (in-flight fetches are cancelled; their waiters get
+:class:`~promstat.errors.ClosedError`), the planner's background detections and, when the
+instance owns it, the client. A closed instance raises :class:`~promstat.errors.ClosedError`;
+an instance used from a second event loop raises
+:class:`~promstat.errors.EventLoopMismatchError` (create one per event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
 
-from .errors import ConfigError, PromstatError
+from .errors import ClosedError, ConfigError, EventLoopMismatchError, PromstatError
 from .final import FinalStats, load_kernel_stats
 from .history import History, HistoryResult
-from .loader import DataLoader, SharedLoader
+from .loader import DEFAULT_MAX_ENTRIES, DataLoader, SharedLoader
 from .metrics import PromstatMetrics
 from .payload import freeze_values
 from .planner import BatchOutcome, Planner, PlannerConfig, QueryExecutor
 from .promql import parse_duration
 from .refresh import RefreshConfig, Refresher
 
-__all__ = ["LiveStats"]
+__all__ = ["DEFAULT_AGENT_CACHE_ENTRIES", "LiveStats"]
 
 Payload = dict[str, Any]
+
+log = logging.getLogger(__name__)
+
+#: Default bound of the agent cache. An agent payload carries every device: 35 KiB of Python
+#: objects for a 64-core, 8-GPU agent (measured with tracemalloc), so 2,048 agents is at most
+#: ~70 MiB, like the kernel cache (:data:`~promstat.loader.DEFAULT_MAX_ENTRIES`); fleets have
+#: far fewer agents than kernels.
+DEFAULT_AGENT_CACHE_ENTRIES = 2_048
 
 
 class LiveStats:
@@ -41,11 +59,15 @@ class LiveStats:
 
     Args:
         client: a :class:`~promstat.client.PrometheusClient` (or anything with
-            ``query_vector``/``query_range``).
-        config: planner settings (names, catalog, windows, budgets).
+            ``query_vector``/``query_range``), or a base URL: LiveStats then creates the
+            client (with ``client_options``, reporting to ``metrics``) and owns it.
+        config: planner settings (names, catalog, windows, budgets, ``page_deadline``).
         cache_ttl: seconds a live value is shared across requests; default one scrape
             interval (``config.interval``). 0 keeps single-flight but caches nothing.
-        cache_entries: bound of each shared cache.
+        cache_entries: bound of the kernel cache (default
+            :data:`~promstat.loader.DEFAULT_MAX_ENTRIES`, ~80 MiB when full).
+        agent_cache_entries: bound of the agent cache (default
+            :data:`DEFAULT_AGENT_CACHE_ENTRIES`).
         metrics: counters to report to (a new :class:`PromstatMetrics` by default); pass the
             same object as the client's ``observer`` to see HTTP costs as well.
         clock: what "now" is (Unix seconds) for loads without ``at``; replays and tests pin
@@ -57,18 +79,24 @@ class LiveStats:
         max_staleness: seconds a refreshed value may be served; ``None`` = two intervals.
         max_watched: bound of the watched ids per level (least recently requested dropped).
         refresh_jitter: fraction of the interval over which processes spread their refreshes.
+        owns_client: close the client in :meth:`aclose` (default: only a client LiveStats
+            created from a URL).
+        client_options: keyword arguments for the client created from a URL (``timeout``,
+            ``bearer_token``, ``headers``, ...).
 
     Payloads are read-only (:class:`~promstat.payload.FrozenDict`): every request shares them.
-    Call :meth:`aclose` when done, so the background refresh stops.
+    Use it as an async context manager or call :meth:`aclose` at shutdown, so the background
+    refresh stops.
     """
 
     def __init__(
         self,
-        client: QueryExecutor,
+        client: QueryExecutor | str,
         config: PlannerConfig | None = None,
         *,
         cache_ttl: float | None = None,
-        cache_entries: int = 100_000,
+        cache_entries: int = DEFAULT_MAX_ENTRIES,
+        agent_cache_entries: int = DEFAULT_AGENT_CACHE_ENTRIES,
         metrics: PromstatMetrics | None = None,
         clock: Callable[[], float] = time.time,
         refresh_ahead: bool = True,
@@ -76,13 +104,29 @@ class LiveStats:
         max_staleness: float | None = None,
         max_watched: int = 100_000,
         refresh_jitter: float = 0.5,
+        owns_client: bool | None = None,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config or PlannerConfig()
         self.metrics = metrics or PromstatMetrics()
-        self.planner = Planner(client, self.config, metrics=self.metrics, clock=clock)
         ttl = parse_duration(self.config.interval) if cache_ttl is None else cache_ttl
         if ttl < 0:
             raise ConfigError(f"cache_ttl must be >= 0, not {ttl}")
+        if cache_entries < 1 or agent_cache_entries < 1:
+            raise ConfigError(
+                f"cache_entries and agent_cache_entries must be >= 1, not {cache_entries} "
+                f"and {agent_cache_entries}"
+            )
+        if isinstance(client, str):
+            from .client import PrometheusClient  # only this way of building needs it
+
+            options = {"observer": self.metrics, **(client_options or {})}
+            client = PrometheusClient(client, **options)
+            owns_client = True if owns_client is None else owns_client
+        elif client_options:
+            raise ConfigError("client_options apply only when LiveStats is given a URL")
+        self.client = client
+        self.planner = Planner(client, self.config, metrics=self.metrics, clock=clock)
         names, interval = self.config.names, parse_duration(self.config.interval)
         self.refresher = Refresher(
             RefreshConfig(
@@ -104,16 +148,90 @@ class LiveStats:
             "agent", self._plan_agents, families=(names.device_live_stat, names.agent_live_stat)
         )
         self._kernels: SharedLoader[str, Payload] = SharedLoader(
-            self._kernel_watch.fetch, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+            self._kernel_watch.fetch,
+            ttl=ttl,
+            max_entries=cache_entries,
+            metrics=self.metrics,
+            name="LiveStats kernel loader",
         )
         self._agents: SharedLoader[str, Payload] = SharedLoader(
-            self._agent_watch.fetch, ttl=ttl, max_entries=cache_entries, metrics=self.metrics
+            self._agent_watch.fetch,
+            ttl=ttl,
+            max_entries=agent_cache_entries,
+            metrics=self.metrics,
+            name="LiveStats agent loader",
         )
         self.history = History(client, self.config, metrics=self.metrics)
         # Terminated kernels: answers at their termination times, cached without expiry.
         self.final = FinalStats(
             client, self.planner, metrics=self.metrics, max_entries=cache_entries, clock=clock
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        #: What aclose() runs, last registered first. A background component joins with
+        #: ``self._closers.append(component.aclose)`` when it starts.
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        close_client = getattr(client, "close", None) if owns_client else None
+        if close_client is not None:
+            self._closers.append(close_client)
+        self._closers += [
+            self.planner.aclose,
+            self.final.aclose,
+            self._agents.aclose,
+            self._kernels.aclose,
+        ]
+        # Last registered, first closed: the refresher stops before the loaders it feeds.
+        self._closers.append(self.refresher.aclose)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in each shared cache (``kernels``, ``agents``)."""
+        return {"kernels": len(self._kernels), "agents": len(self._agents)}
+
+    def _check(self) -> None:
+        """Raise unless this instance is open and used from its own event loop."""
+        if self._closed:
+            raise ClosedError(what="LiveStats")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a loader built outside a loop: its first load checks again
+            return
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EventLoopMismatchError(what="LiveStats")
+
+    async def __aenter__(self) -> Self:
+        self._check()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop background work, answer waiting loads with ClosedError, close an owned client.
+
+        Runs every registered closer, last registered first; a closer that fails is logged
+        (logger ``promstat.service``) and the others still run. Idempotent.
+        """
+        self._closed = True
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing %r failed", closer)
 
     async def _plan_kernels(self, ids: list[str]) -> BatchOutcome:
         out = await self.planner.kernels(ids)
@@ -134,7 +252,12 @@ class LiveStats:
 
         With ``at`` (Unix seconds) the values are evaluated at that time and bypass the shared
         cache (used for final stats of terminated kernels).
+
+        Raises:
+            ClosedError: after :meth:`aclose`.
+            EventLoopMismatchError: called from another event loop than the first use.
         """
+        self._check()
         if at is None:
             return await self._kernel_watch.batch_load(kernel_ids, self._kernels.batch_load)
         out = await self.planner.kernels(kernel_ids, at=at)
@@ -144,6 +267,7 @@ class LiveStats:
         self, agent_ids: Sequence[str], *, at: float | None = None
     ) -> list[Payload | BaseException | None]:
         """Legacy agent live_stat (``{"node", "devices"}``) for each id, or ``None``/error."""
+        self._check()
         if at is None:
             return await self._agent_watch.batch_load(agent_ids, self._agents.batch_load)
         out = await self.planner.agents(agent_ids, at=at)
@@ -153,10 +277,12 @@ class LiveStats:
 
     def kernel_loader(self, *, max_batch_size: int | None = None) -> DataLoader[str, Payload]:
         """A new per-request DataLoader over :meth:`load_kernels`."""
+        self._check()
         return DataLoader(self.load_kernels, max_batch_size=max_batch_size)
 
     def agent_loader(self, *, max_batch_size: int | None = None) -> DataLoader[str, Payload]:
         """A new per-request DataLoader over :meth:`load_agents`."""
+        self._check()
         return DataLoader(self.load_agents, max_batch_size=max_batch_size)
 
     # -- more than legacy had ---------------------------------------------------------------
@@ -171,6 +297,7 @@ class LiveStats:
         grouped into few ``@``-pinned queries, cached for good). With ``at``, kernels
         terminated after ``at`` are evaluated at ``at``.
         """
+        self._check()
         return await load_kernel_stats(self.final, self.load_kernels, pairs, at=at)
 
     async def final_stats(
@@ -184,6 +311,7 @@ class LiveStats:
         Returns:
             kernel id -> payload, ``None`` or the error of its query.
         """
+        self._check()
         values = await self.final.load(list(terminated.items()))
         return {
             k: v if v is None or isinstance(v, dict | PromstatError) else PromstatError(str(v))
@@ -200,6 +328,7 @@ class LiveStats:
         step: float,
     ) -> HistoryResult:
         """Trend series for many kernels and metrics at once (see :class:`History`)."""
+        self._check()
         return await self.history.kernels(kernel_ids, metrics, start=start, end=end, step=step)
 
     def invalidate(self) -> None:
@@ -207,7 +336,3 @@ class LiveStats:
         self._kernels.invalidate()
         self._agents.invalidate()
         self.refresher.invalidate()
-
-    async def aclose(self) -> None:
-        """Stop the background refresh (refresh-ahead) and wait for it to finish."""
-        await self.refresher.aclose()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
-from promstat.errors import BatchSizeMismatchError, PromstatError
+from promstat.errors import BatchSizeMismatchError, ClosedError, PromstatError
 from promstat.loader import DataLoader, FetchResult, SharedLoader
 
 
@@ -273,3 +274,57 @@ async def test_dataloader_over_shared_loader_contract() -> None:
     req2: DataLoader[str, object] = DataLoader(shared.batch_load)  # type: ignore[arg-type]
     await asyncio.gather(req1.load_many(["a", "b"]), req2.load_many(["b", "c"]))
     assert sorted(k for call in calls for k in call) == ["a", "b", "c"]
+
+
+async def test_abandoned_callers_leave_no_unretrieved_exception() -> None:
+    """Callers that give up on a failing fetch leave nothing for asyncio to report."""
+    reports: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
+
+    async def failing(keys: list[str]) -> FetchResult[str, object]:
+        await asyncio.sleep(0.05)
+        return FetchResult({k: PromstatError(f"no {k}") for k in keys})
+
+    shared: SharedLoader[str, object] = SharedLoader(failing, ttl=60)
+    gone = [asyncio.ensure_future(shared.batch_load(["a", "b"])) for _ in range(3)]
+    staying = asyncio.ensure_future(shared.batch_load(["b", "c"]))
+    await asyncio.sleep(0.01)
+    for task in gone:
+        task.cancel()
+    out = await staying
+    assert [str(e) for e in out] == ["no b", "no c"]
+    await asyncio.sleep(0.1)  # the abandoned keys' fetch fails after its callers left
+    del gone
+    gc.collect()
+    assert reports == []
+
+
+async def test_aclose_answers_waiters_and_rejects_new_loads() -> None:
+    """aclose() cancels fetches in flight: waiters get ClosedError; later loads raise it."""
+    _, fetch = fetcher(delay=30)
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60, name="test loader")  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(shared.batch_load(["a", "b"]))
+    await asyncio.sleep(0.01)
+    assert shared.inflight == 2
+    await shared.aclose()
+    out = await waiting
+    assert all(isinstance(v, ClosedError) and "test loader is closed" in str(v) for v in out)
+    assert shared.inflight == 0 and shared.closed
+    with pytest.raises(ClosedError):
+        await shared.batch_load(["a"])
+    await shared.aclose()  # idempotent
+
+
+async def test_reading_an_entry_does_not_extend_its_life() -> None:
+    """Entries expire one TTL after they were written, however often they are read."""
+    clock = Clock()
+    calls, fetch = fetcher()
+    shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=15, clock=clock)  # type: ignore[arg-type]
+    await shared.batch_load(["a", "b"])
+    clock.now += 10
+    await shared.batch_load(["a"])  # a hit
+    await shared.batch_load(["c"])  # written later
+    clock.now += 5
+    await shared.batch_load(["c"])  # a hit; a and b expired and were dropped
+    assert len(shared) == 1
+    assert calls == [["a", "b"], ["c"]]

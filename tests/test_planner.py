@@ -18,7 +18,7 @@ from planner_data import (
 
 from promstat import lab
 from promstat.client import PrometheusClient
-from promstat.errors import BadDataError, QueryTooLargeError
+from promstat.errors import BadDataError, QueryTooLargeError, ResponseTooLargeError
 from promstat.metrics import PromstatMetrics
 from promstat.planner import Planner, PlannerConfig
 from promstat.promql import parse_duration
@@ -161,6 +161,47 @@ async def test_too_large_chunks_are_split_and_retried(
         out = await planner.kernels(uuids, at=AT)
     assert {k: out.payloads[k] for k in uuids} == {k: EXPECTED_KERNELS[k] for k in uuids}
     assert metrics.snapshot().chunk_splits > 0
+
+
+class Capped:
+    """A client wrapper whose answers are over a size cap when they cover too many kernels.
+
+    It raises what ``PrometheusClient(max_response_bytes=...)`` raises: a fleet-wide query
+    (naming no id) or one naming more than ``most`` of ``ids`` is "too large".
+    """
+
+    def __init__(self, inner: PrometheusClient, ids: list[str], most: int) -> None:
+        self.inner, self.ids, self.most = inner, ids, most
+        self.oversized = 0
+
+    async def query_vector(self, query: str, **kwargs: Any) -> Any:
+        named = sum(k in query for k in self.ids)
+        if not query.startswith("count(") and not 0 < named <= self.most:
+            self.oversized += 1
+            raise ResponseTooLargeError(limit=4096, url="capped", query=query)
+        return await self.inner.query_vector(query, **kwargs)
+
+
+async def test_oversized_answers_are_split_like_too_large_queries(
+    scenario_prometheus: lab.PrometheusProcess,
+) -> None:
+    """Over the response cap: a chunk is halved, a fleet-wide query falls back to the chunks."""
+    uuids = [k for k in EXPECTED_KERNELS if "-4" in k]
+    expected = {k: EXPECTED_KERNELS[k] for k in uuids}
+    async with PrometheusClient(scenario_prometheus.url) as inner:
+        metrics = PromstatMetrics()
+        halving = Capped(inner, uuids, most=1)
+        planner = Planner(halving, raw_config(fleet_fraction=None), metrics=metrics)
+        out = await planner.kernels(uuids, at=AT)
+        assert {k: out.payloads[k] for k in uuids} == expected
+        assert halving.oversized > 0 and metrics.snapshot().chunk_splits > 0
+        fleet = Capped(inner, uuids, most=2)
+        planner = Planner(fleet, raw_config(max_alternatives=2, fleet_fraction=0.5))
+        out = await planner.kernels(uuids, at=AT)
+    assert out.plan == "raw/fleet"
+    assert {k: out.payloads[k] for k in uuids} == expected
+    # every fleet-wide shape was refused once, and nothing else was
+    assert fleet.oversized == len(planner.shapes("kernel", recorded=False))
 
 
 def _recorded_fleet(n: int) -> str:

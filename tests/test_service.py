@@ -73,13 +73,29 @@ async def test_unreachable_server_errors_every_key_and_caches_nothing() -> None:
     metrics = PromstatMetrics()
     url = f"http://127.0.0.1:{lab.free_port()}"
     async with PrometheusClient(url, observer=metrics, timeout=2) as client:
-        stats = LiveStats(client, PlannerConfig(use_recorded=False), metrics=metrics)
+        config = PlannerConfig(use_recorded=False, detect_failure_ttl=0)
+        stats = LiveStats(client, config, metrics=metrics)
         first = await stats.load_kernels([K1, K2])
         assert all(isinstance(v, TransportError) for v in first)
         calls = metrics.snapshot().queries
         second = await stats.load_kernels([K1])
         assert isinstance(second[0], TransportError)
         assert metrics.snapshot().queries > calls
+
+
+async def test_a_failed_detection_is_shared_for_a_short_while() -> None:
+    """Within detect_failure_ttl a failed detection answers every load without a new query."""
+    metrics = PromstatMetrics()
+    url = f"http://127.0.0.1:{lab.free_port()}"
+    async with LiveStats(
+        url, PlannerConfig(detect_failure_ttl=60), metrics=metrics, client_options={"timeout": 2}
+    ) as stats:
+        first = await stats.load_kernels([K1, K2])
+        calls = metrics.snapshot().queries
+        second = await stats.load_kernels([K3])
+    assert all(isinstance(v, TransportError) for v in first + second)
+    assert second[0] is first[0]  # the remembered failure
+    assert metrics.snapshot().queries == calls == 1
 
 
 def test_negative_cache_ttl_is_a_config_error() -> None:

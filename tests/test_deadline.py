@@ -1,0 +1,259 @@
+"""One deadline per load: detection, query slots, retries and splits all count against it.
+
+Against a server that accepts connections and never answers, 20 pages loaded at once used to
+take 10-14 s with a 2 s client deadline: a failed detection was repeated by every queued load,
+waiting for one of the 8 query slots did not count, and every split got a fresh deadline. Each
+test here loads 20 pages concurrently and requires all of them to finish within 1.5x the page
+deadline, every key answered with its own timeout error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from promstat.client import PrometheusClient, RetryPolicy
+from promstat.errors import (
+    ConfigError,
+    PageDeadlineError,
+    PromstatError,
+    QueryTooLargeError,
+    RequestTimeoutError,
+    UnavailableError,
+)
+from promstat.planner import Planner, PlannerConfig, default_page_deadline
+from promstat.service import LiveStats
+from promstat.testing import FakePrometheus, Reply
+
+PAGES = 20
+PAGE_IDS = 24  # 6 chunks of 4 ids x 5 raw shapes = 30 queries per page, 600 for all pages
+
+
+class HungServer:
+    """Accepts connections and reads requests, never answers (a wedged Prometheus or proxy)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen on a free loopback port; return the base URL."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        """Close the listener and every connection."""
+        if self._server is not None:
+            self._server.close()
+            for writer in self._writers:
+                writer.close()
+            await self._server.wait_closed()
+            await asyncio.sleep(0.05)  # let the handlers see their connections close
+
+
+@pytest.fixture
+async def hung() -> AsyncIterator[tuple[HungServer, str]]:
+    """A hung server and its URL."""
+    server = HungServer()
+    url = await server.start()
+    try:
+        yield server, url
+    finally:
+        await server.stop()
+
+
+def page_ids(page: int) -> list[str]:
+    """Distinct ids per page, so pages do not share fetches through the cache."""
+    return [f"{page:04x}{i:04x}-0000-4000-8000-000000000000" for i in range(PAGE_IDS)]
+
+
+async def load_pages(stats: LiveStats) -> tuple[float, list[list[Any]]]:
+    """Load PAGES pages at once through per-request loaders; return (seconds, answers)."""
+    loop = asyncio.get_running_loop()
+
+    async def page(number: int) -> list[Any]:
+        loader = stats.kernel_loader()
+        ids = page_ids(number)
+        return list(await asyncio.gather(*(loader.load(k) for k in ids), return_exceptions=True))
+
+    started = loop.time()
+    answers = await asyncio.gather(*(page(n) for n in range(PAGES)))
+    return loop.time() - started, answers
+
+
+def flat(answers: list[list[Any]]) -> list[Any]:
+    """Every key's answer."""
+    return [a for page in answers for a in page]
+
+
+async def test_hung_detection_is_shared_and_bounded(hung: tuple[HungServer, str]) -> None:
+    """A detection that hangs is asked once; every page ends with the client's timeout."""
+    server, url = hung
+    config = PlannerConfig(max_alternatives=4)
+    async with LiveStats(url, config, client_options={"timeout": 1.0}) as stats:
+        deadline = stats.planner.page_deadline
+        seconds, answers = await load_pages(stats)
+    assert seconds <= 1.5 * deadline
+    assert all(isinstance(a, RequestTimeoutError) for a in flat(answers))
+    assert len(flat(answers)) == PAGES * PAGE_IDS
+    assert server.connections == 1  # one detection for all 20 pages
+
+
+async def test_hung_queries_end_at_the_page_deadline(hung: tuple[HungServer, str]) -> None:
+    """600 hung queries behind 8 slots: pages end at the page deadline, not after 75 rounds."""
+    server, url = hung
+    config = PlannerConfig(use_recorded=False, fleet_fraction=None, max_alternatives=4)
+    async with LiveStats(url, config, client_options={"timeout": 2.0}) as stats:
+        deadline = stats.planner.page_deadline
+        assert deadline == pytest.approx(2.5)  # the client's 2 s plus the 0.5 s minimum margin
+        seconds, answers = await load_pages(stats)
+    assert seconds <= 1.5 * deadline
+    errors = flat(answers)
+    assert len(errors) == PAGES * PAGE_IDS
+    assert all(isinstance(a, RequestTimeoutError) for a in errors)
+    late = [a for a in errors if isinstance(a, PageDeadlineError)]
+    assert late, "no key waited past the page deadline"
+    assert {a.stage for a in late} <= {"a query slot", "the query"}
+    assert "a query slot" in {a.stage for a in late}
+    assert "raw/filtered plan" in str(late[0]) and "page deadline of 2.5s" in str(late[0])
+    assert server.connections <= 2 * 8  # at most two rounds of the 8 slots were ever sent
+
+
+async def test_a_deadline_shorter_than_the_client_timeout_wins(
+    hung: tuple[HungServer, str],
+) -> None:
+    """page_deadline below the client's deadline: every key gets PageDeadlineError."""
+    _, url = hung
+    config = PlannerConfig(page_deadline=2.0, max_alternatives=4)
+    async with LiveStats(url, config, client_options={"timeout": 30}) as stats:
+        seconds, answers = await load_pages(stats)
+    assert seconds <= 3.0
+    errors = flat(answers)
+    assert all(isinstance(a, PageDeadlineError) for a in errors)
+    assert {a.stage for a in errors} == {"plan detection"}
+    assert all(isinstance(a, TimeoutError) for a in errors)
+
+
+Serve = Callable[[FakePrometheus], Awaitable[str]]
+
+
+@pytest.fixture
+def serve(aiohttp_server: Any) -> Serve:
+    """Serve a FakePrometheus and return its base URL."""
+
+    async def _serve(fake: FakePrometheus) -> str:
+        server = await aiohttp_server(fake.app)
+        return str(server.make_url(""))
+
+    return _serve
+
+
+async def test_retries_count_against_the_page_deadline(serve: Serve) -> None:
+    """A client that would retry a flapping 503 for 30 s is cut at the page deadline."""
+    fake = FakePrometheus()
+    fake.set_reply("query", Reply.prometheus_starting().with_delay(0.1))
+    config = PlannerConfig(use_recorded=False, fleet_fraction=None, page_deadline=2.0)
+    retry = RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.02)
+    options = {"timeout": 30, "retry": retry}
+    async with LiveStats(await serve(fake), config, client_options=options) as stats:
+        seconds, answers = await load_pages(stats)
+    assert seconds <= 3.0
+    errors = flat(answers)
+    assert all(isinstance(a, PageDeadlineError) for a in errors)
+    assert len(fake.requests) > 8  # the client did retry, inside the deadline
+
+
+async def test_splits_count_against_the_page_deadline(serve: Serve) -> None:
+    """A slow "too large" answer at every size: halving stops at the page deadline."""
+    fake = FakePrometheus()
+    fake.set_reply("query", Reply.uri_too_long().with_delay(0.15))
+    config = PlannerConfig(
+        use_recorded=False, fleet_fraction=None, page_deadline=2.0, max_alternatives=64
+    )
+    async with LiveStats(await serve(fake), config, client_options={"timeout": 30}) as stats:
+        seconds, answers = await load_pages(stats)
+        splits = stats.metrics.snapshot().chunk_splits
+    assert seconds <= 3.0
+    errors = flat(answers)
+    assert all(isinstance(a, PageDeadlineError | QueryTooLargeError) for a in errors)
+    assert any(isinstance(a, PageDeadlineError) for a in errors)
+    assert splits > 0
+
+
+async def test_a_failed_detection_is_shared_by_everyone_waiting(serve: Serve) -> None:
+    """20 pages waiting on one failing detection: one detection request, one error for all."""
+    fake = FakePrometheus()
+    fake.set_reply("query", Reply.bad_gateway().with_delay(0.2))
+    retry = RetryPolicy(attempts=1)
+    async with LiveStats(await serve(fake), client_options={"retry": retry}) as stats:
+        _, answers = await load_pages(stats)
+        assert len(fake.requests) == 1
+        errors = flat(answers)
+        assert all(isinstance(a, UnavailableError) for a in errors)
+        assert len({id(a) for a in errors}) == 1
+        # Remembered for detect_failure_ttl (2 s): an immediate retry asks nobody.
+        again = await stats.load_kernels(page_ids(99))
+        assert all(a is errors[0] for a in again)
+        assert len(fake.requests) == 1
+
+
+async def test_detection_recovers_after_the_failure_ttl(serve: Serve) -> None:
+    """Once detect_failure_ttl has passed, the next load detects again and succeeds."""
+    fake = FakePrometheus()
+    fake.enqueue(Reply.bad_gateway())
+    config = PlannerConfig(detect_failure_ttl=0.2)
+    async with PrometheusClient(await serve(fake), retry=RetryPolicy(attempts=1)) as client:
+        planner = Planner(client, config)
+        first = await planner.kernels(["k"])
+        assert isinstance(first.payloads["k"], UnavailableError)
+        await asyncio.sleep(0.25)
+        second = await planner.kernels(["k"])
+        await planner.aclose()
+    assert second.payloads["k"] is None  # empty answers: no data, no error
+    assert second.plan == "raw/filtered"
+
+
+def test_default_page_deadline_follows_the_client() -> None:
+    """Client deadline + 20%, at least 0.5 s more; 30 s assumed for clients that do not say."""
+    assert default_page_deadline(PrometheusClient("http://x", timeout=10)) == 12.0
+    assert default_page_deadline(PrometheusClient("http://x", timeout=1)) == 1.5
+    assert default_page_deadline(object()) == 36.0
+    with pytest.raises(ConfigError, match="page_deadline"):
+        PlannerConfig(page_deadline=0)
+    with pytest.raises(ConfigError, match="detect_failure_ttl"):
+        PlannerConfig(detect_failure_ttl=-1)
+
+
+async def test_a_client_without_its_own_deadline_is_cut_too() -> None:
+    """A client that never returns (no deadline of its own) cannot hold a load past its deadline."""
+
+    class Forever:
+        async def query_vector(self, query: str, **kwargs: Any) -> Any:
+            await asyncio.sleep(3600)
+
+    planner = Planner(Forever(), PlannerConfig(page_deadline=1.0))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outs = await asyncio.gather(*(planner.kernels([f"k{i}"]) for i in range(5)))
+    assert loop.time() - started <= 1.5
+    errors = [o.payloads[f"k{i}"] for i, o in enumerate(outs)]
+    assert all(isinstance(e, PageDeadlineError) for e in errors)
+    with pytest.raises(PromstatError, match="plan detection"):
+        await planner.detect("kernel", refresh=True)
+    await planner.aclose()
