@@ -5,8 +5,7 @@ The names most callers need are re-exported here; everything else lives in its m
 
     from promstat import LiveStats, PlannerConfig, PrometheusClient
 
-    async with PrometheusClient("http://prometheus:9090") as prom:
-        stats = LiveStats(prom, PlannerConfig(interval="30s"))
+    async with LiveStats("http://prometheus:9090", PlannerConfig(interval="30s")) as stats:
         payloads = await stats.load_kernels(kernel_ids)
 """
 
@@ -22,27 +21,34 @@ from .errors import (
     BatchSizeMismatchError,
     BinaryNotFoundError,
     CanceledError,
+    ClosedError,
     ConfigError,
+    EventLoopMismatchError,
     ExecutionError,
     InternalError,
     LabError,
     NotAcceptableError,
     NotFoundError,
+    PageDeadlineError,
     PromstatError,
     QueryBuildError,
     QueryTimeoutError,
     QueryTooLargeError,
     RequestTimeoutError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     RuleError,
     TransportError,
     UnavailableError,
 )
+from .final import FinalStats
 from .history import History, HistoryResult
 from .live_stat import render_agent, render_kernel, to_json
 from .loader import DataLoader, FetchResult, SharedLoader
 from .metrics import PromstatMetrics
+from .payload import FrozenDict, thaw
 from .planner import BatchOutcome, Planner, PlannerConfig
+from .refresh import RefreshConfig, Refresher
 from .service import LiveStats
 from .utilization import MemRule, Utilization
 from .valkey_publisher import ValkeyPublisher
@@ -59,10 +65,14 @@ __all__ = [
     "CanceledError",
     "Capacity",
     "Catalog",
+    "ClosedError",
     "ConfigError",
     "DataLoader",
+    "EventLoopMismatchError",
     "ExecutionError",
     "FetchResult",
+    "FinalStats",
+    "FrozenDict",
     "History",
     "HistoryResult",
     "InternalError",
@@ -74,6 +84,7 @@ __all__ = [
     "NodeCurrent",
     "NotAcceptableError",
     "NotFoundError",
+    "PageDeadlineError",
     "Planner",
     "PlannerConfig",
     "PrometheusClient",
@@ -84,8 +95,11 @@ __all__ = [
     "QueryObserver",
     "QueryTimeoutError",
     "QueryTooLargeError",
+    "RefreshConfig",
+    "Refresher",
     "RequestTimeoutError",
     "ResponseDecodeError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "RuleError",
     "SeriesNames",
@@ -97,5 +111,6 @@ __all__ = [
     "__version__",
     "render_agent",
     "render_kernel",
+    "thaw",
     "to_json",
 ]
