@@ -360,7 +360,6 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ConfigError: invalid options.
         OSError: the port could not be bound.
     """
-    from .client import PrometheusClient
     from .integrations import PrometheusRegistry
     from .planner import PlannerConfig
     from .service import LiveStats
@@ -378,10 +377,12 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
                 loop.add_signal_handler(sig, stop_event.set)
                 installed.append(sig)
     try:
-        async with PrometheusClient(
-            options.base_url, observer=metrics, **options.client_kwargs()
-        ) as client:
-            stats = LiveStats(client, config, metrics=metrics)
+        # LiveStats owns the client it builds from the URL: leaving the block stops the
+        # background refresh first, then closes the client.
+        async with LiveStats(
+            options.base_url, config, metrics=metrics, client_options=options.client_kwargs()
+        ) as stats:
+            client = stats.client
             registry = PrometheusRegistry(client, names=config.names, ttl=options.registry_ttl)
             app = make_app(
                 stats, registry, stack=options.stack, max_batch_size=options.max_batch_size
