@@ -52,6 +52,7 @@ from promstat.errors import (
     QueryTimeoutError,
     RequestTimeoutError,
     ResponseDecodeError,
+    ResponseTooLargeError,
     TransportError,
     UnavailableError,
     api_error_for,
@@ -79,6 +80,7 @@ from promstat.wire import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "MatrixResult",
     "PrometheusClient",
     "QueryObserver",
@@ -107,6 +109,16 @@ _PLAIN_TEXT_API_STATUSES: Final = frozenset({413, 414, 431, 502, 503, 504})
 _RETRY_STATUSES: Final = frozenset({502, 503, 504})
 _RETRY_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE,
                                   errno.ECONNABORTED})
+
+#: Default cap of one response body (after gzip decompression), in bytes: 64 MiB.
+#:
+#: The largest answer promstat itself asks for is a fleet-wide recorded kernel page
+#: (``max by (kernel_id, container_metric_name, stat)``): measured at 2,618 bytes per kernel
+#: on the benchmark fleet (5,000 kernels, 30% with GPUs: 12.5 MiB), so a 10,000-kernel fleet
+#: answers with about 25 MiB. The default leaves 2.5x headroom for GPU-heavy fleets and longer
+#: ids, and still stops a runaway answer (an unfiltered query, a misconfigured proxy) long
+#: before it costs the manager hundreds of MiB.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 
 class QueryObserver(Protocol):
@@ -296,7 +308,7 @@ def _error_kind(exc: PromstatError) -> str:
     return type(exc).__name__
 
 
-def _looks_like_json(body: bytes) -> bool:
+def _looks_like_json(body: bytes | bytearray) -> bool:
     return body.lstrip()[:1] == b"{"
 
 
@@ -325,6 +337,11 @@ class PrometheusClient:
         observer: called once per logical call.
         compress: ask for gzip responses (default). Turn it off next to Prometheus (same
             host or fast LAN): a 2.5 MB page then costs ~30 ms less (measured on loopback).
+        max_response_bytes: cap of one response body after decompression (default
+            :data:`DEFAULT_MAX_RESPONSE_BYTES`, 64 MiB: a fleet-wide 10,000-kernel answer is
+            about 25 MiB). Enforced while the body streams in: the read stops at the cap, the
+            connection is dropped and :class:`~promstat.errors.ResponseTooLargeError` (a
+            ``QueryTooLargeError``, so the planner splits the chunk) is raised. ``None``: no cap.
 
     Raises:
         ConfigError: an argument is invalid (bad URL, both auth kinds, unreadable CA file).
@@ -348,6 +365,7 @@ class PrometheusClient:
         method: Literal["POST", "GET"] = "POST",
         observer: QueryObserver | None = None,
         compress: bool = True,
+        max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         base = yarl.URL(url)
         if base.scheme not in ("http", "https") or not base.host:
@@ -366,6 +384,9 @@ class PrometheusClient:
             raise ConfigError(f"method must be 'POST' or 'GET', got {method!r}")
         if max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {max_connections}")
+        if max_response_bytes is not None and max_response_bytes < 1:
+            raise ConfigError(f"max_response_bytes must be >= 1 or None, got {max_response_bytes}")
+        self._max_response_bytes = max_response_bytes
         self._timeout = float(timeout)
         self._server_timeout = server_timeout
         self._retry = retry
@@ -818,7 +839,7 @@ class PrometheusClient:
                 async with session.request(
                     method, url, data=body, headers=headers, ssl=self._ssl,
                 ) as resp:
-                    raw = await resp.read()
+                    raw = await self._read_body(resp, url=url, query=query)
                     status = resp.status
                     content_type = resp.headers.get("Content-Type", "")
                     stopping = resp.headers.get("X-Prometheus-Stopping")
@@ -834,10 +855,37 @@ class PrometheusClient:
         return _decode(decoder, raw, status, content_type, stopping,
                        url=str(url.with_query(None)), query=query), len(raw)
 
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, *, url: yarl.URL, query: str | None
+    ) -> bytes | bytearray:
+        """Read the (decompressed) body, stopping as soon as it passes the size cap."""
+        limit = self._max_response_bytes
+        if limit is None:
+            return await resp.read()
+        # A declared length over the cap fails before anything is read; without gzip the
+        # declared length is the body's own.
+        declared = resp.content_length
+        if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
+            resp.close()
+            raise ResponseTooLargeError(limit=limit, url=str(url.with_query(None)), query=query,
+                                        status=resp.status)
+        body = bytearray()
+        content = resp.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return body  # msgspec decodes a bytearray without copying it
+            body += chunk
+            if len(body) > limit:
+                # Drop the connection: the rest of the body is never read, let alone kept.
+                resp.close()
+                raise ResponseTooLargeError(limit=limit, url=str(url.with_query(None)),
+                                            query=query, status=resp.status)
+
 
 def _decode(
     decoder: msgspec.json.Decoder[Envelope[T]],
-    raw: bytes,
+    raw: bytes | bytearray,
     status: int,
     content_type: str,
     stopping: str | None,
@@ -851,7 +899,7 @@ def _decode(
             env = decoder.decode(raw)
         except msgspec.DecodeError as exc:
             reason = str(exc) if _looks_like_json(raw) else "not a JSON envelope"
-            raise ResponseDecodeError(status=status, body=raw, url=url,
+            raise ResponseDecodeError(status=status, body=bytes(raw), url=url,
                                       content_type=content_type, reason=reason) from exc
         if env.status != "success":
             raise api_error_for(status=status, error_type=env.error_type, error=env.error,
@@ -870,7 +918,8 @@ def _decode(
         if stopping is not None:
             text = f"{text} (X-Prometheus-Stopping: {stopping})"
         raise api_error_for(status=status, error=text, url=url, query=query)
-    raise ResponseDecodeError(status=status, body=raw, url=url, content_type=content_type,
+    raise ResponseDecodeError(status=status, body=bytes(raw), url=url,
+                              content_type=content_type,
                               reason="error status without a JSON envelope")
 
 
