@@ -32,6 +32,7 @@ first use (:func:`query_decoder`, :func:`vector_decoder`, :func:`matrix_decoder`
 from __future__ import annotations
 
 import threading
+from collections.abc import Generator
 from typing import Any, Final, Generic, TypeAlias, TypeVar, cast, overload
 
 import msgspec
@@ -60,7 +61,9 @@ __all__ = [
     "matrix_decoder",
     "parse_value",
     "query_decoder",
+    "series_decoder",
     "vector_decoder",
+    "vector_parts",
 ]
 
 L = TypeVar("L")
@@ -328,3 +331,93 @@ def matrix_decoder(labels: Any = Labels) -> msgspec.json.Decoder[Envelope[Matrix
     """
     data_type: Any = MatrixData[labels]
     return decoder_for(data_type)
+
+
+def series_decoder(labels: Any = Labels) -> msgspec.json.Decoder[list[VectorSeries[Any]]]:
+    """Return the cached decoder of a bare JSON array of vector series (see :func:`vector_slices`).
+
+    Args:
+        labels: the label type, ``dict[str, str]`` (default) or a label Struct.
+    """
+    key = ("series", labels)
+    decoder = _decoders.get(key)
+    if decoder is None:
+        with _decoders_lock:
+            decoder = _decoders.get(key)
+            if decoder is None:
+                decoder = msgspec.json.Decoder(list[VectorSeries[labels]])
+                _decoders[key] = decoder
+    return cast("msgspec.json.Decoder[list[VectorSeries[Any]]]", decoder)
+
+
+_RESULT_START: Final = b'"result":['
+# Between two series of a vector result. It cannot occur inside a JSON string (a quote in a
+# string is escaped), nor anywhere else in a vector answer: a label called "metric" follows
+# "{" or ",", never ",{".
+_SERIES_BOUNDARY: Final = b',{"metric":'
+
+
+def vector_parts(
+    body: bytearray, slice_bytes: int
+) -> Generator[tuple[bool, memoryview], None, None] | None:
+    """Cut a large vector answer into separately decodable parts, in place, without parsing it.
+
+    Decoding a 13 MB answer is one ~50 ms call that nothing can interrupt; its parts can be
+    decoded one at a time with the event loop free in between. The result array is cut at
+    series boundaries about every ``slice_bytes``. Each part is a JSON array of series
+    (decode it with :func:`series_decoder`); the last one (``True`` in the pair) is the
+    envelope holding the last series, ``warnings`` and ``infos`` (:func:`vector_decoder`).
+    The series of the parts, in order, followed by the envelope's, are exactly the answer's.
+
+    No part is copied: the bytes around a cut are patched in ``body`` (``,`` -> ``[``/``]``;
+    the envelope's prefix is written over the end of the previous part) while its part is
+    out, and every patched byte is restored when the iterator finishes or is closed. Decode
+    each view before taking the next.
+
+    Args:
+        body: the response body (patched temporarily, restored afterwards).
+        slice_bytes: target size of a part.
+
+    Returns:
+        An iterator of ``(is_envelope, view)``, or ``None`` when the body is small or not laid
+        out like Prometheus' (and VictoriaMetrics') compact JSON: decode it whole then. A wrong
+        cut makes a part fail to decode; callers then decode the whole (restored) body, which
+        reports the real error.
+    """
+    start = body.find(_RESULT_START, 0, 200)
+    if start < 0 or len(body) <= 2 * slice_bytes:
+        return None
+    start += len(_RESULT_START)  # first byte of the first series
+    cuts = []  # positions of the "," between two series where a part ends
+    boundary = body.find(_SERIES_BOUNDARY, start + slice_bytes)
+    while boundary >= 0:
+        cuts.append(boundary)
+        boundary = body.find(_SERIES_BOUNDARY, boundary + 1 + slice_bytes)
+    if not cuts:
+        return None
+    return _parts(body, start, cuts)
+
+
+def _parts(
+    body: bytearray, start: int, cuts: list[int]
+) -> Generator[tuple[bool, memoryview], None, None]:
+    view = memoryview(body)
+    prefix = bytes(body[:start])
+    last = cuts[-1] + 1  # the envelope's series start here
+    saved_prefix_area = bytes(body[last - len(prefix) : last])
+    try:
+        begin = start - 1  # the "[" (then the "," of the previous cut) opening this part
+        for cut in cuts:
+            body[begin] = 0x5B  # "["
+            body[cut] = 0x5D  # "]"
+            yield False, view[begin : cut + 1]
+            body[cut] = 0x2C  # "," again, in case the next part's "[" is not written over it
+            begin = cut
+        body[last - len(prefix) : last] = prefix
+        yield True, view[last - len(prefix) :]
+    finally:
+        body[last - len(prefix) : last] = saved_prefix_area
+        body[start - 1] = 0x5B
+        for cut in cuts:
+            body[cut] = 0x2C
+        view.release()

@@ -8,11 +8,11 @@ planner splits a chunk whose answer is too large, as it does for any ``QueryTooL
 
 from __future__ import annotations
 
-import zlib
 import asyncio
 import json
 import tracemalloc
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
