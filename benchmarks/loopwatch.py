@@ -83,7 +83,7 @@ class LoopWatch:
                 if seconds > watch.longest * 0.5 or seconds > watch.threshold:
                     watch._record(seconds, cpu, handle)
 
-        asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+        asyncio.events.Handle._run = _run  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import errno
+import ipaddress
 import random
 import ssl
 import urllib.parse
@@ -315,6 +316,18 @@ def _error_kind(exc: PromstatError) -> str:
     return type(exc).__name__
 
 
+def _wants_gzip(compress: bool | None, host: str) -> bool:
+    """``compress``, or when it is ``None``: gzip unless the host is this machine."""
+    if compress is not None:
+        return compress
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True  # a name: assume it is across a network
+
+
 def _looks_like_json(body: bytes | bytearray) -> bool:
     return body.lstrip()[:1] == b"{"
 
@@ -342,8 +355,13 @@ class PrometheusClient:
         max_connections: connection pool size of an owned session.
         method: ``"POST"`` (default: form bodies) or ``"GET"`` (parameters in the URL).
         observer: called once per logical call.
-        compress: ask for gzip responses (default). Turn it off next to Prometheus (same
-            host or fast LAN): a 2.5 MB page then costs ~30 ms less (measured on loopback).
+        compress: ask for gzip responses. ``None`` (default) decides by host: off for a
+            loopback host (``localhost``, ``127.0.0.0/8``, ``::1``), on otherwise. Measured on
+            the benchmark fleet over loopback, gzip made a cold 1,000-kernel page cost
+            Prometheus ~18% more CPU (200 vs 170 ms), the client ~15% more (90 vs 78 ms) and
+            the page ~30 ms slower, with nothing saved; across a network the smaller transfer
+            (gzip shrinks a live_stat answer ~10x) usually wins. Pass ``False`` when the manager
+            runs next to Prometheus on a fast LAN, ``True`` to force it.
         max_response_bytes: cap of one response body after decompression (default
             :data:`DEFAULT_MAX_RESPONSE_BYTES`, 64 MiB: a fleet-wide 10,000-kernel answer is
             about 25 MiB). Enforced while the body streams in: the read stops at the cap, the
@@ -371,7 +389,7 @@ class PrometheusClient:
         max_connections: int = 32,
         method: Literal["POST", "GET"] = "POST",
         observer: QueryObserver | None = None,
-        compress: bool = True,
+        compress: bool | None = None,
         max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         base = yarl.URL(url)
@@ -407,7 +425,7 @@ class PrometheusClient:
             "Accept": "application/json",
             # gzip saves bandwidth across a network; on loopback or a fast LAN, compressing
             # a multi-megabyte page costs Prometheus more CPU than the transfer saves.
-            "Accept-Encoding": "gzip" if compress else "identity",
+            "Accept-Encoding": "gzip" if _wants_gzip(compress, base.host) else "identity",
             "User-Agent": "promstat",
         }
         if bearer_token is not None:

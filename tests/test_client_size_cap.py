@@ -185,3 +185,23 @@ async def test_the_planner_splits_a_chunk_whose_answer_is_too_large(
     assert metrics.snapshot().chunk_splits >= 2
     assert all(isinstance(out.payloads[i], dict) for i in ids), out.payloads
     assert out.payloads[ids[0]]["cpu_util"]["pct"] == "50"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("url", "compress", "encoding"),
+    [
+        ("http://127.0.0.1:9090", None, "identity"),
+        ("http://localhost:9090", None, "identity"),
+        ("http://[::1]:9090", None, "identity"),
+        ("http://10.0.0.5:9090", None, "gzip"),
+        ("http://prometheus:9090", None, "gzip"),
+        ("http://127.0.0.1:9090", True, "gzip"),
+        ("http://prometheus:9090", False, "identity"),
+    ],
+)
+def test_compression_defaults_to_off_on_loopback(
+    url: str, compress: bool | None, encoding: str
+) -> None:
+    """gzip is asked for across a network, not from a Prometheus on this machine."""
+    client = PrometheusClient(url, compress=compress)
+    assert client._headers["Accept-Encoding"] == encoding

@@ -126,8 +126,12 @@ async def test_a_large_answer_is_decoded_in_parts(fleet_prometheus: lab.Promethe
     labels = planner._kernel_recorded[0].labels
     query = planner.queries("kernel", IDS, recorded=True, fleet=True)[0]
     form = urllib.parse.urlencode({"query": query, "time": str(AT)}).encode()
-    with urllib.request.urlopen(fleet_prometheus.url + "/api/v1/query", form) as resp:
-        body = resp.read()
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(fleet_prometheus.url + "/api/v1/query", form) as resp:
+            return bytes(resp.read())
+
+    body = await asyncio.to_thread(fetch)
     assert len(body) > 4 * 1024 * 1024
     decoder = vector_decoder(labels)
     async with _Ticker() as ticker:
