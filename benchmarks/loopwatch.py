@@ -88,7 +88,7 @@ class LoopWatch:
 
     def __exit__(self, *exc_info: object) -> None:
         if self._original is not None:
-            asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+            asyncio.events.Handle._run = self._original  # type: ignore[method-assign,assignment]
             self._original = None
 
     def summary(self) -> dict[str, Any]:
