@@ -264,3 +264,22 @@ def test_closing_the_parts_early_restores_the_body() -> None:
     assert body != raw
     parts.close()
     assert body == raw
+
+
+def test_sample_values_behave_like_pairs_and_are_not_gc_tracked() -> None:
+    """A vector sample indexes, unpacks, compares and encodes like ``(timestamp, text)``."""
+    import gc
+
+    body = b'{"status":"success","data":{"resultType":"vector","result":[' \
+        b'{"metric":{"a":"1"},"value":[1700000000.5,"12.5"]}]}}'
+    env = vector_decoder().decode(body)
+    assert env.data is not None
+    value = env.data.result[0].value
+    assert value[0] == 1700000000.5 and value[1] == "12.5" and len(value) == 2
+    ts, text = value
+    assert (ts, text) == (1700000000.5, "12.5") and list(value) == [ts, text]
+    assert value == (1700000000.5, "12.5") and value != (1700000000.5, "12")
+    assert value == wire.SampleValue(1700000000.5, "12.5")
+    assert hash(value) == hash((1700000000.5, "12.5"))
+    assert msgspec.json.encode(value) == b'[1700000000.5,"12.5"]'
+    assert not gc.is_tracked(value)  # why it is not a tuple: no collector work per sample
