@@ -30,11 +30,11 @@ from .contenders import CONTENDERS, DESCRIPTIONS, PageResult
 
 __all__ = ["TARGETS", "build", "format_table", "percentile", "summarize", "write_png"]
 
-#: Design targets (reported, never asserted): at a 1,000-kernel page.
+#: Design targets (reported, never asserted): at a 1,000-kernel page (issue 10's bounds).
 TARGETS: Mapping[str, tuple[str, str, float]] = {
     # key: (contender, comparison, bound)
-    "promstat_rec_x_legacy": ("promstat_rec", "<=", 3.0),
-    "promstat_rec_x_upstream": ("promstat_rec", ">=", 10.0),
+    "promstat_rec_x_legacy": ("promstat_rec", "<=", 6.0),
+    "promstat_rec_x_upstream": ("promstat_rec", ">=", 5.0),
     "promstat_warm_x_legacy": ("promstat_warm", "<=", 1.5),
     "promstat_rec_queries": ("promstat_rec", "<=", 4.0),
 }
@@ -107,6 +107,10 @@ def build(
     started: str,
     breakdown: Mapping[str, Any] | None = None,
     seconds: Mapping[str, float],
+    cold_path: Sequence[Mapping[str, Any]] | None = None,
+    polling: Sequence[Mapping[str, Any]] | None = None,
+    backends: Mapping[str, Any] | None = None,
+    rules_cost: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report document (see the module docstring for its shape)."""
     page_doc: dict[str, dict[str, Any]] = {}
@@ -140,7 +144,59 @@ def build(
         "rss": dict(rss) if rss is not None else None,
         "decode": dict(decode) if decode is not None else None,
         "breakdown": dict(breakdown) if breakdown is not None else None,
+        "cold_path": [dict(x) for x in cold_path or ()],
+        "polling": [dict(x) for x in polling or ()],
+        "backends": dict(backends) if backends is not None else None,
+        "rules_cost": [dict(x) for x in rules_cost or ()],
+        "goals": goals(page_doc, cold_path or (), polling or ()),
     }
+
+
+def _goal(name: str, value: float | None, op: str, bound: float) -> dict[str, Any]:
+    met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return {"goal": name, "value": value, "target": f"{op} {bound:g}", "met": met}
+
+
+def goals(
+    page_doc: Mapping[str, Mapping[str, Any]],
+    cold_path: Sequence[Mapping[str, Any]],
+    polling: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Issue 10's targets as measured ratios next to their goals (reported, never asserted)."""
+    out: list[dict[str, Any]] = []
+    for size, bound in (("1000", 6.0), ("5000", 8.0)):
+        rec = page_doc.get(size, {}).get("promstat_rec")
+        if rec is not None:
+            out.append(_goal(f"cold {size}-kernel page x legacy (p50)", rec["x_legacy_p50"],
+                             "<=", bound))
+    rec = page_doc.get("1000", {}).get("promstat_rec")
+    if rec is not None:
+        out.append(_goal("cold 1000-kernel page x faster than upstream (p50)",
+                         rec["x_upstream_p50"], ">=", 5.0))
+    for x in cold_path:
+        gz = "gzip" if x["compress"] else "identity"
+        out.append(_goal(f"client time added / bare HTTP, {x['page']} kernels, {gz}",
+                         x["added_ratio"], "<=", 0.35))
+        out.append(_goal(f"longest loop callback ms, {x['page']} kernels, {gz} (CPU ms)",
+                         x["loop_longest_cpu_ms"], "<=", 20.0))
+    by_key = {(x["contender"], x["clients"], x["period_s"]): x for x in polling}
+    per_interval: dict[float, list[float]] = {}
+    for (contender, clients, period), x in by_key.items():
+        if contender != "promstat":
+            continue
+        legacy = by_key.get(("legacy", clients, period))
+        label = f"{clients} clients every {period:g}s"
+        if legacy is not None:
+            out.append(_goal(f"polling p95 / legacy p95, {label}",
+                             _ratio(x["p95_ms"], legacy["p95_ms"]), "<=", 1.0))
+        out.append(_goal(f"data age p95 in intervals, {label}", x["data_age_p95_intervals"],
+                         "<=", 2.0))
+        per_interval.setdefault(period, []).append(x["queries_per_interval"])
+    for period, values in per_interval.items():
+        if len(values) > 1 and min(values) > 0:
+            out.append(_goal(f"queries/interval most/fewest clients, every {period:g}s",
+                             round(max(values) / min(values), 2), "<=", 1.25))
+    return out
 
 
 def _present(page_doc: Mapping[str, Mapping[str, Any]], name: str) -> bool:
@@ -272,6 +328,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
             f"+ other {b['other_ms']:.1f}"
         )
         lines.append("")
+    lines += _format_issue10(doc)
     decode = doc.get("decode")
     if decode:
         lines.append("decode micro-benchmark (benchmarks/bench_decode.py):")
@@ -279,6 +336,81 @@ def format_table(doc: Mapping[str, Any]) -> str:
             lines.append(f"  {key}: {value}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    cold = doc.get("cold_path") or []
+    if cold:
+        lines.append("cold recorded page vs the bare HTTP of its own queries (median of reps):")
+        h = (f"{'page':>5} {'encoding':<8} {'http ms':>8} {'page ms':>8} {'added':>6} "
+             f"{'client cpu':>10} {'prom cpu':>8} {'prom cpu http':>13} {'loop max':>8} "
+             f"{'loop cpu':>8}")
+        lines += [h, "-" * len(h)]
+        for x in cold:
+            lines.append(
+                f"{x['page']:>5} {'gzip' if x['compress'] else 'identity':<8} "
+                f"{_fmt(x['http_p50_ms'], '8.1f')} {_fmt(x['promstat_p50_ms'], '8.1f')} "
+                f"{_fmt(x['added_ratio'], '6.2f')} {_fmt(x['client_cpu_ms_per_page'], '10.1f')} "
+                f"{_fmt(x['prometheus_cpu_ms_per_page'], '8.0f')} "
+                f"{_fmt(x['prometheus_cpu_ms_bare_http'], '13.0f')} "
+                f"{_fmt(x['loop_longest_ms'], '8.1f')} {_fmt(x['loop_longest_cpu_ms'], '8.1f')}"
+            )
+        lines.append("(added = (page - http) / http; loop = longest single event-loop callback, "
+                     "wall and CPU ms)")
+        lines.append("")
+    polling = doc.get("polling") or []
+    if polling:
+        lines.append("polling: clients poll drifting, overlapping 1,000-kernel pages "
+                     "(same per-request DataLoader for both)")
+        h = (f"{'contender':<9} {'clients':>7} {'every s':>7} {'pages':>6} {'p50 ms':>8} "
+             f"{'p95 ms':>8} {'p99 ms':>8} {'q/interval':>10} {'cpu ms/page':>11} "
+             f"{'prom ms/page':>12} {'age p95':>7}")
+        lines += [h, "-" * len(h)]
+        for x in polling:
+            lines.append(
+                f"{x['contender']:<9} {x['clients']:>7} {x['period_s']:>7g} {x['pages']:>6} "
+                f"{_fmt(x['p50_ms'], '8.1f')} {_fmt(x['p95_ms'], '8.1f')} "
+                f"{_fmt(x['p99_ms'], '8.1f')} {x['queries_per_interval']:>10.1f} "
+                f"{_fmt(x['client_cpu_ms_per_page'], '11.1f')} "
+                f"{_fmt(x['prometheus_cpu_ms_per_page'], '12.1f')} "
+                f"{_fmt(x['data_age_p95_s'], '7.1f')}"
+            )
+        lines.append("")
+    backends = doc.get("backends")
+    if backends:
+        lines.append("backend matrix: cold recorded 1,000-kernel page (median ms)")
+        for name, x in backends.items():
+            if "error" in x:
+                lines.append(f"  {name:<16} error: {str(x['error'])[:160]}")
+            else:
+                lines.append(f"  {name:<16} p50 {_fmt(x.get('p50_ms'), '.1f')} ms, "
+                             f"p95 {_fmt(x.get('p95_ms'), '.1f')} ms, "
+                             f"{x.get('queries')} queries, found {x.get('found')}")
+        lines.append("")
+    for x in doc.get("rules_cost") or []:
+        if "error" in x:
+            lines.append(f"rules cost at {x.get('kernels')} kernels: error {x['error'][:160]}")
+            continue
+        lines.append(
+            f"rules cost at {x['kernels']} kernels (live scrape, {x['seconds']:.0f}s): "
+            f"Prometheus {x['prometheus_cpu_s_per_min']:.1f} CPU-s/min; rule groups "
+            + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in x["group_eval_s"].items())
+            + (f"; pages: promstat {x['promstat_prom_cpu_s_per_min']:.1f}, upstream "
+               f"{x['upstream_prom_cpu_s_per_min']:.1f} CPU-s/min"
+               if "upstream_prom_cpu_s_per_min" in x else "")
+        )
+    if doc.get("rules_cost"):
+        lines.append("")
+    goal_list = doc.get("goals") or []
+    if goal_list:
+        lines.append("issue 10 targets (measured, reported, never asserted):")
+        for g in goal_list:
+            met = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
+            lines.append(f"  {g['goal']:<62} {_fmt(g['value'], '.2f'):>8}  "
+                         f"target {g['target']:<7} {met}")
+        lines.append("")
+    return lines
 
 
 # -------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ from .contenders import (
     promstat_breakdown,
 )
 from .fleet import Fleet, FleetSpec, build_fleet
+from .matrix import backend_matrix, measure_rules_cost
+from .polling import measure_cold_path, polling_matrix
 
 __all__ = ["Settings", "main", "parse_args", "run"]
 
@@ -85,6 +87,12 @@ class Settings:
     decode_series: int = 30_000
     decode_repeats: int = 5
     settle: bool = True
+    cold_reps: int = 7
+    poll_clients: tuple[int, ...] = (10, 50)
+    poll_seconds: float = 10.0
+    backends: bool = True
+    rules_cost: tuple[int, ...] = (5000, 20000)
+    rules_cost_seconds: float = 60.0
     png: bool = True
     out: Path = DEFAULT_OUT
     name: str = "full"
@@ -112,6 +120,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--no-png", action="store_true", help="skip the chart")
     p.add_argument("--no-settle", action="store_true", help="don't wait for TSDB compaction")
     p.add_argument("--decode-series", type=int, help="series in the decode micro-benchmark")
+    p.add_argument("--poll-clients", type=_ints, help="client counts of the polling runs")
+    p.add_argument("--poll-seconds", type=float, help="duration of each polling run")
+    p.add_argument("--no-backends", action="store_true",
+                   help="skip the VictoriaMetrics + vmalert cold page")
+    p.add_argument("--rules-cost", type=_ints,
+                   help="fleet sizes of the live rule-cost runs (0: none; full: 5000,20000)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--name", help="output file stem (default: full, ci or custom)")
     a = p.parse_args(argv)
@@ -120,6 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         s = Settings(
             mode="ci", kernels=1000, agents=10, pages=(50, 1000), reps=3, per_kernel_cap=200,
             load_seconds=5.0, load_hot=500, decode_series=5000, decode_repeats=3, name="ci",
+            cold_reps=3, poll_clients=(10,), poll_seconds=3.0, backends=False, rules_cost=(),
         )  # fmt: skip
     custom = False
     for attr in ("kernels", "agents", "seed", "pages", "reps", "load_seconds", "load_clients"):
@@ -137,6 +152,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         s.contenders = names
     if a.decode_series is not None:
         s.decode_series = a.decode_series
+    if a.poll_clients is not None:
+        s.poll_clients = a.poll_clients
+    if a.poll_seconds is not None:
+        s.poll_seconds = a.poll_seconds
+    if a.no_backends:
+        s.backends = False
+    if a.rules_cost is not None:
+        s.rules_cost = tuple(n for n in a.rules_cost if n > 0)
     s.rss = not a.no_rss
     s.png = not a.no_png
     s.settle = not a.no_settle
@@ -381,6 +404,19 @@ def run(settings: Settings) -> dict[str, Any]:
                     )
                 )
             )
+        cold_sizes: list[int] = [p for p in (1000, 5000) if p in pages] or [pages[-1]]
+        _log(f"cold path vs bare HTTP: pages {cold_sizes}")
+        cold_path = asyncio.run(measure_cold_path(fleet, cold_sizes, reps=settings.cold_reps))
+        polling = asyncio.run(
+            polling_matrix(
+                fleet, clients=settings.poll_clients, seconds=settings.poll_seconds,
+                interval=LOAD_INTERVAL, seed=settings.seed, log=_log,
+            )
+        ) if settings.poll_clients else []
+        backends = None
+        if settings.backends:
+            _log("backend matrix: VictoriaMetrics + vmalert, cold 1,000-kernel page")
+            backends = backend_matrix(fleet, settings, page_results)
         target = 1000 if 1000 in pages else pages[-1]
         _log(f"breakdown: promstat recorded plan, {target}-kernel page")
         breakdown = asyncio.run(
@@ -391,6 +427,12 @@ def run(settings: Settings) -> dict[str, Any]:
             _log(f"rss: each contender on a {pages[-1]}-kernel page in its own process")
             rss = measure_rss(fleet, settings, pages[-1])
         fleet_info = fleet.info
+    rules_cost = []
+    for kernels in settings.rules_cost:
+        _log(f"rules cost: live fleet of {kernels} kernels, {settings.rules_cost_seconds:g}s")
+        rules_cost.append(
+            measure_rules_cost(kernels, seconds=settings.rules_cost_seconds, log=_log)
+        )
     decode = decode_benchmark(settings)
     doc = report.build(
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
@@ -400,6 +442,10 @@ def run(settings: Settings) -> dict[str, Any]:
         rss=rss,
         decode=decode,
         breakdown=breakdown,
+        cold_path=cold_path,
+        polling=polling,
+        backends=backends,
+        rules_cost=rules_cost,
         started=started,
         seconds={"setup": round(setup_s, 1), "total": round(time.perf_counter() - wall0, 1)},
     )

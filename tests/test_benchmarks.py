@@ -95,6 +95,11 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
         decode_series=500,
         decode_repeats=1,
         settle=False,
+        cold_reps=1,
+        poll_clients=(2,),
+        poll_seconds=1.0,
+        backends=False,
+        rules_cost=(),
         out=tmp_path,
         name="smoke",
     )
@@ -150,3 +155,73 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
 
     assert on_disk["decode"] is not None
     assert "error" not in on_disk["decode"]
+
+    # Issue 10: the cold path against its own bare HTTP, polling against legacy, the goals.
+    cold = on_disk["cold_path"]
+    assert [(x["page"], x["compress"]) for x in cold] == [(200, False), (200, True)]
+    for x in cold:
+        assert x["queries"] >= 1 and x["http_p50_ms"] > 0 and x["promstat_p50_ms"] > 0
+        assert x["loop_longest_ms"] > 0 and x["loop_longest_cpu_ms"] >= 0
+        assert x["response_bytes"] > 0 and x["client_cpu_ms_per_page"] >= 0
+    polling = on_disk["polling"]
+    assert [(x["contender"], x["clients"], x["period_s"]) for x in polling] == [
+        ("legacy", 2, 1.0), ("promstat", 2, 1.0), ("legacy", 2, 2.0), ("promstat", 2, 2.0),
+    ]
+    for x in polling:
+        assert x["pages"] > 0 and x["errors"] == 0 and x["missing"] == 0, x
+        assert x["p99_ms"] >= x["p95_ms"] >= x["p50_ms"] > 0
+    assert all(x["queries"] == 0 for x in polling if x["contender"] == "legacy")
+    assert any(x["queries"] > 0 for x in polling if x["contender"] == "promstat")
+    names = [g["goal"] for g in on_disk["goals"]]
+    assert any(n.startswith("client time added / bare HTTP, 200 kernels") for n in names)
+    assert any(n.startswith("polling p95 / legacy p95, 2 clients") for n in names)
+    assert on_disk["backends"] is None and on_disk["rules_cost"] == []
+
+
+def test_data_age_p95_reads_a_histogram_when_metrics_have_one() -> None:
+    """The polling report reads a ``*data_age*buckets`` snapshot field; None without one."""
+    from benchmarks.polling import data_age_p95
+    from promstat.metrics import PromstatMetrics
+
+    assert data_age_p95(PromstatMetrics()) is None
+
+    class Snap:
+        data_age_seconds_buckets = ((1.0, 10), (2.0, 90), (4.0, 99), (math.inf, 100))
+
+    class Metrics:
+        def snapshot(self) -> Snap:
+            return Snap()
+
+    assert data_age_p95(Metrics()) == 4.0  # type: ignore[arg-type]
+
+
+def test_process_cpu_seconds_of_this_process() -> None:
+    """The CPU reader behind the Prometheus-cost figures sees this process' CPU time."""
+    import os
+
+    from benchmarks.polling import process_cpu_seconds
+
+    first = process_cpu_seconds(os.getpid())
+    assert first is not None and first >= 0
+    sum(i * i for i in range(2_000_000))  # burn some CPU
+    second = process_cpu_seconds(os.getpid())
+    assert second is not None and second >= first
+
+
+def test_goals_compare_polling_and_cold_path_with_their_bounds() -> None:
+    """Goals pair each promstat polling run with legacy's and the cold path with 0.35x."""
+    cold = [{"page": 1000, "compress": False, "added_ratio": 0.3, "loop_longest_cpu_ms": 25.0}]
+    polling = [
+        {"contender": "legacy", "clients": 10, "period_s": 1.0, "p95_ms": 20.0},
+        {"contender": "promstat", "clients": 10, "period_s": 1.0, "p95_ms": 10.0,
+         "data_age_p95_intervals": 3.0, "queries_per_interval": 4.0},
+        {"contender": "promstat", "clients": 50, "period_s": 1.0, "p95_ms": 10.0,
+         "data_age_p95_intervals": None, "queries_per_interval": 6.0},
+    ]
+    got = {g["goal"]: (g["value"], g["met"]) for g in report.goals({}, cold, polling)}
+    assert got["client time added / bare HTTP, 1000 kernels, identity"] == (0.3, True)
+    assert got["longest loop callback ms, 1000 kernels, identity (CPU ms)"] == (25.0, False)
+    assert got["polling p95 / legacy p95, 10 clients every 1s"] == (0.5, True)
+    assert got["data age p95 in intervals, 10 clients every 1s"] == (3.0, False)
+    assert got["data age p95 in intervals, 50 clients every 1s"] == (None, None)
+    assert got["queries/interval most/fewest clients, every 1s"] == (1.5, False)

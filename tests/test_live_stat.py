@@ -695,3 +695,17 @@ def test_catalog_kinds_do_not_affect_rendering() -> None:
     rendered = render_kernel({"net_rx": {"current": "1.0005", "rate": "9"}})
     assert rendered is not None
     assert "stats.rate" not in rendered["net_rx"]  # legacy stats_filter for net_* was empty
+
+
+def test_formatting_memos_stay_bounded_and_agree_with_formatting() -> None:
+    """The per-text memos behind rendering never outgrow their limit, nor change a result."""
+    from promstat import live_stat
+
+    limit = live_stat._MEMO_LIMIT
+    for i in range(limit + 10):
+        text = f"{i}.12345"
+        assert live_stat._fmt_decimal(text) == format_decimal(text)
+        assert live_stat._fmt_integral(text) == format_integral(text)
+    assert len(live_stat._DECIMAL_MEMO) <= limit
+    assert len(live_stat._INTEGRAL_MEMO) <= limit
+    assert live_stat._fmt_decimal("1.0005") == "1" == format_decimal("1.0005")

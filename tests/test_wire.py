@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from promstat import wire
 from promstat.wire import (
@@ -183,3 +186,100 @@ def test_decoders_are_cached_per_shape_and_label_type() -> None:
     assert id(vector_decoder(KernelLabels)) != id(vector_decoder())
     assert id(matrix_decoder(KernelLabels)) != id(vector_decoder(KernelLabels))
     assert decoder_for(list[str]) is decoder_for(list[str])
+
+
+# ----------------------------------------------------------------------------- sliced decode
+
+
+def _decode_by_parts(body: bytearray, slice_bytes: int) -> tuple[list[object], object] | None:
+    parts = wire.vector_parts(body, slice_bytes)
+    if parts is None:
+        return None
+    series: list[object] = []
+    env = None
+    for is_envelope, view in parts:
+        if is_envelope:
+            env = wire.vector_decoder().decode(view)
+        else:
+            series += wire.series_decoder().decode(view)
+    assert env is not None
+    return series + list(env.data.result), env  # type: ignore[union-attr]
+
+
+# Label values that look like JSON structure, including the boundary text itself.
+_NASTY = st.sampled_from(['},{"metric":', ',{"metric":{', '"]', "\\", "[", "]", ",", "é", "x"])
+
+
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["metric", "kernel_id", "a"]),
+                        st.lists(_NASTY, max_size=3).map("".join), max_size=3),
+        min_size=0, max_size=60,
+    ),
+    st.integers(1, 400),
+    st.lists(st.text(max_size=5), max_size=2),
+)
+def test_vector_parts_decode_to_the_same_answer(
+    labels: list[dict[str, str]], slice_bytes: int, warnings: list[str]
+) -> None:
+    """Parts decode to exactly the whole answer, whatever the labels; the body is restored."""
+    payload = {
+        "status": "success",
+        "data": {"resultType": "vector",
+                 "result": [{"metric": m, "value": [1.5, str(i)]} for i, m in enumerate(labels)]},
+        "warnings": warnings,
+    }
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    body = bytearray(raw)
+    whole = wire.vector_decoder().decode(raw)
+    got = _decode_by_parts(body, slice_bytes)
+    assert body == raw  # every patched byte is back
+    if got is None:
+        # Nothing to cut: small, or no series starts a whole part after the first one.
+        first = raw.index(b'"result":[') + len(b'"result":[')
+        assert len(raw) <= 2 * slice_bytes or raw.find(b',{"metric":', first + slice_bytes) < 0
+        return
+    series, env = got
+    assert series == whole.data.result  # type: ignore[union-attr]
+    assert env.warnings == whole.warnings  # type: ignore[attr-defined]
+
+
+def test_vector_parts_skips_small_and_foreign_bodies() -> None:
+    """Small bodies and bodies not laid out like Prometheus' JSON are decoded whole."""
+    small = bytearray(b'{"status":"success","data":{"resultType":"vector","result":[]}}')
+    assert wire.vector_parts(small, 1) is None
+    spaced = bytearray(b'{ "status": "success", "data": { "result": [' + b" " * 100 + b"]}}")
+    assert wire.vector_parts(spaced, 10) is None
+
+
+def test_closing_the_parts_early_restores_the_body() -> None:
+    """Abandoning the iteration (a part failed to decode) leaves the body as it was."""
+    rows = ",".join(f'{{"metric":{{"a":"{i}"}},"value":[1,"1"]}}' for i in range(50))
+    raw = f'{{"status":"success","data":{{"resultType":"vector","result":[{rows}]}}}}'.encode()
+    body = bytearray(raw)
+    parts = wire.vector_parts(body, 100)
+    assert parts is not None
+    _, first = next(parts)
+    assert bytes(first).startswith(b"[") and bytes(first).endswith(b"]")
+    assert body != raw
+    parts.close()
+    assert body == raw
+
+
+def test_sample_values_behave_like_pairs_and_are_not_gc_tracked() -> None:
+    """A vector sample indexes, unpacks, compares and encodes like ``(timestamp, text)``."""
+    import gc
+
+    body = b'{"status":"success","data":{"resultType":"vector","result":[' \
+        b'{"metric":{"a":"1"},"value":[1700000000.5,"12.5"]}]}}'
+    env = vector_decoder().decode(body)
+    assert env.data is not None
+    value = env.data.result[0].value
+    assert value[0] == 1700000000.5 and value[1] == "12.5" and len(value) == 2
+    ts, text = value
+    assert (ts, text) == (1700000000.5, "12.5") and list(value) == [ts, text]
+    assert value == (1700000000.5, "12.5") and value != (1700000000.5, "12")
+    assert value == wire.SampleValue(1700000000.5, "12.5")
+    assert hash(value) == hash((1700000000.5, "12.5"))
+    assert msgspec.json.encode(value) == b'[1700000000.5,"12.5"]'
+    assert not gc.is_tracked(value)  # why it is not a tuple: no collector work per sample

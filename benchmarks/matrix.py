@@ -1,0 +1,311 @@
+"""Backend matrix and Prometheus' own cost of the recording rules.
+
+* :func:`backend_matrix` — the cold recorded 1,000-kernel page against VictoriaMetrics with the
+  rules evaluated by vmalert, in the same run as the Prometheus measurements. The fleet's raw
+  history is imported into a fresh VictoriaMetrics, ``vmalert -replay.*`` evaluates the
+  generated rules over the last window before the pinned time (range queries at the rule
+  interval, results remote-written back; chained rules a ``rulesDelay`` apart), and the same
+  page is loaded through ``LiveStats`` at the pinned time.
+* :func:`measure_rules_cost` — a live, scraped fleet (``promstat.sim`` exporters in a child
+  process, Prometheus scraping them every 15 s with the generated rules loaded) of N kernels:
+  Prometheus CPU-seconds per minute, each rule group's evaluation time from ``/api/v1/rules``,
+  and the extra Prometheus CPU of polling a 1,000-kernel page once per interval through
+  promstat (recorded plan) vs through upstream's six queries per 128-id batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from promstat import lab
+from promstat.client import PrometheusClient
+from promstat.metrics import PromstatMetrics
+from promstat.planner import PlannerConfig
+from promstat.rules import write_rules
+from promstat.service import LiveStats
+from promstat.sim import FleetConfig, SimulatedFleet, write_fleet_openmetrics
+
+from .contenders import PageResult, PinnedClient, Upstream
+from .fleet import Fleet
+from .polling import process_cpu_seconds
+
+__all__ = ["backend_matrix", "measure_rules_cost"]
+
+ROOT = Path(__file__).resolve().parent.parent
+Log = Callable[[str], None]
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _summary(results: Sequence[PageResult]) -> dict[str, Any]:
+    times = sorted(r.seconds * 1000 for r in results)
+    return {
+        "p50_ms": round(statistics.median(times), 2),
+        "p95_ms": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 2),
+        "queries": statistics.median(r.queries for r in results),
+        "found": min(r.found for r in results),
+        "reps": len(results),
+    }
+
+
+async def _cold_pages(url: str, at: float, ids: list[str], reps: int) -> list[PageResult]:
+    metrics = PromstatMetrics()
+    client = PrometheusClient(url, observer=metrics)
+    stats = LiveStats(
+        PinnedClient(client, at), PlannerConfig(use_recorded=True, detect_ttl=1e9),
+        cache_ttl=0, metrics=metrics,
+    )
+    out = []
+    try:
+        await stats.planner.detect("kernel")
+        await stats.load_kernels(ids)  # warm-up
+        for _ in range(reps):
+            before = metrics.snapshot()
+            t0 = time.perf_counter()
+            values = await stats.load_kernels(ids)
+            seconds = time.perf_counter() - t0
+            after = metrics.snapshot()
+            found = sum(1 for v in values if isinstance(v, dict))
+            out.append(PageResult(seconds, after.queries - before.queries,
+                                  after.response_bytes - before.response_bytes, found, 0,
+                                  len(ids)))
+    finally:
+        await client.close()
+    return out
+
+
+def backend_matrix(
+    fleet: Fleet, settings: Any, page_results: Mapping[int, Mapping[str, Sequence[PageResult]]]
+) -> dict[str, Any]:
+    """The cold 1,000-kernel recorded page on Prometheus (from this run) and on VM + vmalert."""
+    size = 1000 if 1000 in page_results else max(page_results)
+    out: dict[str, Any] = {}
+    prom = page_results[size].get("promstat_rec")
+    if prom:
+        out["prometheus"] = {"page": size, **_summary(prom)}
+    spec = fleet.spec
+    work = Path(tempfile.mkdtemp(prefix="promstat-bench-vm-"))
+    try:
+        t0 = time.perf_counter()
+        # Raw history from two windows before the pinned time: enough for irate's lookback
+        # and the window statistics of every replayed evaluation.
+        start = spec.at - 2 * spec.window - 4 * spec.step
+        om = write_fleet_openmetrics(spec.sim_config(), work / "fleet.om.txt", start, spec.at,
+                                     spec.step)
+        rules = write_rules(work / "rules", interval=f"{spec.step}s", window=f"{spec.window}s")
+        rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
+        with lab.start_victoria_metrics(openmetrics=om, disable_cache=True,
+                                        import_timeout=900.0) as vm:
+            imported = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            argv = [
+                lab.require_binary("vmalert"),
+                f"-datasource.url={vm.url}",
+                f"-remoteWrite.url={vm.url}",
+                *(f"-rule={p}" for p in rule_files),
+                f"-replay.timeFrom={_rfc3339(spec.at - spec.window - 2 * spec.step)}",
+                f"-replay.timeTo={_rfc3339(spec.at)}",
+                f"-datasource.queryStep={spec.step}s",
+                "-replay.rulesDelay=2s",
+                "-remoteWrite.flushInterval=200ms",
+                "-replay.disableProgressBar",
+                "-httpListenAddr=127.0.0.1:0",
+            ]
+            done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                  timeout=1800)
+            if done.returncode != 0:
+                raise RuntimeError(f"vmalert replay failed: {(done.stdout + done.stderr)[-400:]}")
+            vm.force_flush()
+            replayed = time.perf_counter() - t0
+            ids = fleet.page(size, 0)
+            results = asyncio.run(_cold_pages(vm.url, fleet.at, ids, settings.cold_reps))
+            out["victoriametrics+vmalert"] = {
+                "page": size,
+                **_summary(results),
+                "setup_s": {"import": round(imported, 1), "replay": round(replayed, 1)},
+            }
+    except Exception as exc:  # reported, not fatal: the Prometheus figures stand on their own
+        out["victoriametrics+vmalert"] = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Rule cost on a live, scraped fleet
+
+
+def _rule_groups(url: str) -> dict[str, tuple[float, str]]:
+    with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=30) as resp:
+        doc = json.load(resp)
+    return {
+        g["name"]: (float(g.get("evaluationTime", 0.0)), str(g.get("lastEvaluation", "")))
+        for g in doc["data"]["groups"]
+    }
+
+
+async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: float,
+                      interval: float) -> int:
+    """Load the page once per interval for ``seconds`` (live data: evaluated at now)."""
+    pages = 0
+    if upstream:
+        up = Upstream(url, at=0.0)
+        await up.start()
+        up.at = time.time()
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                up.at = time.time()
+                await up.load(ids)
+                pages += 1
+                await asyncio.sleep(max(0.0, interval - 0.0))
+        finally:
+            await up.close()
+        return pages
+    client = PrometheusClient(url)
+    stats = LiveStats(client, PlannerConfig(use_recorded=True, interval=f"{interval:g}s"),
+                      cache_ttl=0)
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await stats.load_kernels(ids)
+            pages += 1
+            await asyncio.sleep(interval)
+    finally:
+        await client.close()
+    return pages
+
+
+def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float) -> None:
+    """Child process: serve a simulated fleet's exporters until killed or ``seconds`` pass."""
+
+    async def serve() -> None:
+        fleet = SimulatedFleet(FleetConfig(agents=agents,
+                                           kernels_per_agent=-(-kernels // agents), seed=7))
+        await fleet.start()
+        port_file.write_text(json.dumps(fleet.targets))  # noqa: ASYNC240 - once, tiny
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await fleet.stop()
+
+    asyncio.run(serve())
+
+
+def measure_rules_cost(
+    kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
+    page: int = 1000,
+) -> dict[str, Any]:
+    """Prometheus CPU and rule evaluation time on a live fleet of ``kernels`` kernels.
+
+    Returns:
+        ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), ``group_eval_s``
+        (mean evaluation time per rule group over the measurement), and the extra Prometheus
+        CPU-s per minute of polling a ``page``-kernel page once per interval through promstat
+        and through upstream's queries.
+    """
+    agents = max(1, kernels // 100)
+    work = Path(tempfile.mkdtemp(prefix="promstat-bench-rules-"))
+    child: subprocess.Popen[str] | None = None
+    try:
+        targets_file = work / "targets.json"
+        total = 60 + 4 * interval + seconds * 3 + 120
+        child = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; from benchmarks.matrix import _live_fleet_main as m; "
+             f"m({kernels}, {agents}, __import__('pathlib').Path(sys.argv[1]), {total})",
+             str(targets_file)],
+            cwd=ROOT, text=True,
+        )
+        limit = time.monotonic() + 120
+        while not targets_file.exists():
+            if child.poll() is not None or time.monotonic() > limit:
+                raise RuntimeError("the simulated fleet did not start")
+            time.sleep(0.5)
+        targets = json.loads(targets_file.read_text())
+        rules = write_rules(work / "rules", interval=f"{interval:g}s", window="5m",
+                            lookback="5m")
+        rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
+        with lab.start_prometheus(scrape_targets=targets, scrape_interval=f"{interval:g}s",
+                                  evaluation_interval=f"{interval:g}s",
+                                  rule_files=rule_files) as prom:
+            log(f"rules cost: {kernels} kernels scraped; warming up {4 * interval:g}s")
+            time.sleep(4 * interval)
+
+            def cpu_per_min(during: Callable[[], Any]) -> tuple[float, Any]:
+                c0, t0 = process_cpu_seconds(prom.pid) or 0.0, time.monotonic()
+                result = during()
+                c1, t1 = process_cpu_seconds(prom.pid) or 0.0, time.monotonic()
+                return (c1 - c0) / (t1 - t0) * 60.0, result
+
+            samples: dict[str, list[float]] = {}
+
+            def idle() -> None:
+                end = time.monotonic() + seconds
+                seen: dict[str, str] = {}
+                while time.monotonic() < end:
+                    for name, (took, last) in _rule_groups(prom.url).items():
+                        if seen.get(name) != last:
+                            seen[name] = last
+                            samples.setdefault(name, []).append(took)
+                    time.sleep(interval / 3)
+
+            base, _ = cpu_per_min(idle)
+            ids = _live_ids(prom.url, page)
+            promstat_cpu, n1 = cpu_per_min(lambda: asyncio.run(
+                _poll_pages(prom.url, ids, upstream=False, seconds=seconds, interval=interval)))
+            upstream_cpu, n2 = cpu_per_min(lambda: asyncio.run(
+                _poll_pages(prom.url, ids, upstream=True, seconds=seconds, interval=interval)))
+            series = prom.query("count({__name__=~\".+\"})")
+        return {
+            "kernels": kernels,
+            "agents": agents,
+            "interval_s": interval,
+            "seconds": seconds,
+            "series": int(float(series[0]["value"][1])) if series else None,
+            "prometheus_cpu_s_per_min": round(base, 2),
+            "group_eval_s": {k: round(statistics.mean(v), 4) for k, v in samples.items()},
+            "group_eval_share_of_interval": {
+                k: round(statistics.mean(v) / interval, 4) for k, v in samples.items()
+            },
+            "page": len(ids),
+            "promstat_prom_cpu_s_per_min": round(promstat_cpu - base, 2),
+            "upstream_prom_cpu_s_per_min": round(upstream_cpu - base, 2),
+            "pages": {"promstat": n1, "upstream": n2},
+        }
+    except Exception as exc:  # reported, not fatal
+        return {"kernels": kernels, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if child is not None:
+            child.terminate()
+            with contextlib.suppress(Exception):
+                child.wait(timeout=30)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _live_ids(url: str, n: int) -> list[str]:
+    query = 'count by (kernel_id) (kernel_metric:backendai_container_utilization:live_stat' \
+            '{stat="current"})'
+    data = urllib.parse.urlencode({"query": query}).encode()
+    with urllib.request.urlopen(f"{url}/api/v1/query", data, timeout=60) as resp:
+        rows = json.load(resp)["data"]["result"]
+    return sorted(r["metric"]["kernel_id"] for r in rows)[:n]
