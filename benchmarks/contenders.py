@@ -536,6 +536,9 @@ class PromstatCold:
             PlannerConfig(use_recorded=recorded, detect_ttl=1e9),
             cache_ttl=cache_ttl,
             metrics=self.metrics,
+            # Interleaved contenders: a background refresh would run during the others'
+            # timings. The polling and load runs measure refresh-ahead instead.
+            refresh_ahead=False,
         )
 
     async def start(self) -> None:
@@ -563,7 +566,8 @@ class PromstatCold:
         )
 
     async def close(self) -> None:
-        """Close the client."""
+        """Close LiveStats, then the client it borrows."""
+        await self.stats.aclose()
         await self.client.close()
 
 

@@ -185,28 +185,16 @@ async def measure_cold_path(
 
 
 def data_age_p95(metrics: PromstatMetrics) -> float | None:
-    """p95 of promstat's data-age histogram in seconds, when ``PromstatMetrics`` has one.
+    """p95 of promstat's data-age histogram in seconds (``None`` before any value was served).
 
-    The refresh-ahead work adds the histogram; until then this returns ``None``. Any snapshot
-    field named ``*data_age*buckets`` with cumulative ``(upper bound, count)`` pairs is read;
-    the p95 is the upper bound of the bucket holding it (a conservative estimate).
+    Every value LiveStats hands out is observed with its age (now minus the evaluation time of
+    the query that produced it), cold answers and refresh-ahead answers alike; the quantile is
+    interpolated inside its bucket, as Prometheus' ``histogram_quantile`` does.
     """
-    snap = metrics.snapshot()
-    for name in dir(snap):
-        if "data_age" not in name or not name.endswith("buckets"):
-            continue
-        buckets = getattr(snap, name)
-        try:
-            pairs = [(float(b), int(c)) for b, c in buckets]
-        except (TypeError, ValueError):
-            continue
-        if not pairs or pairs[-1][1] <= 0:
-            return None
-        goal = 0.95 * pairs[-1][1]
-        for bound, count in pairs:
-            if count >= goal:
-                return bound
-    return None
+    age = metrics.snapshot().data_age
+    if age is None or age.count == 0:
+        return None
+    return age.quantile(0.95)
 
 
 class _Legacy:

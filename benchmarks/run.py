@@ -285,6 +285,7 @@ async def run_load(
         elapsed = loop.time() - started
         after = metrics.snapshot()
     finally:
+        await stats.aclose()  # stops refresh-ahead before its client closes
         await client.close()
     queries = after.queries - before.queries
     intervals = max(1.0, elapsed / ttl)

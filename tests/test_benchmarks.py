@@ -178,21 +178,19 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
     assert on_disk["backends"] is None and on_disk["rules_cost"] == []
 
 
-def test_data_age_p95_reads_a_histogram_when_metrics_have_one() -> None:
-    """The polling report reads a ``*data_age*buckets`` snapshot field; None without one."""
+def test_data_age_p95_reads_the_data_age_histogram() -> None:
+    """The polling report's data-age p95 comes from PromstatMetrics.data_age; None when empty."""
     from benchmarks.polling import data_age_p95
     from promstat.metrics import PromstatMetrics
 
-    assert data_age_p95(PromstatMetrics()) is None
-
-    class Snap:
-        data_age_seconds_buckets = ((1.0, 10), (2.0, 90), (4.0, 99), (math.inf, 100))
-
-    class Metrics:
-        def snapshot(self) -> Snap:
-            return Snap()
-
-    assert data_age_p95(Metrics()) == 4.0  # type: ignore[arg-type]
+    metrics = PromstatMetrics()
+    assert data_age_p95(metrics) is None
+    metrics.data_age.observe(0.5, 90)
+    metrics.data_age.observe(50.0, 10)
+    p95 = data_age_p95(metrics)
+    # 95% of 100 observations lies inside the bucket holding the ten old values
+    assert p95 is not None and 0.5 < p95 <= 60.0
+    assert p95 == metrics.snapshot().data_age.quantile(0.95)  # type: ignore[union-attr]
 
 
 def test_process_cpu_seconds_of_this_process() -> None:
