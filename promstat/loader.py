@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, TypeVar
@@ -270,6 +270,27 @@ class FetchResult(Generic[K, V]):
     uncacheable: set[K] = field(default_factory=set)
 
 
+@dataclass(slots=True, eq=False)
+class _Flight(Generic[K, V]):
+    """One fetch shared by every caller waiting on any of its keys.
+
+    One future per fetch, not per key: a 5,000-kernel page used to create, resolve and
+    wait on 5,000 futures (tens of milliseconds on the event loop, and garbage for the
+    collector). ``done`` only ever gets ``None`` as its result, so no exception can be left
+    unretrieved on it; answers are read from ``values`` or ``error``.
+    """
+
+    done: asyncio.Future[None]
+    values: Mapping[K, V | PromstatError | None] = field(default_factory=dict)
+    error: BaseException | None = None
+
+    def answer(self, key: K) -> V | BaseException | None:
+        """The key's value, ``None`` or error; a cancelled flight answers ClosedError."""
+        if self.error is not None:
+            return self.error
+        return self.values.get(key)
+
+
 class SharedLoader(Generic[K, V]):
     """Cross-request single-flight + short-TTL cache in front of a fetch function.
 
@@ -303,7 +324,7 @@ class SharedLoader(Generic[K, V]):
         # Write order, not use order: every entry lives `ttl`, so the expired ones are always
         # at the front and a purge stops at the first fresh one.
         self._cache: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
-        self._inflight: dict[K, asyncio.Future[V | None]] = {}
+        self._inflight: dict[K, _Flight[K, V]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -358,46 +379,43 @@ class SharedLoader(Generic[K, V]):
         if self._cache:
             self._purge(now)
         answers: dict[K, V | None] = {}
-        waiting: dict[K, asyncio.Future[V | None]] = {}
+        waiting: dict[K, _Flight[K, V]] = {}
         missing: list[K] = []
         hits = 0
+        cache, inflight, ttl = self._cache, self._inflight, self.ttl
         for key in dict.fromkeys(keys):
-            entry = self._cache.get(key)
-            if entry is not None and now - entry[0] < self.ttl:
+            entry = cache.get(key)
+            if entry is not None and now - entry[0] < ttl:
                 answers[key] = entry[1]
                 hits += 1
                 continue
-            fut = self._inflight.get(key)
-            if fut is not None:
-                waiting[key] = fut
+            flight = inflight.get(key)
+            if flight is not None:
+                waiting[key] = flight
             else:
                 missing.append(key)
         self.metrics.on_cache(hits=hits, misses=len(missing))
         if missing:
             loop = asyncio.get_running_loop()
-            futs = {key: loop.create_future() for key in missing}
-            self._inflight.update(futs)
-            task = loop.create_task(self._run(missing, futs))
+            flight = _Flight(loop.create_future())
+            new = dict.fromkeys(missing, flight)
+            inflight.update(new)
+            waiting.update(new)
+            task = loop.create_task(self._run(missing, flight))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            waiting.update(futs)
-        out: list[V | BaseException | None] = []
         if waiting:
             # asyncio.wait never cancels what it waits for, so a caller that goes away leaves
-            # the shared fetch running for the others, and it wraps nothing: the shield futures
-            # this used to wait on kept every failed key's exception unread when their caller
-            # had gone, and asyncio logged each one ("Future exception was never retrieved").
-            await asyncio.wait(set(waiting.values()))
+            # the shared fetch running for the others; the flights' futures never hold an
+            # exception, so nothing is ever left unretrieved ("Future exception was never
+            # retrieved" floods during an outage came from per-key shield futures).
+            await asyncio.wait({f.done for f in set(waiting.values())})
+        out: list[V | BaseException | None] = []
         for key in keys:
             if key in answers:
                 out.append(answers[key])
-                continue
-            fut = waiting[key]
-            if fut.cancelled():
-                out.append(ClosedError(what=self.name))
-                continue
-            exc = fut.exception()
-            out.append(exc if exc is not None else fut.result())
+            else:
+                out.append(waiting[key].answer(key))
         return out
 
     async def aclose(self) -> None:
@@ -412,46 +430,50 @@ class SharedLoader(Generic[K, V]):
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         # A task cancelled before its first step never ran its handler: answer its keys here.
-        self._fail_all(self._inflight, ClosedError(what=self.name))
+        closed = ClosedError(what=self.name)
+        for flight in {id(f): f for f in self._inflight.values()}.values():
+            if not flight.done.done():
+                flight.error = closed
+                flight.done.set_result(None)
         self._inflight.clear()
         self._cache.clear()
 
-    def _fail_all(self, futs: dict[K, asyncio.Future[V | None]], err: Exception) -> None:
-        for key, fut in futs.items():
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
-            if not fut.done():
-                fut.set_exception(err)
-                fut.exception()  # mark retrieved: callers may all have gone
+    def _land(self, keys: list[K], flight: _Flight[K, V]) -> None:
+        """Take ``flight``'s keys off the in-flight map and wake its waiters."""
+        inflight = self._inflight
+        for key in keys:
+            if inflight.get(key) is flight:
+                del inflight[key]
+        if not flight.done.done():
+            flight.done.set_result(None)
 
-    async def _run(self, keys: list[K], futs: dict[K, asyncio.Future[V | None]]) -> None:
+    async def _run(self, keys: list[K], flight: _Flight[K, V]) -> None:
         try:
             result = await self._fetch(keys)
         except BaseException as exc:  # the whole fetch failed: every key gets the error
             if isinstance(exc, Exception):
-                err: Exception = exc
+                flight.error = exc
             elif self._closed:
-                err = ClosedError(what=self.name)
+                flight.error = ClosedError(what=self.name)
             else:
-                err = PromstatError(f"fetch aborted: {exc!r}")
-            self._fail_all(futs, err)
+                flight.error = PromstatError(f"fetch aborted: {exc!r}")
+            self._land(keys, flight)
             if not isinstance(exc, Exception):
                 raise
             return
+        values = result.values
+        flight.values = values
+        self._land(keys, flight)
+        if self.ttl <= 0:
+            return
         stamp = self._clock()
-        cache = self._cache
-        for key, fut in futs.items():
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
-            value = result.values.get(key)
-            if isinstance(value, BaseException):
-                fut.set_exception(value)
-                fut.exception()
-                continue
-            fut.set_result(value)
-            if self.ttl > 0 and key not in result.uncacheable:
-                cache[key] = (stamp, value)
-                cache.move_to_end(key)
+        cache, uncacheable = self._cache, result.uncacheable
+        for key in keys:
+            value = values.get(key)
+            if isinstance(value, BaseException) or key in uncacheable:
+                continue  # errors and partial answers are never cached
+            cache[key] = (stamp, value)
+            cache.move_to_end(key)
         self._purge(stamp)
         while len(cache) > self.max_entries:
             cache.popitem(last=False)
