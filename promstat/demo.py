@@ -2,9 +2,13 @@
 
 It starts, all on 127.0.0.1 and all torn down on exit:
 
-1. a :class:`~promstat.sim.SimulatedFleet` (one exporter per agent),
+1. a :class:`~promstat.sim.SimulatedFleet` (one exporter per agent) whose agents measure on
+   their own timer, every ``--measure-interval`` (default twice the scrape interval, as
+   Backend.AI agents measure every 30 s and Prometheus scrapes every 15-20 s; each agent's
+   ticks have their own phase, not aligned with the scrapes),
 2. a real Prometheus (:func:`promstat.lab.start_prometheus`) scraping it every ``--interval``
-   with promstat's generated recording rules loaded (same interval),
+   with promstat's generated recording rules loaded (same interval; their ``collect_interval``
+   and the planner's are the measurement interval),
 3. the GraphQL service (:func:`promstat.graphql_app.make_app`) over a
    :class:`~promstat.service.LiveStats` and the fleet's kernel rows,
 
@@ -14,6 +18,11 @@ CPU %, memory used/limit, network rx/tx rates, GPU utilisation, how long the pag
 how many Prometheus queries it cost (:class:`~promstat.metrics.PromstatMetrics` deltas), and
 which plan answered (``raw`` until the recording rules have produced data, then
 ``recorded``: the planner re-detects every interval in the demo).
+
+Prometheus stores each measurement about twice, as in production; the exporter's
+``value_type="rate"`` series carries the rate between an agent's last two measurements, so a
+steady kernel shows the same CPU and network rates on every page (``0`` only until its second
+measurement, as legacy showed a kernel's first ``live_stat``).
 
 Kernels come and go (``--lifetime``: mean seconds a kernel runs; a slot starts its next kernel
 at once). Below the live page the view lists the most recently terminated kernels with their
@@ -75,6 +84,8 @@ class DemoOptions:
         agents: simulated agents.
         kernels_per_agent: kernels per agent.
         interval: scrape and rule evaluation interval (a Prometheus duration).
+        measure_interval: how often the simulated agents measure (a Prometheus duration);
+            ``None``: twice ``interval`` (Backend.AI: measure 30 s, scrape 15-20 s).
         page_size: kernels per GraphQL page.
         port: GraphQL port (0: any free port).
         stack: ``graphene`` or ``strawberry``.
@@ -89,6 +100,7 @@ class DemoOptions:
     agents: int = 20
     kernels_per_agent: int = 50
     interval: str = "2s"
+    measure_interval: str | None = None
     page_size: int = 200
     port: int = 0
     stack: str = "graphene"
@@ -254,6 +266,26 @@ def _durations(interval: str) -> tuple[float, str, str]:
     return seconds, window, window
 
 
+def _measure_interval(options: DemoOptions, interval_s: float) -> tuple[float, str]:
+    """The agents' measurement interval in seconds and as a Prometheus duration.
+
+    Default: twice the scrape interval, Backend.AI's ratio (measure 30 s, scrape 15-20 s), so
+    Prometheus stores each measurement about twice and the rates must not alias.
+    """
+    from .promql import duration, parse_duration
+
+    if options.measure_interval is None:
+        seconds = 2 * interval_s
+        return seconds, duration(seconds)
+    try:
+        seconds = parse_duration(options.measure_interval)
+    except ConfigError as exc:
+        raise ConfigError(f"--measure-interval: {exc}") from exc
+    if not seconds > 0:
+        raise ConfigError(f"--measure-interval must be > 0, not {options.measure_interval!r}")
+    return seconds, options.measure_interval
+
+
 async def _count(client: Any, query: str) -> int:
     try:
         res = await client.query_vector(query)
@@ -394,6 +426,7 @@ async def run_demo(
     out = out or sys.stdout
     tty = out.isatty()
     interval_s, window, lookback = _durations(options.interval)
+    measure_s, collect_interval = _measure_interval(options, interval_s)
     refresh = options.refresh if options.refresh is not None else max(3.0, interval_s)
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -422,12 +455,19 @@ async def run_demo(
             kernels_per_agent=options.kernels_per_agent,
             seed=options.seed,
             churn=churn,
+            measure_interval=measure_s,
         )
     )
     runner: web.AppRunner | None = None
     try:
         rule_dir = tmp / "rules"
-        written = write_rules(rule_dir, interval=options.interval, window=window, lookback=lookback)
+        written = write_rules(
+            rule_dir,
+            interval=options.interval,
+            window=window,
+            lookback=lookback,
+            collect_interval=collect_interval,
+        )
         rule_files = [p for p in written if p.parent == rule_dir and p.name.endswith(".rules.yml")]
         # alerting rules with durations of a few intervals, so a short demo shows them fire
         rule_files += write_alerts(rule_dir / "alerts", settings=demo_settings(options.interval))
@@ -444,7 +484,11 @@ async def run_demo(
         )
         metrics = PromstatMetrics()
         config = PlannerConfig(
-            interval=options.interval, lookback=lookback, window=window, detect_ttl=interval_s
+            interval=options.interval,
+            lookback=lookback,
+            window=window,
+            collect_interval=collect_interval,
+            detect_ttl=interval_s,
         )
         async with PrometheusClient(prom.url, observer=metrics) as client:
             stats = LiveStats(client, config, metrics=metrics)
@@ -457,7 +501,8 @@ async def run_demo(
             graphql_url = f"http://{host}:{port}/graphql"
             header = [
                 f"promstat demo: {options.agents} agents x {options.kernels_per_agent} kernels, "
-                f"scrape + rules every {options.interval}, {options.stack} schema",
+                f"scrape + rules every {options.interval}, agents measure every "
+                f"{collect_interval}, {options.stack} schema",
                 f"  GraphQL:    {graphql_url}   (GET http://{host}:{port}/ for help)",
                 f"  Prometheus: {prom.url}   (data: {prom.data_dir})",
                 f"  exporters:  http://{fleet.targets[0]}/metrics ... ({len(fleet.targets)})"
@@ -547,6 +592,7 @@ def _options(args: argparse.Namespace) -> DemoOptions:
         agents=args.agents,
         kernels_per_agent=args.kernels_per_agent,
         interval=args.interval,
+        measure_interval=args.measure_interval,
         page_size=args.page_size,
         port=args.port,
         stack=args.stack,
@@ -577,6 +623,18 @@ def _lifetime(text: str) -> float:
     return value
 
 
+def _positive_duration(text: str) -> str:
+    from .promql import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return text
+
+
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
@@ -586,6 +644,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kernels-per-agent", type=_positive_int, default=50, help="kernels per agent (50)"
     )
     parser.add_argument("--interval", default="2s", help="scrape and rule interval (2s)")
+    parser.add_argument(
+        "--measure-interval",
+        type=_positive_duration,
+        default=None,
+        help="how often the simulated agents measure (default: twice --interval, "
+        "as Backend.AI's 30 s measurements vs 15-20 s scrapes)",
+    )
     parser.add_argument(
         "--page-size", type=_positive_int, default=200, help="kernels per page (200)"
     )

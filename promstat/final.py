@@ -7,10 +7,13 @@ time* instead — for any age the TSDB still covers, and forever once cached.
 
 What "final" means. The agent's exporter keeps a terminated kernel's series for a detention
 (600 s upstream) with their values frozen, and the recording rules keep evaluating them, so
-anything evaluated *after* the termination sees repeated counters (rates drop to 0, window
-statistics dilute). The final stats are therefore the answer the live path would have given an
-instant before the termination: every kernel is evaluated at ``terminated_at - offset`` (default
-1 ms, Prometheus' timestamp resolution), so nothing stamped at or after the termination enters,
+anything evaluated *after* the termination sees repeated counters: where the agent publishes
+its own ``value_type="rate"`` series (promstat's exporter) the rate stays at its last value,
+but a plain exporter's raw counters give ``rate()`` a window that fills with frozen samples
+(the rate dilutes, then reads 0), and window statistics drift toward the frozen values either
+way. The final stats are therefore the answer the live path would have given an instant before
+the termination: every kernel is evaluated at ``terminated_at - offset`` (default 1 ms,
+Prometheus' timestamp resolution), so nothing stamped at or after the termination enters,
 while the kernel's last live sample — at most one scrape interval older — is well inside the
 lookback. A kernel that had stopped reporting for longer than the lookback before its recorded
 termination (its agent died first) gets, on the recorded plan, its last recorded stats within

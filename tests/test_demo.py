@@ -23,6 +23,7 @@ import pytest
 import promstat
 from promstat import lab
 from promstat.demo import DemoOptions, PageView, format_bytes, render_view, run_demo
+from promstat.demo import main as demo_main
 
 REPO = Path(promstat.__file__).resolve().parents[1]
 SMALL = ["--agents", "2", "--kernels-per-agent", "5", "--interval", "1s"]
@@ -32,6 +33,55 @@ ROW = re.compile(
 )
 #: A terminated kernel's row: the same cells plus its termination time.
 ENDED = re.compile(ROW.pattern[:-1] + r"\s+(?P<ended>\d\d:\d\d:\d\d)$")
+
+
+#: Multipliers of format_bytes' units, to read the view's rates back as numbers.
+_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def _rate(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(\w*)/s", text)
+    assert match, text
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _live_pages(output: str) -> list[dict[str, re.Match[str]]]:
+    """Each refresh's live kernel rows (not the terminated ones), by short kernel id."""
+    pages: list[dict[str, re.Match[str]]] = []
+    live = False
+    for line in output.splitlines():
+        if re.match(r"^\[\d+\] ", line):
+            pages.append({})
+            live = True
+        elif line.startswith("recently terminated"):
+            live = False
+        elif live and (m := ROW.match(line)):
+            pages[-1][m["kernel"]] = m
+    return pages
+
+
+def _assert_steady(pages: list[dict[str, re.Match[str]]]) -> int:
+    """Every kernel's CPU and network rates are steady across the pages it appears on: ``0``
+    only before its second measurement (a prefix), then non-zero and unchanged (network
+    within 1%: byte counters are whole bytes), never alternating; from its third page on
+    (two refreshes later: several measurement intervals) it is non-zero.
+
+    Returns how many kernels showed the same non-zero rates on at least two pages.
+    """
+    steady = 0
+    for kernel in {k for page in pages for k in page}:
+        seen = [page[kernel] for page in pages if kernel in page]
+        lines = [m.group(0) for m in seen]
+        shown = [m for m in seen if float(m["cpu"]) > 0]
+        assert seen[len(seen) - len(shown) :] == shown, lines
+        assert all(float(m["cpu"]) > 0 for m in seen[2:]), lines
+        for m in shown:
+            assert m["cpu"] == shown[0]["cpu"], lines
+            for col in ("rx", "tx"):
+                first = _rate(shown[0][col])
+                assert first > 0 and _rate(m[col]) == pytest.approx(first, rel=0.01), lines
+        steady += len(shown) >= 2
+    return steady
 
 
 def _env() -> dict[str, str]:
@@ -101,15 +151,23 @@ def _read_until(proc: subprocess.Popen[str], marker: str, *, limit: float = 180.
 
 @pytest.mark.slow
 def test_demo_runs_for_its_duration_and_cleans_up() -> None:
-    """--duration 15 shows kernel rows with real numbers, a recorded plan, terminated kernels
-    with their final stats (non-zero rates: taken before the termination), and exits 0 clean."""
-    proc = _start("--duration", "15", "--lifetime", "12")
+    """--duration 18 shows kernel rows with real numbers, a recorded plan, terminated kernels
+    with their final stats (non-zero rates: taken before the termination), and exits 0 clean.
+
+    The agents measure every 2 s (twice the 1 s scrape interval, on their own timer), so
+    Prometheus stores each measurement twice: steady kernels must still show the same
+    non-zero CPU and network rates on consecutive pages (not 0, not alternating)."""
+    proc = _start("--duration", "18", "--lifetime", "12")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err + out
+    assert "agents measure every 2s" in out
     rows = [m for line in out.splitlines() if (m := ROW.match(line))]
     assert rows, out
     assert any(float(m["cpu"]) > 0 for m in rows), out
     assert any(m["rx"] != "0/s" for m in rows), out
+    pages = _live_pages(out)
+    assert len(pages) >= 2, out
+    assert _assert_steady(pages) >= 3, out
     summaries = [line for line in out.splitlines() if re.match(r"^\[\d+\] ", line)]
     assert summaries, out
     assert all("page of 10/10 kernels" in s and "Prometheus quer" in s for s in summaries)
@@ -152,15 +210,29 @@ async def test_demo_in_process_terminal_view() -> None:
             return super().write(text)
 
     out = Terminal()
-    options = DemoOptions(agents=1, kernels_per_agent=6, interval="1s", rows=2, refresh=0.5)
+    options = DemoOptions(
+        agents=1, kernels_per_agent=6, interval="1s", measure_interval="3s", rows=2, refresh=0.5
+    )
     # Session-scoped servers of other tests may be running; the demo must add none.
     already = {id(p) for p in lab.running_processes()}
     assert await run_demo(options, out, stop=stop) == 0
     text = out.getvalue()
     assert "\x1b[H\x1b[2J" in text
     assert "... 4 more kernels on this page" in text
+    assert "scrape + rules every 1s, agents measure every 3s" in text
     assert [p for p in lab.running_processes() if id(p) not in already] == []
     assert not _temp_dir(text).exists()
+
+
+@pytest.mark.parametrize("bad", ["0s", "soon", "-1s"])
+def test_measure_interval_must_be_a_positive_duration(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--measure-interval`` is checked by the parser: usage error (exit 2) naming it."""
+    with pytest.raises(SystemExit) as exc:
+        demo_main(["--measure-interval", bad])
+    assert exc.value.code == 2
+    assert "--measure-interval" in capsys.readouterr().err
 
 
 async def test_missing_prometheus_prints_the_install_hint(

@@ -3,9 +3,12 @@
 The data: a churning simulated fleet backfilled every 15 s for an hour (raw series: kernels
 start, terminate at integer times off the scrape grid, stay frozen for the detention, vanish),
 plus a hand-written recorded ``live_stat`` family for kernels ``rec-NNN`` whose ``cpu_util``
-rate drops to 0 and whose ``mem`` freezes after their termination, as the rules would record
-over detained series. The reference for "final" is the live planner evaluated an instant
-before the termination.
+rate drops to 0 and whose ``mem`` freezes after their termination, as the rules record over a
+plain exporter's detained series (raw counters only). The reference for "final" is the live
+planner evaluated an instant before the termination. The fleet publishes the agent-computed
+``value_type="rate"`` series (stair-step counters: agents measure every 30 s, on their own
+timer); a second, smaller history from a plain exporter (raw counters only) checks the
+``rate()`` fallback, where evaluating after the termination would read diluted rates.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from promstat.exporter import ExporterServer, UtilizationExporter
 from promstat.final import DEFAULT_OFFSET, FinalStats
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
+from promstat.promql import parse_duration
 from promstat.rules import write_rules
 from promstat.service import LiveStats
 from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
@@ -164,7 +168,8 @@ async def test_raw_final_stats_equal_the_live_stats_just_before_termination(
     terminated: dict[str, float],
 ) -> None:
     """Every terminated kernel's final stats are what the live path answered an instant
-    before its end: exact counter rates (not the 0 of frozen series) and the last gauges."""
+    before its end: exact counter rates (the agent's, between its last two measurements) and
+    the last gauges."""
     c, metrics = client
     stats = _stats(c, metrics, recorded=False)
     assert len(terminated) >= 10
@@ -179,9 +184,59 @@ async def test_raw_final_stats_equal_the_live_stats_just_before_termination(
         last = math.floor((end - T0) / STEP) * STEP + T0
         last = last - STEP if last == end else last
         assert float(payload["mem"]["current"]) == model.sample(kernel_id, "mem", last)[0]
-        # after the termination the frozen counters rate 0: "final" is not "later"
+        # During the detention the exporter serves the kernel's series frozen, its
+        # agent-computed rate series included: later evaluations keep the last measured rate
+        # (as legacy's Valkey key kept the last live_stat), never 0 nor a re-computed one.
         after = await stats.load_kernels([kernel_id], at=end + 2 * STEP)
-        assert after[0] is not None and after[0]["cpu_util"]["current"] == "0"
+        assert after[0] is not None
+        assert after[0]["cpu_util"]["current"] == payload["cpu_util"]["current"]
+
+
+#: The same churn from a plain exporter: raw counters only, no agent-computed rate series.
+PLAIN = dataclasses.replace(CONFIG, agents=1, kernels_per_agent=8, seed=12, publish_rates=False)
+PLAIN_END = T0 + 1800
+
+
+@pytest.fixture(scope="module")
+def plain_prom() -> Iterator[lab.PrometheusProcess]:
+    """A real Prometheus holding half an hour of the plain exporter's history."""
+    with lab.start_prometheus(openmetrics=fleet_openmetrics(PLAIN, T0, PLAIN_END, STEP)) as proc:
+        yield proc
+
+
+async def test_plain_exporter_final_stats_are_the_rates_before_the_termination(
+    plain_prom: lab.PrometheusProcess,
+) -> None:
+    """Raw counters only (the ``rate()`` fallback over stair steps): the final stats equal the
+    live path an instant before the end, within the documented rate bound of the true rate;
+    evaluated later, the frozen counters would read 0 — "final" is not "later"."""
+    model = SimulatedFleet(PLAIN, clock=lambda: float(PLAIN_END))
+    window = parse_duration(PlannerConfig().expressions.rate_window)
+    ends: dict[str, float] = {}
+    for t in range(T0, PLAIN_END, STEP):
+        for k in model.kernel_ids(t):
+            kernel = model.kernel(k)
+            if (
+                kernel.end is not None
+                and kernel.end - max(T0, kernel.start) > window + STEP
+                and kernel.end + window + 2 * STEP <= PLAIN_END
+            ):
+                ends[k] = float(kernel.end)
+    assert len(ends) >= 3
+    metrics = PromstatMetrics()
+    async with PrometheusClient(plain_prom.url, observer=metrics) as c:
+        stats = _stats(c, metrics, recorded=False)
+        final = await stats.final_stats(ends)
+        for kernel_id, end in ends.items():
+            live = await stats.load_kernels([kernel_id], at=end - DEFAULT_OFFSET)
+            payload = final[kernel_id]
+            assert payload == live[0] is not None, kernel_id
+            assert isinstance(payload, dict)
+            rate = model.expected_rate(kernel_id, "cpu_util")
+            # rate() spans about four measurements: within 25% (rate_window's documented bound)
+            assert float(payload["cpu_util"]["current"]) == pytest.approx(rate, rel=0.25)
+            later = await stats.load_kernels([kernel_id], at=end + window + STEP)
+            assert later[0] is not None and later[0]["cpu_util"]["current"] == "0"
 
 
 async def test_still_answered_long_after_detention_and_lookback(

@@ -330,6 +330,10 @@ def test_serve_options_reject_two_auth_kinds() -> None:
 # -- terminated kernels: final stats from history ---------------------------------------------
 
 DETENTION = 3.0  # the exporter keeps a terminated kernel's frozen series this long
+#: The churning agents measure every 2 s on their own timer (twice the scrape interval, as
+#: Backend.AI's 30 s vs 15-20 s): a kernel of a few seconds still gets several measurements.
+MEASURE = 2.0
+COLLECT = "2s"
 
 
 class _OnFleetLoop:
@@ -358,12 +362,22 @@ class ChurnLab:
 
 @pytest.fixture(scope="module")
 def churning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChurnLab]:
-    """A small fleet whose kernels live ~12 s, scraped every second with the rules loaded."""
+    """A small fleet whose kernels live ~12 s, measured every 2 s and scraped every second with
+    the rules loaded."""
     rule_dir = tmp_path_factory.mktemp("churn-rules")
-    written = write_rules(rule_dir, interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
+    written = write_rules(
+        rule_dir, interval=INTERVAL, window=WINDOW, lookback=LOOKBACK, collect_interval=COLLECT
+    )
     churn = ChurnConfig(mean_lifetime=12.0, min_lifetime=6.0, max_gap=0.0)
     fleet = SimulatedFleet(
-        FleetConfig(agents=2, kernels_per_agent=6, churn=churn, detention=DETENTION, seed=5)
+        FleetConfig(
+            agents=2,
+            kernels_per_agent=6,
+            churn=churn,
+            detention=DETENTION,
+            seed=5,
+            measure_interval=MEASURE,
+        )
     )
     thread = _FleetThread(fleet)
     with (
@@ -395,22 +409,25 @@ async def test_terminated_kernels_answered_from_history_over_http(
 ) -> None:
     """Kernels that ended longer ago than the detention plus the lookback have no live data
     any more, yet their live_stat and last_stat are their recorded stats an instant before the
-    termination: real rates (not the 0 of frozen series), equal to the live planner then."""
+    termination: real rates (the agent's, between its last two measurements), equal to the
+    live planner then."""
     gone_after = DETENTION + 4.0 + 2.0  # detention + lookback + a scrape of slack
     metrics = PromstatMetrics()
-    config = PlannerConfig(interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
+    config = PlannerConfig(
+        interval=INTERVAL, window=WINDOW, lookback=LOOKBACK, collect_interval=COLLECT
+    )
     async with PrometheusClient(churning.prom.url, observer=metrics) as client:
         stats = LiveStats(client, config, metrics=metrics)
 
         async def old_enough() -> list[Any]:
             page = await churning.registry.list_kernels(limit=100, offset=0, status="TERMINATED")
             now = churning.fleet.clock()
-            # scraped a few times and recorded with a rate before they ended (as live pages
+            # measured twice (a rate), scraped and recorded before they ended (as live pages
             # showed them), and ended long enough ago for their live data to be gone
             return [
                 r
                 for r in page.items
-                if max(churning.started, churning.fleet.kernel(r.id).start) + 4.0
+                if max(churning.started, churning.fleet.kernel(r.id).start) + MEASURE + 4.0
                 < r.terminated_at
                 < now - gone_after
             ]
