@@ -264,7 +264,8 @@ def test_broken_fleet_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_live_scraped_fleet_agrees_after_the_last_scrape(
     plan: str, tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
 ) -> None:
-    """A live fleet, really scraped, dual-publishing as it is measured (at each scrape).
+    """A live fleet, really scraped, dual-publishing as it is measured (every second, on its
+    own timer, as often as it is scraped).
 
     Exposition timestamps give Prometheus the measurement instants, so the agent's rate and
     ``irate`` span the same two measurements. The fleet stops before comparing so both sides
@@ -281,7 +282,8 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
         churn=None,
         exposition_timestamps=True,
         seed=5,
-        node_interval=1,  # measured every scrape: the device capacity is that interval
+        node_interval=1,  # the device capacity: the interval the agents measure at
+        measure_interval=1,  # ... on their own timers, as often as Prometheus scrapes
     )
     with lab.start_redis() as redis:
         publisher = ValkeyPublisher.from_url(redis.url, node_interval=1)
