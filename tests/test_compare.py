@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,6 +261,15 @@ def test_broken_fleet_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert fields["cpu_util", "current"]["agreed"] == fields["cpu_util", "current"]["compared"]
 
 
+async def _wait_for_samples(client: PrometheusClient, query: str, want: str) -> None:
+    for _ in range(600):  # generous: the machine is shared
+        res = await client.query(query)
+        if res.vector and res.vector[0].value[1] == want:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{query} did not reach {want} within 60 s")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("plan", ["raw", "recorded"])
 async def test_live_scraped_fleet_agrees_after_the_last_scrape(
@@ -268,9 +279,14 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
     own timer, as often as it is scraped).
 
     Exposition timestamps give Prometheus the measurement instants, so the agent's rate and
-    ``irate`` span the same two measurements. The fleet stops before comparing so both sides
-    hold the same last measurement (Valkey has no history to pin a time in). ``recorded``
-    loads the generated rules and compares what production reads.
+    ``irate`` span the same two measurements. Valkey has no history to pin a time in, and the
+    agents measure on their own timers whether or not Prometheus scrapes, so before comparing
+    the fleet's clock stops (no more measurements) and the test waits until Prometheus holds
+    the last measurement Valkey got. Likewise the clock stands still until Prometheus scrapes
+    the first measurement, so the publisher's lifetime statistics (``stats.max``) see no value
+    Prometheus missed: the first step also observes the measurement a second before, kept in
+    the same gauge bucket. ``recorded`` loads the generated rules and compares what production
+    reads.
     """
     rules: list[Path] = []
     if plan == "recorded":
@@ -287,20 +303,36 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
     )
     with lab.start_redis() as redis:
         publisher = ValkeyPublisher.from_url(redis.url, node_interval=1)
-        fleet = SimulatedFleet(config, listeners=[publisher])
+        t0 = float(math.floor(time.time()))
+        t0 += 1 if t0 % config.gauge_period == 0 else 0  # t0 - 1 and t0: one gauge bucket
+        started: list[float] = []  # wall time the agents' clock started running from t0
+        stopped: list[float] = []  # the agents' clock, once stopped
+
+        def clock() -> float:
+            if stopped:
+                return stopped[0]
+            return t0 + (time.time() - started[0]) if started else t0
+
+        fleet = SimulatedFleet(config, clock=clock, listeners=[publisher])
         async with fleet:
             prom = start_prometheus(
                 scrape_targets=fleet.targets, scrape_interval="1s", rule_files=rules
             )
             root = 'backendai_device_utilization{device_id="root",value_type="current"}'
             async with PrometheusClient(prom.url) as client:
-                for _ in range(600):  # generous: the machine is shared
-                    res = await client.query(f"count(count_over_time({root}[1m]) >= 4)")
-                    if res.vector and res.vector[0].value[1] == "3":
+                await _wait_for_samples(client, f"count(count_over_time({root}[1h]))", "3")
+                started.append(time.time())
+                await _wait_for_samples(client, f"count(count_over_time({root}[1m]) >= 4)", "3")
+                stopped.append(clock())
+                last = {a: fleet.measured_at(a, stopped[0]) for a in fleet.agent_ids()}
+                for _ in range(600):  # until every agent's last measurement is scraped
+                    res = await client.query(f"max by (agent_id) (timestamp({root}))")
+                    got = {v.metric["agent_id"]: float(v.value[1]) for v in res.vector}
+                    if got == last:
                         break
                     await asyncio.sleep(0.1)
                 else:
-                    pytest.fail("Prometheus did not scrape the fleet 4 times within 60 s")
+                    pytest.fail(f"Prometheus did not scrape the last measurements {last}: {got}")
         await publisher.close()
         assert publisher.errors == 0
         await asyncio.sleep(2.5)  # the rules evaluate once more after the last scrape
