@@ -39,10 +39,11 @@ report both): devices summed, capacity summed or ``max`` per the catalog's ``nod
 
 One *collection* is the device measurements of one measurement time (``Measured.at``): a
 write that carries two (a simulated fleet catching up observes the previous measurement
-first) folds each into the node in turn, as the agent did collection by collection. With ``auto_flush`` (default) a
-write is scheduled on the running event loop as soon as a measurement arrives, so it runs right
-after the synchronous collection that produced it, as the agent wrote right after collecting;
-without a running loop (or with ``auto_flush=False``) call :meth:`ValkeyPublisher.flush`.
+first) folds each into the node in turn, as the agent did collection by collection. With
+``auto_flush`` (default) a write is scheduled on the running event loop as soon as a
+measurement arrives, so it runs right after the synchronous collection that produced it, as
+the agent wrote right after collecting; without a running loop (or with ``auto_flush=False``)
+call :meth:`ValkeyPublisher.flush`.
 
 The legacy computation (:class:`LegacyStatContext`) is pure and usable without redis. The
 ``redis`` client package (``redis.asyncio``) is needed only for :class:`ValkeyPublisher`.
