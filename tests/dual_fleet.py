@@ -47,14 +47,18 @@ class DualFleet:
 
 
 def fleet_config(agents: int, kernels_per_agent: int, **kwargs: object) -> FleetConfig:
-    """A fleet without churn (terminated kernels' frozen legacy keys are another test)."""
+    """A fleet without churn (terminated kernels' frozen legacy keys are another test).
+
+    By default the agents measure every step (their node interval too); ``kwargs`` override.
+    """
+    # the node interval the agents measure at, on their own timers: one step, one scrape
+    kwargs.setdefault("node_interval", STEP)
+    kwargs.setdefault("measure_interval", kwargs["node_interval"])
     return FleetConfig(
         agents=agents,
         kernels_per_agent=kernels_per_agent,
         epoch=EPOCH,
         churn=None,
-        node_interval=STEP,  # the node interval the agents measure at: one step
-        measure_interval=STEP,  # ... on their own timers, one measurement per scrape
         **kwargs,  # type: ignore[arg-type]
     )
 

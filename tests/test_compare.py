@@ -196,6 +196,36 @@ def test_dual_published_fleet_agrees(fleet: DualFleet, capsys: pytest.CaptureFix
 
 
 @pytest.mark.slow
+def test_stair_step_fleet_agrees_exactly_on_rates_and_gauges(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Agents measuring every 30 s, scraped every 15 s (Backend.AI's defaults): Prometheus
+    stores each measurement twice, as stair steps. Rates come from the measurements (the
+    publisher's legacy ones and the exporter's rate series alike), so they agree exactly;
+    only the lifetime statistics may reach one measurement past the window."""
+    exact = tmp_path / "exact.yml"
+    exact.write_text("kinds:\n  window: {rel: 0, abs: 0}\n")
+    with dual_fleet(fleet_config(2, 5, node_interval=30)) as f:
+        code, out = _run(capsys, *_cli_args(f), "--agents", "--json")
+        _, exact_out = _run(capsys, *_cli_args(f), "--agents", "--json", "--tolerance", str(exact))
+    assert code == 0
+    for report in json.loads(out)["reports"]:
+        assert report["ok"]
+        for x in report["fields"]:
+            node_cpu = x["metric"] in ("node.cpu_util", "devices.cpu_util")
+            if x["kind"] in ("gauge", "string") or (x["kind"] == "rate" and not node_cpu):
+                assert x["agreed"] == x["compared"] > 0 and x["worst_abs"] == 0, x
+            elif x["kind"] in ("rate", "window"):
+                # node cpu_util: the simulator's capacity jitter (see test_live_scraped...)
+                assert x["agreed"] == x["compared"] > 0, x
+    for report in json.loads(exact_out)["reports"]:
+        for x in report["fields"]:
+            if x["field"] == "stats.max":
+                for e in x["examples"]:  # the lifetime max is never below the window's
+                    assert float(e["legacy"]) > float(e["promstat"]), x
+
+
+@pytest.mark.slow
 def test_text_report_and_sample(fleet: DualFleet, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = _run(capsys, *_cli_args(fleet), "--sample", "5", "--seed", "3")
     assert code == 0
