@@ -31,10 +31,14 @@ kind       fields                                          default      why
            the raw counter, upstream #4126)
 ========== =============================================== ============ =====================
 
-The rate bound holds when every measurement is scraped once (the agent's collection interval
-equals or is a multiple of the scrape interval, or the exporter stamps its samples); the
-window bound is a sanity bound (it catches unit and scale errors, not history differences:
-a lifetime maximum is never below a window maximum). Override any of it with
+Rates: with promstat's exporter promstat reads the agent's own rate (``value_type="rate"``,
+between its last two measurements, as legacy computes it), exact at any scrape interval;
+without it the rate bound holds when every measurement is scraped (the agent's collection
+interval equals or is a multiple of the scrape interval, or the exporter stamps its samples).
+The window bound is a sanity bound (it catches unit and scale errors, not history differences:
+a lifetime maximum is never below a window maximum, and ``stats.avg`` is a mean per
+measurement on the agent but per subquery step in promstat, equal only over a full window
+where every measurement covers as many steps). Override any of it with
 ``--tolerance FILE`` (YAML or JSON)::
 
     min_agreement: 0.995     # share of counted comparisons that must agree (default 0.99)

@@ -7,11 +7,11 @@ reported it (a resource no kernel reported is ``None``: excluded from the decisi
 ``mem.current / occupied mem slot * 100`` per kernel to the ``mem`` sum. Deployment autoscaling's
 ``KERNEL`` metric source MGETs kernel stats and averages ``{metric}.pct`` over the kernels of a
 deployment's sessions. :class:`Utilization` answers both for many sessions (or kernels) with
-one vectorized query per chunk of ids, from the recorded series::
+one vectorized query per chunk of ids, from the recorded series (``pct`` is computed from
+``current`` and ``capacity`` in the query, as pages do: the rules record no pct family)::
 
-    kernel_metric:backendai_container_utilization:pct{kernel_id, container_metric_name}
     kernel_metric:backendai_container_utilization:live_stat{kernel_id, container_metric_name,
-                                                            stat="current"}
+                                                            stat="current"|"capacity"}
 
 The recorded series carry no ``session_id``; the raw series do, so sessions are joined in::
 
@@ -20,8 +20,8 @@ The recorded series carry no ``session_id``; the raw series do, so sessions are 
         group by (kernel_id, session_id) (backendai_container_utilization{session_id=~"..."}))
 
 (If the rules kept ``session_id`` on the recorded families the join would go away; that is a
-change to :mod:`promstat.rules`.) ``PCT`` is the recorded pct, or ``0`` for a metric with a
-current value but no positive capacity (legacy's ``"0.00"``). Three parts come back in one
+change to :mod:`promstat.rules`.) ``PCT`` is ``current / capacity * 100``, or ``0`` for a metric
+with a current value but no positive capacity (legacy's ``"0.00"``). Three parts come back in one
 answer, told apart by a ``promstat_part`` label: the per-resource mean pct, the mean ``mem``
 current per kernel, and the number of kernels.
 
@@ -134,18 +134,19 @@ class Utilization:
         by = f"{n.kernel_label}, {n.container_metric_label}"
         names = set_matcher(n.container_metric_label, metrics)
         if self.use_recorded:
-            pct = f"{n.kernel_pct}{{{names}{extra}}}"
-            cur = f"max by ({by}) ({self._recorded_current(names, extra)})"
+            # max by: drops the stat label (and a duplicate frozen series, as pages do).
+            cur = f"max by ({by}) ({self._recorded('current', names, extra)})"
+            cap = f"max by ({by}) ({self._recorded('capacity', names, extra)})"
         else:
             matchers = names + extra
             cur = self._raw("current", matchers)
             cap = self._raw("capacity", matchers)
-            pct = f"({cur}) / on ({by}) (({cap}) > 0) * 100"
+        pct = f"({cur}) / on ({by}) (({cap}) > 0) * 100"
         return f"({pct}) or on ({by}) ({cur}) * 0"
 
-    def _recorded_current(self, names: str, extra: str) -> str:
+    def _recorded(self, stat: str, names: str, extra: str) -> str:
         n = self.names
-        return f'{n.kernel_live_stat}{{{n.stat_label}="current",{names}{extra}}}'
+        return f'{n.kernel_live_stat}{{{n.stat_label}="{stat}",{names}{extra}}}'
 
     def _raw(self, stat: str, matchers: str) -> str:
         expr = self.expressions.kernel(stat, matchers=matchers)
@@ -158,7 +159,7 @@ class Utilization:
         by = f"{n.kernel_label}, {n.container_metric_label}"
         names = set_matcher(n.container_metric_label, ["mem"])
         if self.use_recorded:
-            return f"max by ({by}) ({self._recorded_current(names, extra)})"
+            return f"max by ({by}) ({self._recorded('current', names, extra)})"
         return self._raw("current", names + extra)
 
     @staticmethod

@@ -37,10 +37,13 @@ report both): devices summed, capacity summed or ``max`` per the catalog's ``nod
 (the CPU interval), ``None`` when no device has one. Measurement times are the exporter's
 (``Measured.at``), so rates are exact in simulations with a fake clock.
 
-One *collection* is everything measured between two writes. With ``auto_flush`` (default) a
-write is scheduled on the running event loop as soon as a measurement arrives, so it runs right
-after the synchronous collection that produced it, as the agent wrote right after collecting;
-without a running loop (or with ``auto_flush=False``) call :meth:`ValkeyPublisher.flush`.
+One *collection* is the device measurements of one measurement time (``Measured.at``): a
+write that carries two (a simulated fleet catching up observes the previous measurement
+first) folds each into the node in turn, as the agent did collection by collection. With
+``auto_flush`` (default) a write is scheduled on the running event loop as soon as a
+measurement arrives, so it runs right after the synchronous collection that produced it, as
+the agent wrote right after collecting; without a running loop (or with ``auto_flush=False``)
+call :meth:`ValkeyPublisher.flush`.
 
 The legacy computation (:class:`LegacyStatContext`) is pure and usable without redis. The
 ``redis`` client package (``redis.asyncio``) is needed only for :class:`ValkeyPublisher`.
@@ -363,6 +366,11 @@ class LegacyStatContext:
             self.dirty_kernels[m.kernel_id] = m.agent_id
             return
         device_id = m.device_id if m.device_id is not None else ""
+        if agent.device_round and m.at != agent.round_at:
+            # A new measurement time starts a new collection: the agent folds each collection
+            # into the node before measuring again, even when one write carries two of them
+            # (a fleet catching up observes its previous measurement first).
+            self._fold(agent)
         devices = agent.devices.get(m.metric)
         if devices is None:
             devices = agent.devices[m.metric] = {}
@@ -372,18 +380,21 @@ class LegacyStatContext:
         else:
             device.update(value, capacity, m.at)
         agent.device_round.setdefault(m.metric, {})[device_id] = (value, capacity)
-        agent.round_at = max(agent.round_at, m.at)
+        agent.round_at = m.at
         self.dirty_agents.add(m.agent_id)
 
     def end_collection(self, agent_id: str) -> None:
-        """Fold the devices measured since the last call into the node metrics.
+        """Fold the devices measured since the last call (or since the last measurement time
+        change: one collection per measurement time) into the node metrics.
 
         Node value: the devices' sum; capacity: summed, or the largest for metrics whose
         catalog entry says ``node_capacity="max"``; ``None`` when no device had one.
         """
         agent = self._agents.get(agent_id)
-        if agent is None or not agent.device_round:
-            return
+        if agent is not None and agent.device_round:
+            self._fold(agent)
+
+    def _fold(self, agent: _Agent) -> None:
         at = agent.round_at
         for name, per_device in agent.device_round.items():
             spec = self.catalog.lookup(name)

@@ -6,10 +6,14 @@ produced by a :class:`~promstat.sim.SimulatedFleet` stepped through the same sam
 a :class:`~promstat.valkey_publisher.ValkeyPublisher` listening to its exporters. Both come from
 one measurement per step, so the comparison is exact where the semantics are the same.
 
-Times: the epoch and the step are aligned so the raw plan's window subquery
-(``[window:interval]``) evaluates exactly the steps the publisher saw, and the publisher starts
-one window before ``at`` (21 steps: Prometheus 2 ranges include their left end), so its
-lifetime statistics cover the same samples.
+Times: the agents measure on their own timers (per-agent phases from the seed) every ``STEP``
+seconds, which is also their node interval and the backfill's scrape step, so every sample
+holds one measurement and every measurement is in one sample, as when an agent's collection
+interval equals the scrape interval. The epoch and the step are aligned so the raw plan's
+window subquery (``[window:interval]``) evaluates exactly the steps the publisher saw. The
+publisher's first step also observes the measurement before it (the fleet catches up so its
+first rate is there), so it starts one step after ``at - window``: its lifetime statistics
+cover the same 21 measurements as the window (Prometheus 2 ranges include their left end).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from promstat.valkey_publisher import ValkeyPublisher, replay
 EPOCH = 1_700_000_010  # a multiple of the step, so subquery steps fall on samples
 STEP = 15
 AT = EPOCH + 900
-#: Steps the publisher replays: ``AT - 5m`` .. ``AT`` (the 5m window at a 15s step).
-LEGACY_TIMES = [AT - 300 + i * STEP for i in range(21)]
+#: Steps the publisher replays: ``AT - 5m + STEP`` .. ``AT``; with the measurement before the
+#: first, the 21 measurements of the 5m window at a 15s step.
+LEGACY_TIMES = [AT - 300 + i * STEP for i in range(1, 21)]
 
 
 @dataclass
@@ -42,13 +47,18 @@ class DualFleet:
 
 
 def fleet_config(agents: int, kernels_per_agent: int, **kwargs: object) -> FleetConfig:
-    """A fleet without churn (terminated kernels' frozen legacy keys are another test)."""
+    """A fleet without churn (terminated kernels' frozen legacy keys are another test).
+
+    By default the agents measure every step (their node interval too); ``kwargs`` override.
+    """
+    # the node interval the agents measure at, on their own timers: one step, one scrape
+    kwargs.setdefault("node_interval", STEP)
+    kwargs.setdefault("measure_interval", kwargs["node_interval"])
     return FleetConfig(
         agents=agents,
         kernels_per_agent=kernels_per_agent,
         epoch=EPOCH,
         churn=None,
-        node_interval=STEP,  # the node interval the agents measure at: one step
         **kwargs,  # type: ignore[arg-type]
     )
 

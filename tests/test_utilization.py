@@ -77,11 +77,6 @@ def _recorded_openmetrics() -> str:
                 for c, t in zip(currents, TIMES, strict=True)
             ]
             lines += [f'{rec}:live_stat{{{labels},stat="capacity"}} {capacity} {t}' for t in TIMES]
-            if capacity > 0:
-                lines += [
-                    f"{rec}:pct{{{labels}}} {c / capacity * 100} {t}"
-                    for c, t in zip(currents, TIMES, strict=True)
-                ]
     return "\n".join(lines) + "\n# EOF\n"
 
 
@@ -255,12 +250,21 @@ async def test_raw_path_on_a_simulated_fleet_matches_live_stat_payloads() -> Non
 async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
     tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
 ) -> None:
-    """The generated rules' pct, joined to sessions, equals the raw computation."""
+    """The pct from the generated rules' current and capacity, joined to sessions, equals
+    the raw computation."""
     rule_files = write_rules(tmp_path / "rules", interval="1s", window="4s")
     config = FleetConfig(
-        agents=2, kernels_per_agent=4, churn=None, exposition_timestamps=True, seed=3
+        agents=2,
+        kernels_per_agent=4,
+        churn=None,
+        exposition_timestamps=True,
+        seed=3,
+        measure_interval=1,  # measured as often as scraped: the 4s window holds 4 measurements
     )
-    pct = 'kernel_metric:backendai_container_utilization:pct{container_metric_name="cpu_util"}'
+    pct = (  # the recorded cpu_util rate, positive once two measurements were scraped
+        'kernel_metric:backendai_container_utilization:live_stat{container_metric_name="cpu_util"'
+        ',stat="current"}'
+    )
     async with SimulatedFleet(config) as fleet:
         prom = start_prometheus(
             scrape_targets=fleet.targets,
@@ -278,7 +282,7 @@ async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
                     break
                 await asyncio.sleep(0.1)
             else:
-                pytest.fail("the recorded pct did not settle within 90 s")
+                pytest.fail("the recorded cpu_util did not settle within 90 s")
             slots = {fleet.kernel(k).session_id: fleet.kernel(k).mem_limit for k in kernel_ids}
             recorded = await Utilization(client).sessions(slots, RESOURCES, at=at)
             expressions = LiveStatExpressions(interval="1s", window="4s")

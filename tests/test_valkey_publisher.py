@@ -153,6 +153,18 @@ def test_node_payload_sums_devices_with_the_interval_as_capacity() -> None:
     assert payload["devices"]["net_rx"]["node"]["capacity"] is None
 
 
+def test_one_write_with_two_measurement_times_folds_two_node_collections() -> None:
+    # A fleet catching up observes its previous measurement first; the node gets both.
+    ctx = LegacyStatContext()
+    for at, core0 in ((0.0, 1000), (30.0, 16000)):
+        ctx.observe(device("cpu_util", "0", core0, 30000, at))
+        ctx.observe(device("net_rx", "node", 1000 + 300 * at, None, at))
+    ctx.end_collection("i-a")
+    node = ctx.agent_payload("i-a")["node"]
+    assert node["cpu_util"]["current"] == "15000"
+    assert node["net_rx"]["current"] == "300"
+
+
 def test_moving_statistics_rate_needs_two_points_in_time_order() -> None:
     stats = MovingStatistics(Decimal(10), 5.0)
     assert (stats.diff, stats.rate) == (0, 0)
@@ -262,7 +274,10 @@ async def test_a_failed_write_keeps_the_payloads_and_says_where() -> None:
 async def test_simulated_fleet_dual_publishes_exact_legacy_values(
     redis_server: lab.ManagedProcess,
 ) -> None:
+    # Stepped every 15 s, measured every 30 s (the agents' own timers, per-agent phases): the
+    # payloads hold the measurements, with rates over measurement times, not step times.
     config = FleetConfig(agents=2, kernels_per_agent=3, churn=None, epoch=1_700_000_000, seed=7)
+    assert config.measure_interval == 30
     now = [0.0]
     publisher = ValkeyPublisher.from_url(redis_server.url, auto_flush=False)
     fleet = SimulatedFleet(config, clock=lambda: now[0], listeners=[publisher])
@@ -279,7 +294,13 @@ async def test_simulated_fleet_dual_publishes_exact_legacy_values(
             payload = msgpack.unpackb(raw, raw=False)
             rate = fleet.expected_rate(kernel_id, "cpu_util")
             assert payload["cpu_util"]["current"] == serializable_value(Decimal(rate))
-            mems = [fleet.sample(kernel_id, "mem", t)[0] for t in times]
+            # Measured at the agent's ticks; the first step also observes the measurement
+            # before it (so the first rate is there), which the lifetime max covers too.
+            agent_id = fleet.kernel(kernel_id).agent_id
+            ticks = sorted({fleet.measured_at(agent_id, t) for t in times})
+            assert len(ticks) == 3  # 60 s of steps: 2 or 3 ticks, and the seed gives 3
+            ticks.insert(0, ticks[0] - config.measure_interval)
+            mems = [fleet.sample(kernel_id, "mem", t)[0] for t in ticks]
             assert payload["mem"]["current"] == str(int(mems[-1]))
             assert payload["mem"]["stats.max"] == str(int(max(mems)))
             assert payload["mem"]["capacity"] == str(fleet.kernel(kernel_id).mem_limit)
@@ -289,6 +310,9 @@ async def test_simulated_fleet_dual_publishes_exact_legacy_values(
             assert agent["node"]["net_rx"]["current"] == serializable_value(
                 Decimal(fleet.expected_device_rate(agent_id, "net_rx", "node"))
             )
+            # node cpu_util: the summed per-core msec over one measurement interval
+            msec = sum(fleet.agent(agent_id).core_rates) * config.measure_interval
+            assert agent["node"]["cpu_util"]["current"] == serializable_value(Decimal(msec))
     finally:
         await publisher.close()
         await client.aclose()
