@@ -36,7 +36,7 @@ from .final import FinalStats, load_kernel_stats
 from .history import History, HistoryResult
 from .loader import DEFAULT_MAX_ENTRIES, DataLoader, SharedLoader
 from .metrics import PromstatMetrics
-from .payload import freeze_values
+from .payload import afreeze_values
 from .planner import BatchOutcome, Planner, PlannerConfig, QueryExecutor
 from .promql import parse_duration
 from .refresh import RefreshConfig, Refresher
@@ -235,12 +235,12 @@ class LiveStats:
 
     async def _plan_kernels(self, ids: list[str]) -> BatchOutcome:
         out = await self.planner.kernels(ids)
-        out.payloads = freeze_values(out.payloads)  # once, as they enter the caches
+        out.payloads = await afreeze_values(out.payloads)  # once, as they enter the caches
         return out
 
     async def _plan_agents(self, ids: list[str]) -> BatchOutcome:
         out = await self.planner.agents(ids)
-        out.payloads = freeze_values(out.payloads)
+        out.payloads = await afreeze_values(out.payloads)
         return out
 
     # -- batch functions (the contract aiodataloader / strawberry loaders call) -------------

@@ -23,7 +23,7 @@ from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_ope
 from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.integrations import json_string
-from promstat.payload import FrozenDict, freeze, freeze_values, thaw
+from promstat.payload import FrozenDict, afreeze_values, freeze, freeze_values, thaw
 from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
 
@@ -95,6 +95,31 @@ def test_freeze_values_passes_errors_and_none_through() -> None:
     out = freeze_values(batch)
     assert isinstance(out["a"], FrozenDict) and isinstance(out["a"]["m"], FrozenDict)
     assert out["b"] is None and out["c"] is err and type(batch["a"]) is dict
+
+
+async def test_afreeze_values_yields_to_the_loop_between_slices() -> None:
+    """The async form freezes the same way and lets other callbacks run every slice."""
+    batch: dict[str, Any] = {
+        f"k{i}": ({"m": {"current": str(i)}} if i % 7 else None) for i in range(1000)
+    }
+    batch["err"] = err = ValueError("x")
+    ticks = 0
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    started = ticks
+    out = await afreeze_values(batch, slice_size=100)
+    task.cancel()
+    assert out == freeze_values(batch) and out["err"] is err
+    assert all(isinstance(v, FrozenDict) for v in out.values() if isinstance(v, dict))
+    # 1,001 values in slices of 100: the other task ran at least once per slice
+    assert ticks - started >= 10
 
 
 def test_graphene_jsonstring_serialises_a_frozen_payload() -> None:
