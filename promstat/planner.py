@@ -97,7 +97,8 @@ class PlannerConfig:
         names: metric and label names of raw and recorded series.
         catalog: the metric catalog (kinds, unit hints, stats keys).
         interval: scrape / rule evaluation interval (subquery step on the raw path).
-        lookback: range of ``irate`` for rate counters (the instant lookback).
+        lookback: the instant-query lookback (Prometheus' default 5m); must be at least two
+            intervals. Rates no longer use it (see ``collect_interval``).
         window: window of ``stats.max``/``stats.avg``.
         collect_interval: how often agents measure (Backend.AI: 30 s); sizes the ``rate()``
             window for agents that export raw counters only (see ``LiveStatExpressions``).
