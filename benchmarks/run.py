@@ -134,7 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         s = Settings(
             mode="ci", kernels=1000, agents=10, pages=(50, 1000), reps=3, per_kernel_cap=200,
             load_seconds=5.0, load_hot=500, decode_series=5000, decode_repeats=3, name="ci",
-            cold_reps=3, poll_clients=(10,), poll_seconds=3.0, backends=False, rules_cost=(),
+            cold_reps=3, poll_clients=(10,), poll_seconds=5.0, backends=False, rules_cost=(),
         )  # fmt: skip
     custom = False
     for attr in ("kernels", "agents", "seed", "pages", "reps", "load_seconds", "load_clients"):

@@ -252,12 +252,20 @@ class SoakReport:
 _PROMSTAT_DIR = str(Path(sys.modules["promstat"].__file__ or "").parent)
 
 
+#: The agent side (the simulated fleet's measurement timer, its exporters) runs until the
+#: fleet stops, after LiveStats has closed: not the manager's tasks this soak checks.
+_AGENT_SIDE = ("sim.py", "exporter.py")
+
+
 def promstat_tasks() -> int:
-    """Tasks alive whose coroutine is promstat code (loaders, planner, resolvers)."""
+    """Tasks alive whose coroutine is promstat's manager-side code (loaders, planner, refresh,
+    resolvers), not the simulated agents'."""
     count = 0
     for task in asyncio.all_tasks():
         code = getattr(task.get_coro(), "cr_code", None)
-        if code is not None and code.co_filename.startswith(_PROMSTAT_DIR):
+        if code is None or not code.co_filename.startswith(_PROMSTAT_DIR):
+            continue
+        if os.path.basename(code.co_filename) not in _AGENT_SIDE:
             count += 1
     return count
 

@@ -97,7 +97,8 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
         settle=False,
         cold_reps=1,
         poll_clients=(2,),
-        poll_seconds=1.0,
+        # long enough for every client's warm-up page plus at least one counted poll
+        poll_seconds=4.5,
         backends=False,
         rules_cost=(),
         out=tmp_path,
@@ -168,6 +169,7 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
         ("legacy", 2, 1.0), ("promstat", 2, 1.0), ("legacy", 2, 2.0), ("promstat", 2, 2.0),
     ]
     for x in polling:
+        assert x["warmup_pages"] == x["clients"], x  # each client's first page, apart
         assert x["pages"] > 0 and x["errors"] == 0 and x["missing"] == 0, x
         assert x["p99_ms"] >= x["p95_ms"] >= x["p50_ms"] > 0
     assert all(x["queries"] == 0 for x in polling if x["contender"] == "legacy")
