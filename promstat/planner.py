@@ -408,6 +408,8 @@ class Planner:
             if self.config.page_deadline is not None
             else default_page_deadline(client)
         )
+        # No query is sent with less than this left of its page deadline (see _run).
+        self._send_floor = min(0.25, 0.1 * self.page_deadline)
         # single-flight detection per level, and the last failure per level (negative cache)
         self._detecting: dict[str, asyncio.Future[tuple[bool, int] | PromstatError]] = {}
         self._detect_failed: dict[str, tuple[float, PromstatError]] = {}
@@ -792,6 +794,12 @@ class Planner:
         try:
             async with asyncio.timeout_at(job.deadline):
                 async with self._sem:
+                    # A slot freed by another page's expiring queries can reach this one a
+                    # moment before its own deadline: a query sent then cannot succeed and only
+                    # loads the server (one page's expiry would hand its slots down a chain of
+                    # pages started milliseconds apart), so it counts as never having a slot.
+                    if job.deadline - asyncio.get_running_loop().time() < self._send_floor:
+                        raise TimeoutError
                     stage = "the query"
                     job.outcome.queries += 1
                     res = await self.client.query_vector(expr, labels=shape.labels, time=job.at)

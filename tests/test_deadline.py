@@ -257,3 +257,27 @@ async def test_a_client_without_its_own_deadline_is_cut_too() -> None:
     with pytest.raises(PromstatError, match="plan detection"):
         await planner.detect("kernel", refresh=True)
     await planner.aclose()
+
+
+async def test_no_query_is_sent_in_the_last_moment_before_the_page_deadline() -> None:
+    """A slot freed just before the deadline is not used: the query could not finish anyway."""
+    sent: list[str] = []
+
+    class HoldsTheSlot:
+        async def query_vector(self, query: str, **kwargs: Any) -> Any:
+            sent.append(query)
+            await asyncio.sleep(0.95)  # frees the only slot 50 ms before the 1 s deadline
+            raise UnavailableError(status=503, error="busy")
+
+    config = PlannerConfig(
+        page_deadline=1.0, concurrency=1, use_recorded=True, fleet_fraction=None,
+        max_alternatives=1,
+    )
+    planner = Planner(HoldsTheSlot(), config)
+    out = await planner.kernels(["k1", "k2"])  # two chunks, one slot
+    assert len(sent) == 1  # the second chunk got the slot with 50 ms left: not sent
+    errors = list(out.payloads.values())
+    assert isinstance(errors[0], UnavailableError) or isinstance(errors[1], UnavailableError)
+    late = [e for e in errors if isinstance(e, PageDeadlineError)]
+    assert len(late) == 1 and late[0].stage == "a query slot"
+    await planner.aclose()
