@@ -39,7 +39,7 @@ from .catalog import DEFAULT_CATALOG, Catalog, Kind
 from .conventions import SeriesNames
 from .errors import ConfigError, PromstatError, RuleError
 from .promql import duration, escape_string, parse_duration, quote_meta
-from .rules import _check, _dump, _promtool, _version
+from .rules import RuleGroup, _check, _dump, _promtool, _version
 
 if TYPE_CHECKING:
     from .client import PrometheusClient
@@ -282,21 +282,10 @@ def _go_value(value: float, value_format: str) -> str:
     return value_format % value
 
 
-@dataclass(frozen=True, slots=True)
-class AlertGroup:
-    """A group of alerts evaluated every ``interval``."""
-
-    name: str
-    interval: str
-    rules: tuple[AlertRule, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the rule-file mapping of the group."""
-        return {
-            "name": self.name,
-            "interval": self.interval,
-            "rules": [r.to_dict() for r in self.rules],
-        }
+#: A group of alerts evaluated every ``interval`` (the recording rules' group type). Build
+#: groups with ``RuleGroup(...)``: calling the subscripted alias trips a Python 3.11 bug with
+#: frozen slotted generic dataclasses (setting ``__orig_class__`` raises TypeError).
+AlertGroup = RuleGroup[AlertRule]
 
 
 def accelerator_util_matchers(
@@ -601,12 +590,12 @@ def build_alert_groups(
         ConfigError: the catalog has no accelerator utilisation metric.
     """
     groups: tuple[AlertGroup, ...] = (
-        AlertGroup(
+        RuleGroup(
             "promstat.alerts.kernel", settings.interval, _kernel_alerts(names, catalog, settings)
         ),
-        AlertGroup("promstat.alerts.agent", settings.interval, _agent_alerts(names, settings)),
-        AlertGroup("promstat.alerts.rules", settings.interval, _rule_alerts(settings)),
-        AlertGroup("promstat.alerts.service", settings.interval, _service_alerts(settings)),
+        RuleGroup("promstat.alerts.agent", settings.interval, _agent_alerts(names, settings)),
+        RuleGroup("promstat.alerts.rules", settings.interval, _rule_alerts(settings)),
+        RuleGroup("promstat.alerts.service", settings.interval, _service_alerts(settings)),
     )
     if settings.runbook_url:
         base = settings.runbook_url

@@ -38,7 +38,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 import jinja2
 import yaml
@@ -115,13 +115,27 @@ class RecordingRule:
         return out
 
 
+class _Rule(Protocol):
+    """What a group holds: a rule that renders its own rule-file mapping."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the rule-file mapping."""
+        ...
+
+
+_R = TypeVar("_R", bound=_Rule)
+
+
 @dataclass(frozen=True, slots=True)
-class RuleGroup:
-    """A rule group: its rules run sequentially, every ``interval``."""
+class RuleGroup(Generic[_R]):
+    """A rule group: its rules run sequentially, every ``interval``.
+
+    Recording rules here, alerting rules in :mod:`promstat.alerts` (``RuleGroup[AlertRule]``).
+    """
 
     name: str
     interval: str
-    rules: tuple[RecordingRule, ...]
+    rules: tuple[_R, ...]
 
     def to_dict(self) -> dict[str, Any]:
         """Return the rule-file mapping of the group."""
@@ -137,7 +151,7 @@ class RuleFile:
     """One generated rule file."""
 
     filename: str
-    groups: tuple[RuleGroup, ...]
+    groups: tuple[RuleGroup[RecordingRule], ...]
 
     def to_dict(self) -> dict[str, Any]:
         """Return the rule-file document (``groups: [...]``)."""
@@ -233,7 +247,7 @@ def build_rule_files(
     def rule(record: str, s: str, expr: str | None) -> list[RecordingRule]:
         return [] if expr is None else [RecordingRule(record, expr, {stat: s})]
 
-    kernel_groups: list[RuleGroup] = []
+    kernel_groups: list[RuleGroup[RecordingRule]] = []
     shard_matchers = kernel_shard_matchers(names, kernel_shards)
     for i, matchers in enumerate(shard_matchers):
         kernel: list[RecordingRule] = []
