@@ -28,6 +28,8 @@ from promstat.planner import Planner, PlannerConfig, default_page_deadline
 from promstat.service import LiveStats
 from promstat.testing import FakePrometheus, Reply
 
+# Refresh-ahead is off in these tests: its first jittered refresh can fall inside a test and
+# open connections of its own, which the connection counts below must not see.
 PAGES = 20
 PAGE_IDS = 24  # 6 chunks of 4 ids x 5 raw shapes = 30 queries per page, 600 for all pages
 
@@ -78,6 +80,11 @@ async def hung() -> AsyncIterator[tuple[HungServer, str]]:
         await server.stop()
 
 
+def quiet_stats(url: str, *args: Any, **kwargs: Any) -> LiveStats:
+    """A LiveStats without refresh-ahead (its background queries would skew the counts)."""
+    return LiveStats(url, *args, refresh_ahead=False, **kwargs)
+
+
 def page_ids(page: int) -> list[str]:
     """Distinct ids per page, so pages do not share fetches through the cache."""
     return [f"{page:04x}{i:04x}-0000-4000-8000-000000000000" for i in range(PAGE_IDS)]
@@ -106,7 +113,7 @@ async def test_hung_detection_is_shared_and_bounded(hung: tuple[HungServer, str]
     """A detection that hangs is asked once; every page ends with the client's timeout."""
     server, url = hung
     config = PlannerConfig(max_alternatives=4)
-    async with LiveStats(url, config, client_options={"timeout": 1.0}) as stats:
+    async with quiet_stats(url, config, client_options={"timeout": 1.0}) as stats:
         deadline = stats.planner.page_deadline
         seconds, answers = await load_pages(stats)
     assert seconds <= 1.5 * deadline
@@ -119,7 +126,7 @@ async def test_hung_queries_end_at_the_page_deadline(hung: tuple[HungServer, str
     """600 hung queries behind 8 slots: pages end at the page deadline, not after 75 rounds."""
     server, url = hung
     config = PlannerConfig(use_recorded=False, fleet_fraction=None, max_alternatives=4)
-    async with LiveStats(url, config, client_options={"timeout": 2.0}) as stats:
+    async with quiet_stats(url, config, client_options={"timeout": 2.0}) as stats:
         deadline = stats.planner.page_deadline
         assert deadline == pytest.approx(2.5)  # the client's 2 s plus the 0.5 s minimum margin
         seconds, answers = await load_pages(stats)
@@ -141,7 +148,7 @@ async def test_a_deadline_shorter_than_the_client_timeout_wins(
     """page_deadline below the client's deadline: every key gets PageDeadlineError."""
     _, url = hung
     config = PlannerConfig(page_deadline=2.0, max_alternatives=4)
-    async with LiveStats(url, config, client_options={"timeout": 30}) as stats:
+    async with quiet_stats(url, config, client_options={"timeout": 30}) as stats:
         seconds, answers = await load_pages(stats)
     assert seconds <= 3.0
     errors = flat(answers)
@@ -171,7 +178,7 @@ async def test_retries_count_against_the_page_deadline(serve: Serve) -> None:
     config = PlannerConfig(use_recorded=False, fleet_fraction=None, page_deadline=2.0)
     retry = RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.02)
     options = {"timeout": 30, "retry": retry}
-    async with LiveStats(await serve(fake), config, client_options=options) as stats:
+    async with quiet_stats(await serve(fake), config, client_options=options) as stats:
         seconds, answers = await load_pages(stats)
     assert seconds <= 3.0
     errors = flat(answers)
@@ -186,7 +193,7 @@ async def test_splits_count_against_the_page_deadline(serve: Serve) -> None:
     config = PlannerConfig(
         use_recorded=False, fleet_fraction=None, page_deadline=2.0, max_alternatives=64
     )
-    async with LiveStats(await serve(fake), config, client_options={"timeout": 30}) as stats:
+    async with quiet_stats(await serve(fake), config, client_options={"timeout": 30}) as stats:
         seconds, answers = await load_pages(stats)
         splits = stats.metrics.snapshot().chunk_splits
     assert seconds <= 3.0
@@ -201,7 +208,7 @@ async def test_a_failed_detection_is_shared_by_everyone_waiting(serve: Serve) ->
     fake = FakePrometheus()
     fake.set_reply("query", Reply.bad_gateway().with_delay(0.2))
     retry = RetryPolicy(attempts=1)
-    async with LiveStats(await serve(fake), client_options={"retry": retry}) as stats:
+    async with quiet_stats(await serve(fake), client_options={"retry": retry}) as stats:
         _, answers = await load_pages(stats)
         assert len(fake.requests) == 1
         errors = flat(answers)
