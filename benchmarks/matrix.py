@@ -211,15 +211,24 @@ def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float)
 
 def measure_rules_cost(
     kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
-    page: int = 1000,
+    page: int = 1000, rates: str = "both", kernel_shards: int = 1, pages: bool = True,
 ) -> dict[str, Any]:
     """Prometheus CPU and rule evaluation time on a live fleet of ``kernels`` kernels.
 
+    Args:
+        rates, kernel_shards: how the rules are rendered (``promstat rules render --rates
+            --kernel-shards``).
+        pages: also measure the Prometheus CPU of polling a page through promstat and
+            through upstream's queries (one minute each).
+
     Returns:
         ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), ``group_eval_s``
-        (mean evaluation time per rule group over the measurement), and the extra Prometheus
-        CPU-s per minute of polling a ``page``-kernel page once per interval through promstat
-        and through upstream's queries.
+        (mean evaluation time per rule group over the measurement), ``kernel_eval_s`` (the
+        kernel groups' total: Prometheus CPU-seconds per evaluation, as a group evaluates
+        its rules one after another), ``kernel_share_of_core`` (that total per interval),
+        ``kernel_max_group_s`` (the slowest kernel group: the one that must finish within the
+        interval), and with ``pages`` the extra Prometheus CPU-s per minute of polling a
+        ``page``-kernel page once per interval through promstat and through upstream's queries.
     """
     agents = max(1, kernels // 100)
     work = Path(tempfile.mkdtemp(prefix="promstat-bench-rules-"))
@@ -241,7 +250,7 @@ def measure_rules_cost(
             time.sleep(0.5)
         targets = json.loads(targets_file.read_text())
         rules = write_rules(work / "rules", interval=f"{interval:g}s", window="5m",
-                            lookback="5m")
+                            lookback="5m", rates=rates, kernel_shards=kernel_shards)
         rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
         with lab.start_prometheus(scrape_targets=targets, scrape_interval=f"{interval:g}s",
                                   evaluation_interval=f"{interval:g}s",
@@ -268,27 +277,39 @@ def measure_rules_cost(
                     time.sleep(interval / 3)
 
             base, _ = cpu_per_min(idle)
-            ids = _live_ids(prom.url, page)
-            promstat_cpu, n1 = cpu_per_min(lambda: asyncio.run(
-                _poll_pages(prom.url, ids, upstream=False, seconds=seconds, interval=interval)))
-            upstream_cpu, n2 = cpu_per_min(lambda: asyncio.run(
-                _poll_pages(prom.url, ids, upstream=True, seconds=seconds, interval=interval)))
+            extra: dict[str, Any] = {}
+            if pages:
+                ids = _live_ids(prom.url, page)
+                promstat_cpu, n1 = cpu_per_min(lambda: asyncio.run(
+                    _poll_pages(prom.url, ids, upstream=False, seconds=seconds,
+                                interval=interval)))
+                upstream_cpu, n2 = cpu_per_min(lambda: asyncio.run(
+                    _poll_pages(prom.url, ids, upstream=True, seconds=seconds,
+                                interval=interval)))
+                extra = {
+                    "page": len(ids),
+                    "promstat_prom_cpu_s_per_min": round(promstat_cpu - base, 2),
+                    "upstream_prom_cpu_s_per_min": round(upstream_cpu - base, 2),
+                    "pages": {"promstat": n1, "upstream": n2},
+                }
             series = prom.query("count({__name__=~\".+\"})")
+        means = {k: statistics.mean(v) for k, v in samples.items()}
+        kernel_groups = [v for k, v in means.items() if k.startswith("promstat.kernel.")]
         return {
             "kernels": kernels,
             "agents": agents,
+            "rates": rates,
+            "kernel_shards": kernel_shards,
             "interval_s": interval,
             "seconds": seconds,
             "series": int(float(series[0]["value"][1])) if series else None,
             "prometheus_cpu_s_per_min": round(base, 2),
-            "group_eval_s": {k: round(statistics.mean(v), 4) for k, v in samples.items()},
-            "group_eval_share_of_interval": {
-                k: round(statistics.mean(v) / interval, 4) for k, v in samples.items()
-            },
-            "page": len(ids),
-            "promstat_prom_cpu_s_per_min": round(promstat_cpu - base, 2),
-            "upstream_prom_cpu_s_per_min": round(upstream_cpu - base, 2),
-            "pages": {"promstat": n1, "upstream": n2},
+            "group_eval_s": {k: round(v, 4) for k, v in means.items()},
+            "group_eval_share_of_interval": {k: round(v / interval, 4) for k, v in means.items()},
+            "kernel_eval_s": round(sum(kernel_groups), 4),
+            "kernel_share_of_core": round(sum(kernel_groups) / interval, 4),
+            "kernel_max_group_s": round(max(kernel_groups, default=0.0), 4),
+            **extra,
         }
     except Exception as exc:  # reported, not fatal
         return {"kernels": kernels, "error": f"{type(exc).__name__}: {exc}"}

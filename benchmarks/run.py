@@ -91,7 +91,10 @@ class Settings:
     poll_clients: tuple[int, ...] = (10, 50)
     poll_seconds: float = 10.0
     backends: bool = True
-    rules_cost: tuple[int, ...] = (5000, 20000)
+    # "KERNELS[:RATES[:SHARDS]]": the rules as `promstat rules render --rates --kernel-shards`
+    rules_cost: tuple[str, ...] = (
+        "5000", "5000:exporter", "20000", "20000:exporter:4",
+    )
     rules_cost_seconds: float = 60.0
     png: bool = True
     out: Path = DEFAULT_OUT
@@ -101,6 +104,19 @@ class Settings:
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+
+
+def _rule_runs(text: str) -> tuple[str, ...]:
+    runs = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        kernels, *rest = item.split(":")
+        if len(rest) > 2 or not kernels.isdigit() or (len(rest) == 2 and not rest[1].isdigit()):
+            raise argparse.ArgumentTypeError(f"{item!r}: use KERNELS[:RATES[:SHARDS]]")
+        if rest and rest[0] not in ("both", "exporter"):
+            raise argparse.ArgumentTypeError(f"{item!r}: RATES is both or exporter")
+        if int(kernels) > 0:
+            runs.append(item)
+    return tuple(runs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -124,8 +140,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--poll-seconds", type=float, help="duration of each polling run")
     p.add_argument("--no-backends", action="store_true",
                    help="skip the VictoriaMetrics + vmalert cold page")
-    p.add_argument("--rules-cost", type=_ints,
-                   help="fleet sizes of the live rule-cost runs (0: none; full: 5000,20000)")
+    p.add_argument("--rules-cost", type=_rule_runs,
+                   help="live rule-cost runs, comma-separated KERNELS[:RATES[:SHARDS]] (0: none; "
+                        "full: 5000,5000:exporter,20000,20000:exporter:4)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--name", help="output file stem (default: full, ci or custom)")
     a = p.parse_args(argv)
@@ -159,7 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if a.no_backends:
         s.backends = False
     if a.rules_cost is not None:
-        s.rules_cost = tuple(n for n in a.rules_cost if n > 0)
+        s.rules_cost = a.rules_cost
     s.rss = not a.no_rss
     s.png = not a.no_png
     s.settle = not a.no_settle
@@ -429,11 +446,20 @@ def run(settings: Settings) -> dict[str, Any]:
             rss = measure_rss(fleet, settings, pages[-1])
         fleet_info = fleet.info
     rules_cost = []
-    for kernels in settings.rules_cost:
-        _log(f"rules cost: live fleet of {kernels} kernels, {settings.rules_cost_seconds:g}s")
+    paged: set[int] = set()
+    for run_spec in settings.rules_cost:
+        kernels_text, *rest = run_spec.split(":")
+        kernels = int(kernels_text)
+        rates = rest[0] if rest else "both"
+        shards = int(rest[1]) if len(rest) > 1 else 1
+        _log(f"rules cost: live fleet of {kernels} kernels, rules --rates {rates} "
+             f"--kernel-shards {shards}, {settings.rules_cost_seconds:g}s")
         rules_cost.append(
-            measure_rules_cost(kernels, seconds=settings.rules_cost_seconds, log=_log)
+            measure_rules_cost(kernels, seconds=settings.rules_cost_seconds, log=_log,
+                               rates=rates, kernel_shards=shards,
+                               pages=kernels not in paged)  # page traffic once per size
         )
+        paged.add(kernels)
     decode = decode_benchmark(settings)
     doc = report.build(
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},

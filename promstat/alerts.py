@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .catalog import DEFAULT_CATALOG, Catalog, Kind
+from .catalog import DEFAULT_CATALOG, Catalog, Kind, rated_counters
 from .conventions import SeriesNames
 from .errors import ConfigError, PromstatError, RuleError
 from .promql import duration, escape_string, parse_duration, quote_meta
@@ -85,6 +85,8 @@ class AlertSettings:
         agent_lookback: how far back an agent counts as known; the alert resolves by itself
             this long after the agent's last sample (a decommissioned agent stops alerting).
         agent_for: how long an agent must be silent.
+        rates_missing_for: how long an agent must export counters without their
+            ``value_type="rate"`` series (a plain upstream agent) before it is reported.
         rule_group_regex: RE2 pattern of the rule-group names watched (after the ``file;``).
         rule_failures_window: window of ``increase()`` over rule-evaluation failures.
         rule_failures_for: how long a group must keep failing.
@@ -111,6 +113,7 @@ class AlertSettings:
     agent_metric: str = "mem"
     agent_lookback: str = "1h"
     agent_for: str = "5m"
+    rates_missing_for: str = "15m"
     rule_group_regex: str = r"promstat\..+"
     rule_failures_window: str = "5m"
     rule_failures_for: str = "10m"
@@ -204,6 +207,7 @@ def demo_settings(interval: str) -> AlertSettings:
         idle_for=short,
         agent_lookback=longer,
         agent_for=short,
+        rates_missing_for=short,
         rule_failures_window=longer,
         rule_failures_for=short,
         rule_slow_for=short,
@@ -414,7 +418,38 @@ def _kernel_alerts(n: SeriesNames, catalog: Catalog, s: AlertSettings) -> tuple[
     return memory, idle
 
 
-def _agent_alerts(n: SeriesNames, s: AlertSettings) -> tuple[AlertRule, ...]:
+def _rates_missing(n: SeriesNames, catalog: Catalog, s: AlertSettings) -> AlertRule:
+    a, k, c = n.agent_label, n.kernel_label, n.container_metric_label
+    counters = "|".join(quote_meta(m) for m in rated_counters(catalog))
+    current = (
+        f'{n.container_metric}{{{n.value_type_label}="{n.current_value}", '
+        f'{c}=~"{escape_string(counters)}"}}'
+    )
+    rate = f'{n.container_metric}{{{n.value_type_label}="{n.rate_value}"}}'
+    return AlertRule(
+        alert="PromstatRateSeriesMissing",
+        expr=f"count by ({a}) ({current} unless on ({k}, {c}) {rate})",
+        for_=s.rates_missing_for,
+        labels={"severity": "warning"},
+        annotations={
+            "summary": f"Agent ${a} exports $value counters without their rate series",
+            "description": (
+                f"Agent ${a} exports raw counters (cpu_util, net_*, io_*) but not promstat's "
+                'value_type="rate" series: it is not running promstat\'s exporter. With rules '
+                "rendered --rates both its kernels' rates come from rate() of the raw counters "
+                "(within about C / (W - S) of legacy's, not exact); with --rates exporter they "
+                "have no cpu_util, net_* or io_* rate at all."
+            ),
+            "runbook": (
+                "Upgrade the agent to publish through promstat's exporter (publish_rates on, "
+                "the default), or render the rules with --rates both while the fleet is mixed."
+            ),
+        },
+        value_format="%.0f",
+    )
+
+
+def _agent_alerts(n: SeriesNames, catalog: Catalog, s: AlertSettings) -> tuple[AlertRule, ...]:
     a = n.agent_label
     raw = (
         f'{n.device_metric}{{{n.device_metric_label}="{escape_string(s.agent_metric)}", '
@@ -445,6 +480,7 @@ def _agent_alerts(n: SeriesNames, s: AlertSettings) -> tuple[AlertRule, ...]:
             },
             value_format="%.0f",
         ),
+        _rates_missing(n, catalog, s),
     )
 
 
@@ -593,7 +629,9 @@ def build_alert_groups(
         RuleGroup(
             "promstat.alerts.kernel", settings.interval, _kernel_alerts(names, catalog, settings)
         ),
-        RuleGroup("promstat.alerts.agent", settings.interval, _agent_alerts(names, settings)),
+        RuleGroup(
+            "promstat.alerts.agent", settings.interval, _agent_alerts(names, catalog, settings)
+        ),
         RuleGroup("promstat.alerts.rules", settings.interval, _rule_alerts(settings)),
         RuleGroup("promstat.alerts.service", settings.interval, _service_alerts(settings)),
     )
@@ -719,6 +757,19 @@ def _cases(n: SeriesNames) -> tuple[_Case, ...]:
         }
         return n.container_metric, labels, "1x180"
 
+    def counter(
+        kid: str, agent: str, metric: str, value_type: str, values: str
+    ) -> tuple[str, dict[str, str], str]:
+        labels = {
+            n.kernel_label: kid,
+            n.agent_label: agent,
+            n.container_metric_label: metric,
+            n.value_type_label: {"current": n.current_value, "rate": n.rate_value}[value_type],
+            "instance": f"{agent}:6003",
+            "job": "backendai-agent",
+        }
+        return n.container_metric, labels, values
+
     def who(kid: str, **over: str) -> dict[str, str]:
         return {**owners, **over, n.kernel_label: kid}
 
@@ -827,6 +878,25 @@ def _cases(n: SeriesNames) -> tuple[_Case, ...]:
             firing=(({n.agent_label: "ag-gone"}, 1.0),),
             # the lookback (1h) after the last sample (20m) has passed: resolved
             extra_quiet=("90m",),
+        ),
+        _Case(
+            "PromstatRateSeriesMissing",
+            (
+                # ag-plain: a plain upstream agent (raw counters only); ag-prom: promstat's
+                # exporter; ag-late: plain only from 20m on (rate series went away)
+                counter("k-plain", "ag-plain", "cpu_util", "current", "0+15000x60"),
+                counter("k-plain", "ag-plain", "net_rx", "current", "0+1000x60"),
+                counter("k-plain", "ag-plain", "mem", "current", "100x60"),
+                counter("k-prom", "ag-prom", "cpu_util", "current", "0+15000x60"),
+                counter("k-prom", "ag-prom", "cpu_util", "rate", "1000x60"),
+                counter("k-prom", "ag-prom", "net_rx", "current", "0+1000x60"),
+                counter("k-prom", "ag-prom", "net_rx", "rate", "66x60"),
+                counter("k-late", "ag-late", "cpu_util", "current", "0+15000x60"),
+                counter("k-late", "ag-late", "cpu_util", "rate", "1000x20 stale"),
+            ),
+            quiet_at="10m",
+            firing_at="40m",
+            firing=(({n.agent_label: "ag-late"}, 1.0), ({n.agent_label: "ag-plain"}, 2.0)),
         ),
         _Case(
             "PromstatRuleGroupFailing",

@@ -55,6 +55,7 @@ __all__ = [
     "Kind",
     "MetricSpec",
     "NodeCurrent",
+    "rated_counters",
 ]
 
 #: Upstream's capacity for metrics that have none (``2**63-1``): keeps ``pct`` near zero and
@@ -350,3 +351,18 @@ def _as_str_tuple(value: object, *, where: str) -> tuple[str, ...]:
 
 #: The built-in catalog: Backend.AI's intrinsic and accelerator metrics (reference section 5).
 DEFAULT_CATALOG = Catalog(exact=_BUILTIN_EXACT, patterns=_BUILTIN_PATTERNS)
+
+
+def rated_counters(catalog: Catalog) -> tuple[str, ...]:
+    """Counters whose per-second rate live_stat shows, sorted: rate counters (``cpu_util``,
+    ``net_*``: their ``current``) and accumulating counters publishing ``stats.rate``
+    (``io_*``). promstat's exporter publishes a ``value_type="rate"`` series for each."""
+    out = []
+    for name, spec in catalog.exact.items():
+        accumulating_with_rate = spec.kind is Kind.ACCUMULATING_COUNTER and "rate" in (
+            *spec.stats,
+            *spec.stats_node,
+        )
+        if spec.kind is Kind.RATE_COUNTER or accumulating_with_rate:
+            out.append(name)
+    return tuple(sorted(out))

@@ -55,7 +55,7 @@ from typing import Final, Self
 
 from aiohttp import web
 
-from .catalog import DEFAULT_CATALOG, Kind
+from .catalog import DEFAULT_CATALOG, rated_counters
 from .conventions import SeriesNames
 from .errors import ConfigError
 
@@ -89,12 +89,7 @@ DEVICE_HELP: Final = "Backend.AI device utilization: raw measurement (current) a
 
 #: Counters whose per-second rate live_stat shows (``cpu_util``, ``net_*``: ``current``;
 #: ``io_*``: ``stats.rate``): the exporter publishes ``value_type="rate"`` for these.
-RATE_METRICS: Final = frozenset(
-    n
-    for n, s in DEFAULT_CATALOG.exact.items()
-    if s.kind is Kind.RATE_COUNTER
-    or (s.kind is Kind.ACCUMULATING_COUNTER and "rate" in (*s.stats, *s.stats_node))
-)
+RATE_METRICS: Final = frozenset(rated_counters(DEFAULT_CATALOG))
 
 # (metric name, value type) -> line.
 _Key = tuple[str, str]

@@ -46,7 +46,7 @@ import yaml
 from .catalog import DEFAULT_CATALOG, Catalog
 from .conventions import SeriesNames
 from .errors import BinaryNotFoundError, ConfigError, QueryBuildError, RuleError
-from .expressions import LiveStatExpressions
+from .expressions import LiveStatExpressions, RateSource
 from .promql import parse_duration, set_matcher
 
 __all__ = [
@@ -165,6 +165,7 @@ def _expressions(
     window: str,
     lookback: str,
     collect_interval: str = DEFAULT_COLLECT_INTERVAL,
+    rates: RateSource | str = RateSource.BOTH,
 ) -> LiveStatExpressions:
     # LiveStatExpressions validates the durations; say which operation the error belongs to.
     try:
@@ -175,6 +176,7 @@ def _expressions(
             window=window,
             interval=interval,
             collect_interval=collect_interval,
+            rates=RateSource.parse(rates),
         )
     except ConfigError as exc:
         raise ConfigError(f"cannot generate rules: {exc}") from exc
@@ -219,6 +221,7 @@ def build_rule_files(
     lookback: str = DEFAULT_LOOKBACK,
     collect_interval: str = DEFAULT_COLLECT_INTERVAL,
     kernel_shards: int = 1,
+    rates: RateSource | str = RateSource.BOTH,
 ) -> tuple[RuleFile, ...]:
     """Build the kernel and agent rule files as typed values.
 
@@ -234,6 +237,10 @@ def build_rule_files(
             concurrently and a group's rules one after another, so a large fleet's kernel
             rules take ``1 / kernel_shards`` of the wall time per group; the recorded series
             are the same.
+        rates: where counter rates come from (:class:`~promstat.expressions.RateSource`):
+            ``"both"`` (the agent's rate series, else ``rate()`` of the raw counter) or
+            ``"exporter"`` (the rate series only: every agent runs promstat's exporter; about
+            60% cheaper to evaluate).
 
     Returns:
         ``(kernel file, agent file)``.
@@ -241,7 +248,7 @@ def build_rule_files(
     Raises:
         ConfigError: invalid durations, ``window < 4 x interval``, ``lookback < 2 x interval``.
     """
-    ex = _expressions(names, catalog, interval, window, lookback, collect_interval)
+    ex = _expressions(names, catalog, interval, window, lookback, collect_interval, rates)
     stat = names.stat_label
 
     def rule(record: str, s: str, expr: str | None) -> list[RecordingRule]:
@@ -311,10 +318,13 @@ def _command(
     catalog_file: str | None,
     collect_interval: str = DEFAULT_COLLECT_INTERVAL,
     kernel_shards: int = 1,
+    rates: RateSource | str = RateSource.BOTH,
 ) -> str:
     parts = ["promstat rules render", f"--interval {interval}", f"--window {window}"]
     if collect_interval != DEFAULT_COLLECT_INTERVAL:
         parts.append(f"--collect-interval {collect_interval}")
+    if RateSource.parse(rates) is not RateSource.BOTH:
+        parts.append(f"--rates {RateSource.parse(rates).value}")
     if kernel_shards != 1:
         parts.append(f"--kernel-shards {kernel_shards}")
     if lookback != DEFAULT_LOOKBACK:
@@ -345,11 +355,12 @@ def render_rules(
     catalog_file: str | None = None,
     collect_interval: str = DEFAULT_COLLECT_INTERVAL,
     kernel_shards: int = 1,
+    rates: RateSource | str = RateSource.BOTH,
 ) -> dict[str, str]:
     """Render the rule files.
 
     Args:
-        names, catalog, interval, window, lookback, collect_interval, kernel_shards: as
+        names, catalog, interval, window, lookback, collect_interval, kernel_shards, rates: as
             :func:`build_rule_files`.
         catalog_file: the catalog file name to record in the header's command line.
 
@@ -359,7 +370,10 @@ def render_rules(
     Raises:
         ConfigError: as :func:`build_rule_files`.
     """
-    command = _command(interval, window, lookback, catalog_file, collect_interval, kernel_shards)
+    ex = _expressions(names, catalog, interval, window, lookback, collect_interval, rates)
+    command = _command(
+        interval, window, lookback, catalog_file, collect_interval, kernel_shards, ex.rates
+    )
     return {
         f.filename: _render("rules.yml.j2", command=command, body=_dump(f.to_dict()))
         for f in build_rule_files(
@@ -370,6 +384,7 @@ def render_rules(
             lookback=lookback,
             collect_interval=collect_interval,
             kernel_shards=kernel_shards,
+            rates=ex.rates,
         )
     }
 
@@ -385,6 +400,7 @@ def write_rules(
     catalog_file: str | None = None,
     collect_interval: str = DEFAULT_COLLECT_INTERVAL,
     kernel_shards: int = 1,
+    rates: RateSource | str = RateSource.BOTH,
 ) -> list[Path]:
     """Write the rule files, and their promtool unit tests under ``tests/`` when they apply.
 
@@ -408,6 +424,7 @@ def write_rules(
         catalog_file=catalog_file,
         collect_interval=collect_interval,
         kernel_shards=kernel_shards,
+        rates=rates,
     )
     if rule_tests_apply(
         catalog=catalog,
@@ -415,6 +432,7 @@ def write_rules(
         window=window,
         lookback=lookback,
         collect_interval=collect_interval,
+        rates=rates,
     ):
         files.update(render_rule_tests(names=names, catalog=catalog))
     written: list[Path] = []
@@ -691,14 +709,17 @@ def rule_tests_apply(
     window: str = DEFAULT_WINDOW,
     lookback: str = DEFAULT_LOOKBACK,
     collect_interval: str = DEFAULT_COLLECT_INTERVAL,
+    rates: RateSource | str = RateSource.BOTH,
 ) -> bool:
     """Whether the hand-computed scenario holds: default durations and built-in specs.
 
     Custom names are fine (the tests use them); a custom catalog is fine as long as every
-    scenario metric still resolves to its built-in spec.
+    scenario metric still resolves to its built-in spec. The scenario's agents mostly export
+    raw counters only, so it holds for ``rates="both"`` only.
     """
     if (
-        parse_duration(interval) != parse_duration(DEFAULT_INTERVAL)
+        RateSource.parse(rates) is not RateSource.BOTH
+        or parse_duration(interval) != parse_duration(DEFAULT_INTERVAL)
         or parse_duration(window) != parse_duration(DEFAULT_WINDOW)
         or parse_duration(lookback) != parse_duration(DEFAULT_LOOKBACK)
         or parse_duration(collect_interval) != parse_duration(DEFAULT_COLLECT_INTERVAL)
@@ -965,11 +986,15 @@ def cmd_rules_render(args: argparse.Namespace) -> int:
         catalog_file=args.catalog,
         collect_interval=args.collect_interval,
         kernel_shards=args.kernel_shards,
+        rates=args.rates,
     )
     for path in paths:
         print(path)
     if not any(p.parent.name == "tests" for p in paths):
-        print("note: promtool unit tests are only generated for the default durations and catalog")
+        print(
+            "note: promtool unit tests are only generated for the default durations, catalog "
+            "and --rates both"
+        )
     return 0
 
 
@@ -1011,6 +1036,14 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         default=1,
         choices=KERNEL_SHARDS,
         help="split the kernel rules into groups by kernel_id (evaluated concurrently)",
+    )
+    render.add_argument(
+        "--rates",
+        default=RateSource.BOTH.value,
+        choices=[r.value for r in RateSource],
+        help="counter rates from the agents' rate series and else rate() of the raw counter "
+        "(both, the default), or from the rate series only (exporter: every agent runs "
+        "promstat's exporter; much cheaper to evaluate)",
     )
     render.add_argument("--catalog", default=None, help="catalog YAML extending the built-in one")
     render.set_defaults(handler=cmd_rules_render)

@@ -166,7 +166,10 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
         assert x["response_bytes"] > 0 and x["client_cpu_ms_per_page"] >= 0
     polling = on_disk["polling"]
     assert [(x["contender"], x["clients"], x["period_s"]) for x in polling] == [
-        ("legacy", 2, 1.0), ("promstat", 2, 1.0), ("legacy", 2, 2.0), ("promstat", 2, 2.0),
+        ("legacy", 2, 1.0),
+        ("promstat", 2, 1.0),
+        ("legacy", 2, 2.0),
+        ("promstat", 2, 2.0),
     ]
     for x in polling:
         assert x["warmup_pages"] == x["clients"], x  # each client's first page, apart
@@ -213,10 +216,22 @@ def test_goals_compare_polling_and_cold_path_with_their_bounds() -> None:
     cold = [{"page": 1000, "compress": False, "added_ratio": 0.3, "loop_longest_cpu_ms": 25.0}]
     polling = [
         {"contender": "legacy", "clients": 10, "period_s": 1.0, "p95_ms": 20.0},
-        {"contender": "promstat", "clients": 10, "period_s": 1.0, "p95_ms": 10.0,
-         "data_age_p95_intervals": 3.0, "queries_per_interval": 4.0},
-        {"contender": "promstat", "clients": 50, "period_s": 1.0, "p95_ms": 10.0,
-         "data_age_p95_intervals": None, "queries_per_interval": 6.0},
+        {
+            "contender": "promstat",
+            "clients": 10,
+            "period_s": 1.0,
+            "p95_ms": 10.0,
+            "data_age_p95_intervals": 3.0,
+            "queries_per_interval": 4.0,
+        },
+        {
+            "contender": "promstat",
+            "clients": 50,
+            "period_s": 1.0,
+            "p95_ms": 10.0,
+            "data_age_p95_intervals": None,
+            "queries_per_interval": 6.0,
+        },
     ]
     got = {g["goal"]: (g["value"], g["met"]) for g in report.goals({}, cold, polling)}
     assert got["client time added / bare HTTP, 1000 kernels, identity"] == (0.3, True)
@@ -225,3 +240,47 @@ def test_goals_compare_polling_and_cold_path_with_their_bounds() -> None:
     assert got["data age p95 in intervals, 10 clients every 1s"] == (3.0, False)
     assert got["data age p95 in intervals, 50 clients every 1s"] == (None, None)
     assert got["queries/interval most/fewest clients, every 1s"] == (1.5, False)
+
+
+def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
+    """Kernel rule cost is scaled per 5,000 kernels; flatness compares the slowest group with
+    the same rules unsharded on the smallest fleet."""
+
+    def run_(
+        kernels: int, rates: str, shards: int, total: float, worst: float
+    ) -> dict[str, object]:
+        return {
+            "kernels": kernels,
+            "rates": rates,
+            "kernel_shards": shards,
+            "kernel_eval_s": total,
+            "kernel_share_of_core": total / 15.0,
+            "kernel_max_group_s": worst,
+        }
+
+    runs = [
+        run_(5000, "both", 1, 2.4, 2.4),
+        run_(5000, "exporter", 1, 0.6, 0.6),
+        run_(20000, "exporter", 4, 2.4, 0.66),
+        {"kernels": 20000, "error": "RuntimeError: boom"},
+    ]
+    got = {g["goal"]: (g["value"], g["met"]) for g in report.goals({}, [], [], runs)}
+    share = "kernel rules, share of a core per 5000 kernels"
+    assert got[f"{share}, 5000 kernels, --rates both --kernel-shards 1"] == (0.16, False)
+    assert got[f"{share}, 5000 kernels, --rates exporter --kernel-shards 1"] == (0.04, True)
+    assert got[f"{share}, 20000 kernels, --rates exporter --kernel-shards 4"] == (0.04, True)
+    flat = "slowest kernel group, 20000 (4 shards) / 5000 kernels, --rates exporter"
+    assert got[flat] == (1.1, True)
+    assert len([g for g in got if g.startswith("slowest")]) == 1
+
+
+def test_rule_cost_runs_parse() -> None:
+    """--rules-cost takes KERNELS[:RATES[:SHARDS]]; 0 means none; bad items are errors."""
+    assert parse_args(["--rules-cost", "5000,20000:exporter:4"]).rules_cost == (
+        "5000",
+        "20000:exporter:4",
+    )
+    assert parse_args(["--rules-cost", "0"]).rules_cost == ()
+    for bad in ("5000:fast", "x", "5000:both:two", "1:both:2:3"):
+        with pytest.raises(SystemExit):
+            parse_args(["--rules-cost", bad])

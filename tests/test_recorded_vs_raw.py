@@ -100,7 +100,11 @@ async def _settled_times(client: PrometheusClient, kernels: int) -> tuple[float,
 
 @contextlib.asynccontextmanager
 async def scraped_fleet(
-    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess], **fleet: Any
+    tmp_path: Path,
+    start_prometheus: Callable[..., lab.PrometheusProcess],
+    *,
+    rates: str = "both",
+    **fleet: Any,
 ) -> AsyncIterator[tuple[SimulatedFleet, PrometheusClient, str, float, float]]:
     """A simulated fleet scraped by a real Prometheus with the generated rules, settled.
 
@@ -108,7 +112,7 @@ async def scraped_fleet(
     last evaluation times (see :func:`_settled_times`).
     """
     rule_files = write_rules(
-        tmp_path / "rules", interval=INTERVAL, window=WINDOW, collect_interval=COLLECT
+        tmp_path / "rules", interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates
     )
     # the agents' rate series are exact whatever the scrape jitter; constant gauges and no
     # churn keep the window statistics comparable
@@ -127,12 +131,23 @@ async def scraped_fleet(
             yield sim, client, prom.url, k_at, a_at
 
 
+@pytest.mark.parametrize("rates", ["both", "exporter"])
 async def test_recorded_and_raw_plans_agree(
-    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess], rates: str
 ) -> None:
-    """Both plans give the same live_stat for every kernel and agent of a scraped fleet."""
+    """Both plans give the same live_stat for every kernel and agent of a scraped fleet.
+
+    With ``rates="exporter"`` the rules read only the agents' rate series (no ``rate()``
+    fallback): on a fleet of promstat exporters the numbers are the same as the raw plan's.
+    """
     async with scraped_fleet(
-        tmp_path, start_prometheus, agents=3, kernels_per_agent=6, gpu_agent_ratio=0.34, seed=7
+        tmp_path,
+        start_prometheus,
+        rates=rates,
+        agents=3,
+        kernels_per_agent=6,
+        gpu_agent_ratio=0.34,
+        seed=7,
     ) as (fleet, client, _, k_at, a_at):
         kernels, agents = fleet.kernel_ids(), fleet.agent_ids()
         settings = dict(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT)
