@@ -9,15 +9,18 @@ Two measurements for issue 10 (reported, never asserted):
   gzip costs the server) and the longest event-loop callback of the promstat page
   (:class:`benchmarks.loopwatch.LoopWatch`, wall and CPU).
 * :func:`run_polling` — ``clients`` clients each poll a 1,000-kernel page every ``period``
-  seconds for a fixed time. Client pages overlap (each starts a quarter page after the
-  previous client's) and drift by a few kernels every poll, so ids keep entering and leaving
-  the watched set as they do when kernels start and stop. Both contenders go through the same
-  per-request :class:`promstat.loader.DataLoader`: ``legacy`` over a redis ``MGET`` + msgpack
-  batch function, ``promstat`` over one shared :class:`promstat.service.LiveStats` with the
-  interval as cache TTL (and its default refresh-ahead, where that exists). Reported: p50/p95/
-  p99 page latency, promstat's data age p95 (when ``PromstatMetrics`` has a data-age
-  histogram), Prometheus queries per interval, CPU seconds of the client and of Prometheus
-  per page.
+  seconds for a fixed time. Clients share a few page positions (as users of one manager
+  watch the same session lists): position ``p`` starts ``p`` quarter pages into the fleet, so
+  the positions overlap, and every page drifts by a few kernels per poll, so ids keep entering
+  and leaving the watched set as they do when kernels start and stop. 10 and 50 clients thus
+  request the same kernels, and queries per interval compare like with like (with one
+  position per client, 50 clients covered the whole fleet and 10 two thirds of it). Both
+  contenders go through the same per-request :class:`promstat.loader.DataLoader`: ``legacy``
+  over a redis ``MGET`` + msgpack batch function, ``promstat`` over one shared
+  :class:`promstat.service.LiveStats` with the interval as cache TTL (and its default
+  refresh-ahead, where that exists). Reported: p50/p95/p99 page latency, promstat's data age
+  p95 (when ``PromstatMetrics`` has a data-age histogram), Prometheus queries per interval,
+  the distinct kernels requested, CPU seconds of the client and of Prometheus per page.
 
 The fleet's data is pinned at one instant (``PinnedClient``), so "churn" here is churn of the
 requested ids, not of the series; a live, scraped fleet is the soak benchmark's job.
@@ -224,6 +227,7 @@ async def run_polling(
     page_size: int = 1000,
     drift: int = 10,
     seed: int = 0,
+    positions: int = 8,
 ) -> dict[str, Any]:
     """``clients`` clients poll overlapping, drifting ``page_size`` pages every ``period`` s.
 
@@ -234,6 +238,7 @@ async def run_polling(
         contender: ``"legacy"`` or ``"promstat"``.
         interval: the scrape interval (promstat's cache TTL and refresh period).
         drift: ids a client's page moves by on every poll (ids enter and leave the pages).
+        positions: page positions the clients share (client ``i`` takes ``i % positions``).
 
     Returns:
         Latency percentiles, pages, queries per interval, CPU per page, data age p95.
@@ -268,7 +273,7 @@ async def run_polling(
     async def one_client(index: int) -> None:
         nonlocal errors, missing
         rng = random.Random(f"promstat-bench-poll:{seed}:{clients}:{index}")
-        offset = (index * size // 4) % n
+        offset = ((index % positions) * size // 4) % n
         next_at = started + rng.uniform(0, period)  # clients do not start in lockstep
         first = True
         while True:
@@ -276,6 +281,7 @@ async def run_polling(
             if loop.time() >= deadline:
                 return
             page = [ids[(offset + i) % n] for i in range(size)]
+            requested.update(page)
             offset = (offset + drift) % n
             request = loader()
             t0 = time.perf_counter()
@@ -293,6 +299,7 @@ async def run_polling(
             missing += sum(1 for v in values if v is None)
             next_at = max(next_at + period, loop.time())
 
+    requested: set[str] = set()
     before = metrics.snapshot()
     p0, c0 = process_cpu_seconds(prom_pid), time.process_time()
     started = loop.time()
@@ -332,6 +339,7 @@ async def run_polling(
         "warmup_max_ms": _ms(max(warmup)) if warmup else None,
         "queries": queries,
         "queries_per_interval": round(queries / intervals, 2),
+        "distinct_ids": len(requested),
         "client_cpu_ms_per_page": _ms((c1 - c0) / pages) if pages else None,
         "prometheus_cpu_ms_per_page": (
             _ms((p1 - p0) / pages) if pages and p0 is not None and p1 is not None else None

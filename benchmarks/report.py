@@ -384,7 +384,7 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
                      "(same per-request DataLoader for both)")
         h = (f"{'contender':<9} {'clients':>7} {'every s':>7} {'pages':>6} {'p50 ms':>8} "
              f"{'p95 ms':>8} {'p99 ms':>8} {'q/interval':>10} {'cpu ms/page':>11} "
-             f"{'prom ms/page':>12} {'age p95':>7}")
+             f"{'prom ms/page':>12} {'age p95':>7} {'ids':>5}")
         lines += [h, "-" * len(h)]
         for x in polling:
             lines.append(
@@ -393,7 +393,7 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
                 f"{_fmt(x['p99_ms'], '8.1f')} {x['queries_per_interval']:>10.1f} "
                 f"{_fmt(x['client_cpu_ms_per_page'], '11.1f')} "
                 f"{_fmt(x['prometheus_cpu_ms_per_page'], '12.1f')} "
-                f"{_fmt(x['data_age_p95_s'], '7.1f')}"
+                f"{_fmt(x['data_age_p95_s'], '7.1f')} {_fmt(x.get('distinct_ids'), '>5')}"
             )
         lines.append("")
     backends = doc.get("backends")
