@@ -152,13 +152,20 @@ def backend_matrix(
 # Rule cost on a live, scraped fleet
 
 
-def _rule_groups(url: str) -> dict[str, tuple[float, str]]:
+def _rule_groups(url: str) -> dict[str, tuple[float, str, dict[str, float]]]:
+    """Group name -> (evaluation time, last evaluation, rule label -> evaluation time)."""
     with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=30) as resp:
         doc = json.load(resp)
-    return {
-        g["name"]: (float(g.get("evaluationTime", 0.0)), str(g.get("lastEvaluation", "")))
-        for g in doc["data"]["groups"]
-    }
+    out = {}
+    for g in doc["data"]["groups"]:
+        rules: dict[str, float] = {}
+        for r in g.get("rules", []):
+            key = ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items()))
+            rules[key or r.get("name", "?")] = float(r.get("evaluationTime", 0.0))
+        out[g["name"]] = (
+            float(g.get("evaluationTime", 0.0)), str(g.get("lastEvaluation", "")), rules
+        )
+    return out
 
 
 async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: float,
@@ -265,15 +272,19 @@ def measure_rules_cost(
                 return (c1 - c0) / (t1 - t0) * 60.0, result
 
             samples: dict[str, list[float]] = {}
+            per_rule: dict[str, list[float]] = {}
 
             def idle() -> None:
                 end = time.monotonic() + seconds
                 seen: dict[str, str] = {}
                 while time.monotonic() < end:
-                    for name, (took, last) in _rule_groups(prom.url).items():
+                    for name, (took, last, rules) in _rule_groups(prom.url).items():
                         if seen.get(name) != last:
                             seen[name] = last
                             samples.setdefault(name, []).append(took)
+                            if name.startswith("promstat.kernel."):
+                                for rule, t in rules.items():
+                                    per_rule.setdefault(rule, []).append(t)
                     time.sleep(interval / 3)
 
             base, _ = cpu_per_min(idle)
@@ -309,6 +320,11 @@ def measure_rules_cost(
             "kernel_eval_s": round(sum(kernel_groups), 4),
             "kernel_share_of_core": round(sum(kernel_groups) / interval, 4),
             "kernel_max_group_s": round(max(kernel_groups, default=0.0), 4),
+            # mean per evaluation, summed over shards
+            "kernel_rule_eval_s": {
+                k: round(statistics.mean(v) * max(1, kernel_shards), 4)
+                for k, v in sorted(per_rule.items())
+            },
             **extra,
         }
     except Exception as exc:  # reported, not fatal
