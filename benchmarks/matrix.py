@@ -229,7 +229,8 @@ def measure_rules_cost(
             through upstream's queries (one minute each).
 
     Returns:
-        ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), ``group_eval_s``
+        ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), the same without the
+        rules and ``rules_cpu_share_of_core`` (the difference per second), ``group_eval_s``
         (mean evaluation time per rule group over the measurement), ``kernel_eval_s`` (the
         kernel groups' total: Prometheus CPU-seconds per evaluation, as a group evaluates
         its rules one after another), ``kernel_share_of_core`` (that total per interval),
@@ -304,6 +305,12 @@ def measure_rules_cost(
                     "pages": {"promstat": n1, "upstream": n2},
                 }
             series = prom.query("count({__name__=~\".+\"})")
+            # The same scrapes without the rules: the difference is what evaluating them costs
+            # Prometheus in CPU (evaluation wall time also counts waiting for a core, and the
+            # simulated fleet shares this machine's cores, unlike real agents).
+            prom.configure(rule_files=[])
+            time.sleep(interval)
+            no_rules, _ = cpu_per_min(lambda: time.sleep(seconds))
         means = {k: statistics.mean(v) for k, v in samples.items()}
         kernel_groups = [v for k, v in means.items() if k.startswith("promstat.kernel.")]
         return {
@@ -315,6 +322,8 @@ def measure_rules_cost(
             "seconds": seconds,
             "series": int(float(series[0]["value"][1])) if series else None,
             "prometheus_cpu_s_per_min": round(base, 2),
+            "prometheus_cpu_s_per_min_without_rules": round(no_rules, 2),
+            "rules_cpu_share_of_core": round(max(0.0, base - no_rules) / 60.0, 4),
             "group_eval_s": {k: round(v, 4) for k, v in means.items()},
             "group_eval_share_of_interval": {k: round(v / interval, 4) for k, v in means.items()},
             "kernel_eval_s": round(sum(kernel_groups), 4),

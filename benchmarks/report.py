@@ -199,11 +199,15 @@ def goals(
                              round(max(values) / min(values), 2), "<=", 1.25))
     runs = [x for x in rules_cost if "kernel_eval_s" in x]
     for x in runs:
-        # Kernel rule evaluation in share of one core per 5,000 kernels.
+        # Rule evaluation in share of one core per 5,000 kernels: Prometheus' CPU with the
+        # rules minus without them (kernel and agent groups; the kernel group is ~90%).
+        if "rules_cpu_share_of_core" not in x:
+            continue
         label = f"--rates {x['rates']} --kernel-shards {x['kernel_shards']}"
-        out.append(_goal(f"kernel rules, share of a core per 5000 kernels, {x['kernels']} "
+        out.append(_goal(f"rules CPU, share of a core per 5000 kernels, {x['kernels']} "
                          f"kernels, {label}",
-                         round(x["kernel_share_of_core"] * 5000 / x["kernels"], 4), "<=", 0.05))
+                         round(x["rules_cpu_share_of_core"] * 5000 / x["kernels"], 4),
+                         "<=", 0.05))
     for x in runs:
         # Flat: the slowest kernel group, against the same rules unsharded on the smallest
         # fleet measured.
@@ -414,7 +418,10 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"rules cost at {x['kernels']} kernels (live scrape, {x['seconds']:.0f}s, rules "
             f"--rates {x.get('rates', 'both')} --kernel-shards {x.get('kernel_shards', 1)}): "
-            f"Prometheus {x['prometheus_cpu_s_per_min']:.1f} CPU-s/min; rule groups "
+            f"Prometheus {x['prometheus_cpu_s_per_min']:.1f} CPU-s/min "
+            f"({_fmt(x.get('prometheus_cpu_s_per_min_without_rules'), '.1f')} without the "
+            f"rules); kernel groups {x.get('kernel_share_of_core', 0) * 100:.1f}% of their "
+            f"interval; rule groups "
             + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in x["group_eval_s"].items())
             + (f"; pages: promstat {x['promstat_prom_cpu_s_per_min']:.1f}, upstream "
                f"{x['upstream_prom_cpu_s_per_min']:.1f} CPU-s/min"

@@ -92,9 +92,7 @@ class Settings:
     poll_seconds: float = 10.0
     backends: bool = True
     # "KERNELS[:RATES[:SHARDS]]": the rules as `promstat rules render --rates --kernel-shards`
-    rules_cost: tuple[str, ...] = (
-        "5000", "5000:exporter", "20000", "20000:exporter:4",
-    )
+    rules_cost: tuple[str, ...] = ("5000", "5000:exporter", "20000:exporter:4")
     rules_cost_seconds: float = 60.0
     png: bool = True
     out: Path = DEFAULT_OUT
@@ -142,7 +140,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="skip the VictoriaMetrics + vmalert cold page")
     p.add_argument("--rules-cost", type=_rule_runs,
                    help="live rule-cost runs, comma-separated KERNELS[:RATES[:SHARDS]] (0: none; "
-                        "full: 5000,5000:exporter,20000,20000:exporter:4)")
+                        "full: 5000,5000:exporter,20000:exporter:4)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--name", help="output file stem (default: full, ci or custom)")
     a = p.parse_args(argv)

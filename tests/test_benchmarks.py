@@ -243,8 +243,8 @@ def test_goals_compare_polling_and_cold_path_with_their_bounds() -> None:
 
 
 def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
-    """Kernel rule cost is scaled per 5,000 kernels; flatness compares the slowest group with
-    the same rules unsharded on the smallest fleet."""
+    """Rule CPU is scaled per 5,000 kernels; flatness compares the slowest group with the same
+    rules unsharded on the smallest fleet."""
 
     def run_(
         kernels: int, rates: str, shards: int, total: float, worst: float
@@ -255,6 +255,7 @@ def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
             "kernel_shards": shards,
             "kernel_eval_s": total,
             "kernel_share_of_core": total / 15.0,
+            "rules_cpu_share_of_core": total / 15.0,
             "kernel_max_group_s": worst,
         }
 
@@ -265,7 +266,7 @@ def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
         {"kernels": 20000, "error": "RuntimeError: boom"},
     ]
     got = {g["goal"]: (g["value"], g["met"]) for g in report.goals({}, [], [], runs)}
-    share = "kernel rules, share of a core per 5000 kernels"
+    share = "rules CPU, share of a core per 5000 kernels"
     assert got[f"{share}, 5000 kernels, --rates both --kernel-shards 1"] == (0.16, False)
     assert got[f"{share}, 5000 kernels, --rates exporter --kernel-shards 1"] == (0.04, True)
     assert got[f"{share}, 20000 kernels, --rates exporter --kernel-shards 4"] == (0.04, True)
