@@ -50,6 +50,7 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, DecimalException
 from typing import Any, cast
 
 from .catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Capacity, Catalog, MetricSpec
+from .payload import FrozenDict
 
 __all__ = [
     "STATS_ORDER",
@@ -407,7 +408,7 @@ def _render_one(layout: _Layout, raw: Mapping[str, str]) -> dict[str, Any] | Non
 
 
 def _render_metrics(
-    values: Mapping[str, Mapping[str, str]], catalog: Catalog, *, node: bool
+    values: Mapping[str, Mapping[str, str]], catalog: Catalog, *, node: bool, frozen: bool
 ) -> dict[str, dict[str, Any]]:
     table = _layouts(catalog, node=node)
     result: dict[str, dict[str, Any]] = {}
@@ -417,12 +418,17 @@ def _render_metrics(
             layout = table[name] = _layout(catalog.lookup(name), node=node)
         rendered = _render_one(layout, values[name])
         if rendered is not None:
-            result[name] = rendered
+            # Built read-only here rather than copied by payload.freeze later: one C-level
+            # copy of a finished leaf instead of a second pass over the whole payload.
+            result[name] = FrozenDict(rendered) if frozen else rendered
     return result
 
 
 def render_kernel(
-    values: Mapping[str, Mapping[str, str]], *, catalog: Catalog = DEFAULT_CATALOG
+    values: Mapping[str, Mapping[str, str]],
+    *,
+    catalog: Catalog = DEFAULT_CATALOG,
+    frozen: bool = False,
 ) -> dict[str, dict[str, str]] | None:
     """Render one kernel's legacy ``live_stat`` dict.
 
@@ -430,14 +436,19 @@ def render_kernel(
         values: metric name -> ``{"current": s, "capacity": s?, "max": s?, "avg": s?,
             "rate": s?}`` with raw Prometheus value strings.
         catalog: metric specs (unit hints, published stats, capacity fallback, integral).
+        frozen: build read-only :class:`~promstat.payload.FrozenDict` values at every level
+            (what :func:`~promstat.payload.freeze` would make of the plain result, equal to
+            it and serialised identically, at a fraction of the cost).
 
     Returns:
         ``{metric: {"current", "capacity", "pct", "unit_hint", "stats.*"...}}`` with string
         values, metrics sorted by name; ``None`` when no metric has a current value.
     """
-    result = _render_metrics(values, catalog, node=False)
+    result = _render_metrics(values, catalog, node=False, frozen=frozen)
+    if not result:
+        return None
     # Kernel capacities are never None, so every value is a string.
-    return cast("dict[str, dict[str, str]]", result) if result else None
+    return cast("dict[str, dict[str, str]]", FrozenDict(result) if frozen else result)
 
 
 def _natural_key(device_id: str) -> tuple[tuple[int, int, str], ...]:
@@ -455,6 +466,7 @@ def render_agent(
     devices: Mapping[str, Mapping[str, Mapping[str, str]]],
     *,
     catalog: Catalog = DEFAULT_CATALOG,
+    frozen: bool = False,
 ) -> dict[str, Any] | None:
     """Render one agent's legacy ``live_stat`` dict (``node`` + ``devices``).
 
@@ -465,12 +477,14 @@ def render_agent(
         node: metric name -> raw values, as for :func:`render_kernel`.
         devices: metric name -> device id -> raw values.
         catalog: metric specs.
+        frozen: build read-only :class:`~promstat.payload.FrozenDict` values at every level,
+            as for :func:`render_kernel`.
 
     Returns:
         ``{"node": {metric: {...}}, "devices": {metric: {device_id: {...}}}}`` (metrics sorted
         by name, devices in natural order), or ``None`` when neither has any current value.
     """
-    rendered_node = _render_metrics(node, catalog, node=True)
+    rendered_node = _render_metrics(node, catalog, node=True, frozen=frozen)
     table = _layouts(catalog, node=True)
     rendered_devices: dict[str, dict[str, dict[str, Any]]] = {}
     for name in sorted(devices):
@@ -482,11 +496,15 @@ def render_agent(
         for device_id in sorted(per_device, key=_natural_key):
             rendered = _render_one(layout, per_device[device_id])
             if rendered is not None:
-                out[device_id] = rendered
+                out[device_id] = FrozenDict(rendered) if frozen else rendered
         if out:
-            rendered_devices[name] = out
+            rendered_devices[name] = FrozenDict(out) if frozen else out
     if not rendered_node and not rendered_devices:
         return None
+    if frozen:
+        return FrozenDict(
+            node=FrozenDict(rendered_node), devices=FrozenDict(rendered_devices)
+        )
     return {"node": rendered_node, "devices": rendered_devices}
 
 

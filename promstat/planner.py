@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time as _time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -223,14 +223,17 @@ class _Accumulator:
     __slots__ = ("_pending", "agents", "kernels")
 
     def __init__(self) -> None:
-        self._pending: list[tuple[_Shape, Sequence[Any], Mapping[str, object]]] = []
+        self._pending: list[tuple[_Shape, Sequence[Any], Mapping[str, object] | None]] = []
         # Dicts of strings only: CPython does not track them for garbage collection, so a
         # page's 90,000 values do not make the collector walk them (lists would).
         self.kernels: dict[str, dict[str, dict[str, str]]] = {}
         self.agents: dict[str, dict[str | None, dict[str, dict[str, str]]]] = {}
 
-    def add(self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]) -> None:
-        """Keep one chunk's decoded series for :meth:`demux`."""
+    def add(
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
+    ) -> None:
+        """Keep one chunk's decoded series for :meth:`demux` (``wanted``: the ids to keep,
+        ``None`` when every row belongs to the batch)."""
         self._pending.append((shape, series, wanted))
 
     async def demux(self) -> None:
@@ -247,28 +250,41 @@ class _Accumulator:
                     self._add_agent_rows(shape, rows, wanted)
 
     def _add_kernel_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
     ) -> None:
         # The hot loop of a page (one pass per returned series): plain locals, one dict per
-        # kernel and one per metric, no per-row attribute probing.
+        # kernel and one per metric, no per-row attribute probing. ``wanted`` is None for an
+        # id chunk's answer (its matcher already selected exactly the chunk's ids; the caller
+        # renders only those), so the membership test runs for fleet-wide answers only.
         kernels = self.kernels
         fixed = shape.stat
-        for s in series:
-            lab = s.metric
-            ident = lab.id
-            if ident not in wanted:  # fleet-wide plans return everyone; keep the batch only
-                continue
-            per_id = kernels.get(ident)
-            if per_id is None:
-                per_id = kernels[ident] = {}
-            metric = lab.metric
-            per_metric = per_id.get(metric)
-            if per_metric is None:
-                per_metric = per_id[metric] = {}
-            per_metric[fixed or lab.stat] = s.value[1]
+        try:
+            for s in series:
+                lab = s.metric
+                ident = lab.id
+                if wanted is not None and ident not in wanted:
+                    continue
+                per_id = kernels.get(ident)
+                if per_id is None:
+                    per_id = kernels[ident] = {}
+                metric = lab.metric
+                per_metric = per_id.get(metric)
+                if per_metric is None:
+                    per_metric = per_id[metric] = {}
+                # SampleValue.text: a slot read; value[1] is a Python-level __getitem__.
+                per_metric[fixed or lab.stat] = s.value.text
+        except AttributeError:
+            # An executor that answers with (timestamp, text) tuples (test doubles): the same
+            # pass again, indexing the pair. Setting the same keys twice is harmless.
+            for s in series:
+                lab = s.metric
+                ident = lab.id
+                if wanted is None or ident in wanted:
+                    per_id = kernels.setdefault(ident, {})
+                    per_id.setdefault(lab.metric, {})[fixed or lab.stat] = s.value[1]
 
     def _add_agent_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
     ) -> None:
         rows = self.agents
         fixed = shape.stat
@@ -276,7 +292,7 @@ class _Accumulator:
         for s in series:
             lab = s.metric
             ident = lab.id
-            if ident not in wanted:
+            if wanted is not None and ident not in wanted:
                 continue
             per_id = rows.get(ident)
             if per_id is None:
@@ -365,6 +381,8 @@ class _Job:
     failed: dict[str, PromstatError]
     outcome: BatchOutcome
     late: int = 0  # queries that never got a slot before the deadline
+    # Payloads rendered as each answer arrives (see Planner._execute); None: rendered at the end.
+    rendered: dict[str, Payload | None] | None = None
 
     def where(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
         """The plan shape of one query, for errors and log lines."""
@@ -764,6 +782,11 @@ class Planner:
         acc = _Accumulator()
         failed: dict[str, PromstatError] = {}
         job = _Job(level, plan, shapes, chunks, wanted, at, deadline, acc, failed, outcome)
+        if len(shapes) == 1:
+            # One shape: every id's rows come from exactly one answer (chunks, split halves
+            # and the fleet-wide fallback's chunks are disjoint), so each answer is rendered
+            # as soon as it arrives, while Prometheus still computes the other chunks.
+            job.rendered = {}
         units: list[Awaitable[None]] = []
         for shape in shapes:
             for chunk in (None,) if fleet else chunks:
@@ -777,7 +800,16 @@ class Planner:
                 self.page_deadline,
                 job.late,
             )
-        payloads = await self._render_all(level, acc, wanted, failed)
+        rendered = job.rendered
+        if rendered is None:
+            await acc.demux()
+            rendered = {}
+            await self._render_ids(level, acc, wanted, rendered)
+        # In the batch's order, an id's error first (as before streaming).
+        payloads: dict[str, Payload | PromstatError | None] = {}
+        for ident in wanted:
+            err = failed.get(ident)
+            payloads[ident] = err if err is not None else rendered.get(ident)
         return plan, payloads
 
     def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
@@ -832,7 +864,8 @@ class Planner:
             )
             self._fail(job, shape, chunk, err, sent=stage == "the query")
             return
-        job.acc.add(shape, res.series, job.wanted)
+        # An id chunk's matcher selected exactly its ids: no per-row membership test.
+        rows_of = job.wanted if chunk is None else None
         outcome = job.outcome
         notes = (*res.warnings, *res.infos)
         if res.warnings:
@@ -840,6 +873,17 @@ class Planner:
         for note in notes:
             if note not in outcome.warnings:
                 outcome.warnings.append(note)
+        if job.rendered is None:
+            job.acc.add(shape, res.series, rows_of)
+            return
+        # Streaming: this answer's ids now, in slices; the loop first finishes what it was
+        # doing (the decode of this answer ran in the callback that woke this task).
+        acc = _Accumulator()
+        acc.add(shape, res.series, rows_of)
+        await asyncio.sleep(0)
+        await acc.demux()
+        await asyncio.sleep(0)
+        await self._render_ids(job.level, acc, job.wanted if chunk is None else chunk, job.rendered)
 
     def _fail(
         self,
@@ -860,34 +904,34 @@ class Planner:
 
     # -- rendering --------------------------------------------------------------------------
 
-    async def _render_all(
+    async def _render_ids(
         self,
         level: str,
         acc: _Accumulator,
-        wanted: Mapping[str, object],
-        failed: Mapping[str, PromstatError],
-    ) -> dict[str, Payload | PromstatError | None]:
-        """Demultiplex and render every wanted id, yielding to the loop between slices."""
-        await acc.demux()
-        payloads: dict[str, Payload | PromstatError | None] = {}
-        kernel = level == "kernel"
+        ids: Iterable[str],
+        into: dict[str, Payload | None],
+    ) -> None:
+        """Render ``ids`` from demultiplexed rows into ``into`` (read-only payloads, ``None``
+        for an id without data), yielding to the loop every ``_RENDER_SLICE`` ids."""
         catalog = self.config.catalog
         render_kernel = live_stat.render_kernel
-        kernels, agents = acc.kernels, acc.agents
-        for n, ident in enumerate(wanted, 1):
-            err = failed.get(ident)
-            if err is not None:
-                payloads[ident] = err
-            elif kernel:
+        if level == "kernel":
+            kernels = acc.kernels
+            for n, ident in enumerate(ids, 1):
                 metrics = kernels.get(ident)
-                # render_kernel leaves out metrics without a `current` value and
-                # returns None when nothing is left.
-                payloads[ident] = render_kernel(metrics, catalog=catalog) if metrics else None
-            else:
-                payloads[ident] = self._render_agent(agents.get(ident))
-            if n % _RENDER_SLICE == 0:
-                await asyncio.sleep(0)
-        return payloads
+                # render_kernel leaves out metrics without a `current` value and returns
+                # None when nothing is left. Frozen here: payload.freeze then costs nothing.
+                into[ident] = (
+                    render_kernel(metrics, catalog=catalog, frozen=True) if metrics else None
+                )
+                if n % _RENDER_SLICE == 0:
+                    await asyncio.sleep(0)
+        else:
+            agents = acc.agents
+            for n, ident in enumerate(ids, 1):
+                into[ident] = self._render_agent(agents.get(ident))
+                if n % _RENDER_SLICE == 0:
+                    await asyncio.sleep(0)
 
     def _render_agent(
         self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
@@ -903,4 +947,4 @@ class Planner:
                 devices.setdefault(metric, {})[device] = stats
         if not node and not devices:
             return None
-        return live_stat.render_agent(node, devices, catalog=self.config.catalog)
+        return live_stat.render_agent(node, devices, catalog=self.config.catalog, frozen=True)
