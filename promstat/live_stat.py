@@ -329,11 +329,37 @@ def _fmt_integral(value: str) -> str:
     return out
 
 
+def _no_pct(current: str) -> str:
+    return "0.00"
+
+
+# |current| below this many integer digits is under 0.005% of SENTINEL_CAPACITY: pct "0".
+_SENTINEL_ZERO_DIGITS = len(str(int(SENTINEL_CAPACITY) // 100 // 200)) - 1
+
+
+def _sentinel_pct(current: str) -> str:
+    """``format_pct(current, SENTINEL_CAPACITY)``, without float work for plain numbers.
+
+    Every metric with a sentinel capacity and no capacity series (network, I/O, CPU time)
+    takes this path; a plain decimal below 1e14 is under 0.005% of the sentinel and rounds to
+    ``"0"``, so only huge or unusual texts (NaN, exponents) need the full computation.
+    """
+    int_part, _, frac_part = (current[1:] if current[:1] == "-" else current).partition(".")
+    if (
+        len(int_part) <= _SENTINEL_ZERO_DIGITS
+        and int_part.isdigit()
+        and (not frac_part or frac_part.isdigit())
+    ):
+        return "0"
+    return format_pct(current, SENTINEL_CAPACITY)
+
+
 @dataclass(frozen=True, slots=True)
 class _Layout:
     fmt: _Formatter  # current and capacity
     unit_hint: str
     missing_capacity: str | None  # already formatted
+    missing_pct: _Formatter  # pct of a current value when there is no capacity series
     # (output key, input key, formatter, missing value repeats current) per published stat;
     # plain tuples: unpacking them is the cheapest read in the per-metric loop.
     stats: tuple[tuple[str, str, _Formatter, bool], ...]
@@ -347,16 +373,20 @@ def _layout(spec: MetricSpec, *, node: bool) -> _Layout:
         for stat in STATS_ORDER
         if stat in published
     )
-    if node:
-        missing: str | None = None
-    elif spec.capacity is Capacity.SENTINEL:
-        missing = SENTINEL_CAPACITY
-    else:
-        missing = "0"
+    # Without a capacity series: node/device capacity None, kernel capacity the sentinel
+    # or "0"; format_pct gives "0.00" for None and "0".
+    missing: str | None = None
+    missing_pct: _Formatter = _no_pct
+    if not node:
+        if spec.capacity is Capacity.SENTINEL:
+            missing, missing_pct = SENTINEL_CAPACITY, _sentinel_pct
+        else:
+            missing = "0"
     return _Layout(
         fmt=value_fmt,
         unit_hint=spec.unit_hint_node if node else spec.unit_hint,
         missing_capacity=missing,
+        missing_pct=missing_pct,
         stats=slots,
     )
 
@@ -386,7 +416,7 @@ def _render_one(layout: _Layout, raw: Mapping[str, str]) -> dict[str, Any] | Non
     shown_current = fmt(current)
     if capacity_raw is None:
         capacity = layout.missing_capacity
-        pct = "0.00" if capacity is None else format_pct(current, capacity)
+        pct = layout.missing_pct(current)
     else:
         capacity = fmt(capacity_raw)
         pct = format_pct(current, capacity_raw)

@@ -208,22 +208,28 @@ class _Shape:
 # Demultiplexing and rendering run in slices of about this many rows / ids, yielding to the
 # event loop between slices: a fleet-wide 5,000-kernel answer (90,000 rows) would otherwise
 # hold the loop for ~150 ms. One slice costs ~2-5 ms on the 2-core benchmark machine.
-_DEMUX_SLICE = 8192
+_DEMUX_SLICE = 4096
 _RENDER_SLICE = 256
+# Rendering also yields once a slice has run this long (checked every _SLICE_CHECK ids): a
+# slice of 256 kernels takes ~5 ms on an idle core, several times that on a busy one.
+_SLICE_SECONDS = 0.004
+_SLICE_CHECK = 32
 
 
 class _Accumulator:
     """Rows demultiplexed by id: kernel rows as metric -> stat -> value string, agent rows as
     (device or None) -> metric -> stat -> value string.
 
-    :meth:`add` only keeps the decoded series; :meth:`demux` groups them later, in slices,
-    so a query task finishing never holds the event loop for a whole answer.
+    :meth:`add` only keeps the decoded series, cut into parts; :meth:`demux` groups them
+    later, one part per slice, so a query task finishing never holds the event loop for a
+    whole answer, and each part's rows are freed in their own slice once grouped (releasing a
+    5,000-kernel answer's 90,000 decoded series at once held the loop for ~30 ms).
     """
 
     __slots__ = ("_pending", "agents", "kernels")
 
     def __init__(self) -> None:
-        self._pending: list[tuple[_Shape, Sequence[Any], Mapping[str, object] | None]] = []
+        self._pending: list[tuple[_Shape, list[Sequence[Any]], Mapping[str, object] | None]] = []
         # Dicts of strings only: CPython does not track them for garbage collection, so a
         # page's 90,000 values do not make the collector walk them (lists would).
         self.kernels: dict[str, dict[str, dict[str, str]]] = {}
@@ -232,22 +238,28 @@ class _Accumulator:
     def add(
         self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
     ) -> None:
-        """Keep one chunk's decoded series for :meth:`demux` (``wanted``: the ids to keep,
-        ``None`` when every row belongs to the batch)."""
-        self._pending.append((shape, series, wanted))
+        """Keep one answer's decoded series for :meth:`demux` (``wanted``: the ids to keep,
+        ``None`` when every row belongs to the batch).
+
+        The caller should drop its own reference to ``series`` afterwards: the parts then
+        hold the only references, and :meth:`demux` frees them part by part.
+        """
+        parts = [series[i : i + _DEMUX_SLICE] for i in range(0, len(series), _DEMUX_SLICE)]
+        parts.reverse()  # demux pops from the end: rows are still grouped in answer order
+        self._pending.append((shape, parts, wanted))
 
     async def demux(self) -> None:
-        """Group every kept series by id, yielding to the loop every ``_DEMUX_SLICE`` rows."""
+        """Group every kept series by id, one part (``_DEMUX_SLICE`` rows) per loop turn."""
         pending, self._pending = self._pending, []
-        for shape, series, wanted in pending:
-            for start in range(0, len(series), _DEMUX_SLICE):
-                if start:
+        first = True
+        for shape, parts, wanted in pending:
+            kernel_rows = not shape.node and "device" not in shape.labels.__struct_fields__
+            add_rows = self._add_kernel_rows if kernel_rows else self._add_agent_rows
+            while parts:
+                if not first:
                     await asyncio.sleep(0)
-                rows = series[start : start + _DEMUX_SLICE]
-                if not shape.node and "device" not in shape.labels.__struct_fields__:
-                    self._add_kernel_rows(shape, rows, wanted)
-                else:
-                    self._add_agent_rows(shape, rows, wanted)
+                first = False
+                add_rows(shape, parts.pop(), wanted)  # the part is freed as this returns
 
     def _add_kernel_rows(
         self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
@@ -373,7 +385,7 @@ class _Job:
     level: str
     plan: str
     shapes: tuple[_Shape, ...]
-    chunks: list[tuple[str, ...]]
+    chunks: list[tuple[str, ...]] | None  # None: not cut yet (a fleet-wide plan)
     wanted: Mapping[str, object]
     at: float
     deadline: float
@@ -771,13 +783,21 @@ class Planner:
         deadline: float,
     ) -> tuple[str, dict[str, Payload | PromstatError | None]]:
         shapes = self._select(level, recorded)
-        chunks = self._chunks(shapes, sorted(wanted))
-        fleet = (
-            self.config.fleet_fraction is not None
-            and len(chunks) > 1
+        cfg = self.config
+        share = (
+            cfg.fleet_fraction is not None
             and live > 0
-            and len(wanted) >= self.config.fleet_fraction * live
+            and len(wanted) >= cfg.fleet_fraction * live
         )
+        chunks: list[tuple[str, ...]] | None = None
+        if share and len(wanted) > cfg.max_alternatives:
+            # More ids than one matcher holds: certainly several chunks, so the fleet-wide
+            # plan, which needs the chunks only if its query is too large (see _run). Cutting
+            # 5,000 ids into chunks costs ~10 ms the page need not spend.
+            fleet = True
+        else:
+            chunks = self._chunks(shapes, sorted(wanted))
+            fleet = share and len(chunks) > 1
         plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
         acc = _Accumulator()
         failed: dict[str, PromstatError] = {}
@@ -789,7 +809,7 @@ class Planner:
             job.rendered = {}
         units: list[Awaitable[None]] = []
         for shape in shapes:
-            for chunk in (None,) if fleet else chunks:
+            for chunk in (None,) if chunks is None or fleet else chunks:
                 units.append(self._run(job, shape, chunk, 0))
         await asyncio.gather(*units)
         if job.late:
@@ -849,6 +869,8 @@ class Planner:
             self.metrics.on_split()
             log.debug("%s: too large, split (%s)", job.where(shape, chunk), _describe(exc))
             if chunk is None:
+                if job.chunks is None:  # the fleet-wide plan did not need them until now
+                    job.chunks = self._chunks(job.shapes, sorted(job.wanted))
                 parts: list[tuple[str, ...]] = job.chunks
             else:
                 half = len(chunk) // 2
@@ -880,6 +902,7 @@ class Planner:
         # doing (the decode of this answer ran in the callback that woke this task).
         acc = _Accumulator()
         acc.add(shape, res.series, rows_of)
+        del res  # the answer's parts now hold its rows: demux frees them slice by slice
         await asyncio.sleep(0)
         await acc.demux()
         await asyncio.sleep(0)
@@ -912,26 +935,28 @@ class Planner:
         into: dict[str, Payload | None],
     ) -> None:
         """Render ``ids`` from demultiplexed rows into ``into`` (read-only payloads, ``None``
-        for an id without data), yielding to the loop every ``_RENDER_SLICE`` ids."""
-        catalog = self.config.catalog
-        render_kernel = live_stat.render_kernel
-        if level == "kernel":
-            kernels = acc.kernels
-            for n, ident in enumerate(ids, 1):
-                metrics = kernels.get(ident)
-                # render_kernel leaves out metrics without a `current` value and returns
-                # None when nothing is left. Frozen here: payload.freeze then costs nothing.
-                into[ident] = (
-                    render_kernel(metrics, catalog=catalog, frozen=True) if metrics else None
-                )
-                if n % _RENDER_SLICE == 0:
-                    await asyncio.sleep(0)
-        else:
-            agents = acc.agents
-            for n, ident in enumerate(ids, 1):
-                into[ident] = self._render_agent(agents.get(ident))
-                if n % _RENDER_SLICE == 0:
-                    await asyncio.sleep(0)
+        for an id without data), yielding to the loop every ``_RENDER_SLICE`` ids or sooner
+        when a slice has run ``_SLICE_SECONDS`` (a slow or busy machine)."""
+        rows: dict[str, Any] = acc.kernels if level == "kernel" else acc.agents
+        render: Callable[[Any], Payload | None] = (
+            self._render_kernel if level == "kernel" else self._render_agent
+        )
+        clock = _time.perf_counter
+        until = clock() + _SLICE_SECONDS
+        for n, ident in enumerate(ids, 1):
+            # pop: each id's rows are freed inside its slice, not all at once when the
+            # accumulator goes (tens of thousands of dicts on a 5,000-kernel page).
+            into[ident] = render(rows.pop(ident, None))
+            if n % _SLICE_CHECK == 0 and (n % _RENDER_SLICE == 0 or clock() > until):
+                await asyncio.sleep(0)
+                until = clock() + _SLICE_SECONDS
+
+    def _render_kernel(self, metrics: Mapping[str, Mapping[str, str]] | None) -> Payload | None:
+        # render_kernel leaves out metrics without a `current` value and returns None when
+        # nothing is left. Frozen here: payload.freeze then costs nothing.
+        if not metrics:
+            return None
+        return live_stat.render_kernel(metrics, catalog=self.config.catalog, frozen=True)
 
     def _render_agent(
         self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
