@@ -211,6 +211,8 @@ def format_decimal(value: str | float, *, quantum: int = 3) -> str:
         The legacy string.
     """
     text = value if isinstance(value, str) else _to_decimal_text(value)
+    if text.isdigit() and text.isascii() and len(text) <= 21 and text[0] != "0":
+        return text  # the common case first: a plain integer such as "4294967296"
     # Inlined _split_simple: this runs for every value of every page.
     negative = text.startswith("-")
     int_part, dot, frac_part = (text[1:] if negative else text).partition(".")
@@ -245,6 +247,8 @@ def format_integral(value: str | float) -> str:
         An integer string such as ``"4294967296"``.
     """
     text = value if isinstance(value, str) else _to_decimal_text(value)
+    if text.isdigit() and text.isascii() and len(text) <= _FAST_MAX_INT_DIGITS and text[0] != "0":
+        return text  # a plain integer, the common case
     parts = _split_simple(text)
     if parts is None:
         return format_integral_reference(text)
