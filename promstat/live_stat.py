@@ -536,9 +536,7 @@ def render_agent(
     if not rendered_node and not rendered_devices:
         return None
     if frozen:
-        return FrozenDict(
-            node=FrozenDict(rendered_node), devices=FrozenDict(rendered_devices)
-        )
+        return FrozenDict(node=FrozenDict(rendered_node), devices=FrozenDict(rendered_devices))
     return {"node": rendered_node, "devices": rendered_devices}
 
 

@@ -210,10 +210,10 @@ class _Shape:
 # hold the loop for ~150 ms. One slice costs ~2-5 ms on the 2-core benchmark machine.
 _DEMUX_SLICE = 4096
 _RENDER_SLICE = 256
-# Rendering also yields once a slice has run this long (checked every _SLICE_CHECK ids): a
-# slice of 256 kernels takes ~5 ms on an idle core, several times that on a busy one.
+# Rendering also yields once a slice has run this long (the clock is read after every id, a
+# fraction of a percent of rendering it): a slice of 256 kernels takes ~5 ms on an idle core,
+# several times that on a busy one.
 _SLICE_SECONDS = 0.004
-_SLICE_CHECK = 32
 
 
 class _Accumulator:
@@ -785,9 +785,7 @@ class Planner:
         shapes = self._select(level, recorded)
         cfg = self.config
         share = (
-            cfg.fleet_fraction is not None
-            and live > 0
-            and len(wanted) >= cfg.fleet_fraction * live
+            cfg.fleet_fraction is not None and live > 0 and len(wanted) >= cfg.fleet_fraction * live
         )
         chunks: list[tuple[str, ...]] | None = None
         if share and len(wanted) > cfg.max_alternatives:
@@ -947,7 +945,7 @@ class Planner:
             # pop: each id's rows are freed inside its slice, not all at once when the
             # accumulator goes (tens of thousands of dicts on a 5,000-kernel page).
             into[ident] = render(rows.pop(ident, None))
-            if n % _SLICE_CHECK == 0 and (n % _RENDER_SLICE == 0 or clock() > until):
+            if n % _RENDER_SLICE == 0 or clock() > until:
                 await asyncio.sleep(0)
                 until = clock() + _SLICE_SECONDS
 
