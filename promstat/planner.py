@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time as _time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -204,6 +205,12 @@ class _Shape:
             else self.expr.replace(_IDS, set_matcher(self.id_label, chunk))
         )
 
+
+# Pages repeat (polling clients ask for the same ids every interval), so the chunking of the
+# last few batches and the query texts of their chunks are kept: cutting and escaping 1,000 ids
+# twice costs ~3 ms a page. Texts: ~10 KB each at most (the query budget is 16 KiB).
+_CHUNKINGS_KEPT = 8
+_TEXTS_KEPT = 64
 
 # Demultiplexing and rendering run in slices of about this many rows / ids, yielding to the
 # event loop between slices: a fleet-wide 5,000-kernel answer (90,000 rows) would otherwise
@@ -444,6 +451,10 @@ class Planner:
         self._detecting: dict[str, asyncio.Future[tuple[bool, int] | PromstatError]] = {}
         self._detect_failed: dict[str, tuple[float, PromstatError]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The chunking of the last few batches and their chunks' query texts (see _CHUNKINGS_KEPT)
+        self._chunkings: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, ...]]]
+        self._chunkings = OrderedDict()
+        self._texts: OrderedDict[tuple[str, tuple[str, ...]], str] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._build_shapes()
@@ -833,13 +844,36 @@ class Planner:
     def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
         # One chunking for all shapes of a plan, sized for the shape that repeats the matcher
         # most, so every id sits in the same chunk everywhere and fails or succeeds as one.
+        key = (tuple(s.expr for s in shapes), tuple(ordered))
+        kept = self._chunkings.get(key)
+        if kept is not None:
+            self._chunkings.move_to_end(key)
+            return kept
         worst = max(shapes, key=lambda s: (s.expr.count(_IDS), len(s.expr)))
-        return chunk_ids(worst.expr, worst.id_label, ordered, self.config)
+        chunks = chunk_ids(worst.expr, worst.id_label, ordered, self.config)
+        self._chunkings[key] = chunks
+        if len(self._chunkings) > _CHUNKINGS_KEPT:
+            self._chunkings.popitem(last=False)
+        return chunks
+
+    def _text(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
+        """``shape.text(chunk)``, kept for the chunks of the last few batches."""
+        if chunk is None:
+            return shape.fleet
+        key = (shape.expr, chunk)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = shape.text(chunk)
+            if len(self._texts) > _TEXTS_KEPT:
+                self._texts.popitem(last=False)
+        else:
+            self._texts.move_to_end(key)
+        return text
 
     async def _run(
         self, job: _Job, shape: _Shape, chunk: tuple[str, ...] | None, depth: int
     ) -> None:
-        expr = shape.text(chunk)
+        expr = self._text(shape, chunk)
         stage = "a query slot"
         try:
             async with asyncio.timeout_at(job.deadline):

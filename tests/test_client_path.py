@@ -255,6 +255,21 @@ async def test_fleet_wide_plan_and_its_fallback_to_chunks_render_the_same(
     _assert_same_payloads(out.payloads, expected)
 
 
+async def test_repeated_and_changing_pages_send_the_queries_a_fresh_planner_sends(
+    client: PrometheusClient,
+) -> None:
+    """Kept chunkings and query texts never leak from one batch into another."""
+    gated = _Gated(client)
+    planner = Planner(gated, _config(fleet_fraction=None))
+    fresh = Planner(gated, _config(fleet_fraction=None))
+    pages = [IDS[:200], IDS[100:], IDS[:200], IDS[:199], list(reversed(IDS[:200]))]
+    for page in pages * 2:
+        gated.queries.clear()
+        out = await planner.kernels(page, at=AT)
+        assert sorted(gated.queries) == sorted(fresh.queries("kernel", page, recorded=True))
+        assert list(out.payloads) == page
+
+
 class _Replay:
     """Answers every query from the first real answer to it: a page without I/O."""
 
