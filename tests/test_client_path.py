@@ -138,10 +138,12 @@ def _chunk_of(query: str) -> int:
 
 
 class _Gated:
-    """Forwards to the real client; lets a test delay, hold or fail (once) chosen queries."""
+    """Forwards to the real client; lets a test delay, hold or fail (once) chosen queries, or
+    replay the first answer to each query (``replay``: a page without I/O)."""
 
-    def __init__(self, inner: PrometheusClient) -> None:
+    def __init__(self, inner: PrometheusClient, *, replay: bool = False) -> None:
         self.inner = inner
+        self.answers: dict[str, Any] | None = {} if replay else None
         self.queries: list[str] = []
         self.delay: dict[int, float] = {}
         self.hold: dict[int, asyncio.Event] = {}
@@ -153,7 +155,12 @@ class _Gated:
         error = self.fail_once.pop(chunk, None)
         if error is not None:
             raise error
-        answer = await self.inner.query_vector(query, **kwargs)
+        if self.answers is None:
+            answer = await self.inner.query_vector(query, **kwargs)
+        elif query in self.answers:
+            answer = self.answers[query]
+        else:
+            answer = self.answers[query] = await self.inner.query_vector(query, **kwargs)
         await asyncio.sleep(self.delay.get(chunk, 0.0))
         if chunk in self.hold:
             await self.hold[chunk].wait()
@@ -270,26 +277,12 @@ async def test_repeated_and_changing_pages_send_the_queries_a_fresh_planner_send
         assert list(out.payloads) == page
 
 
-class _Replay:
-    """Answers every query from the first real answer to it: a page without I/O."""
-
-    def __init__(self, inner: PrometheusClient) -> None:
-        self.inner = inner
-        self.answers: dict[str, Any] = {}
-
-    async def query_vector(self, query: str, **kwargs: Any) -> Any:
-        if query not in self.answers:
-            self.answers[query] = await self.inner.query_vector(query, **kwargs)
-        return self.answers[query]
-
-
 async def test_a_slow_render_still_gives_the_loop_a_turn_every_few_milliseconds(
     client: PrometheusClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Render slices end after a few milliseconds, not only every 256 kernels: with kernels
     that take 2 ms each (a busy machine), another task keeps getting turns."""
-    replay = _Replay(client)
-    planner = Planner(replay, _config())
+    planner = Planner(_Gated(client, replay=True), _config())
     reference = await planner.kernels(IDS, at=AT)  # fetches the one fleet-wide answer
     assert reference.plan == "recorded/fleet"
     original = live_stat.render_kernel
