@@ -24,7 +24,7 @@ from promstat import lab, live_stat
 from promstat.catalog import SENTINEL_CAPACITY
 from promstat.client import PrometheusClient
 from promstat.errors import ExecutionError, QueryTooLargeError
-from promstat.payload import FrozenDict, freeze
+from promstat.payload import FrozenDict, afreeze_values, freeze
 from promstat.planner import Planner, PlannerConfig
 from promstat.service import LiveStats
 from promstat.testing import openmetrics_text
@@ -419,3 +419,30 @@ def test_plain_integer_texts_format_like_the_reference(text: str) -> None:
     """The early return for plain integers agrees with the Decimal reference."""
     assert live_stat.format_decimal(text) == live_stat.format_decimal_reference(text)
     assert live_stat.format_integral(text) == live_stat.format_integral_reference(text)
+
+
+async def test_freezing_an_already_frozen_page_passes_every_payload_through() -> None:
+    """The service's freeze of planner payloads returns each one as is, without loop turns."""
+    frozen = live_stat.render_kernel(RAW, frozen=True)
+    batch: dict[str, Any] = {f"k{i}": frozen if i % 3 else None for i in range(1000)}
+    batch["err"] = err = ExecutionError(status=422, error="boom")
+    batch["plain"] = {"mem": {"current": "1"}}  # one plain payload still gets frozen
+    ticks = 0
+
+    async def other_work() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    started = ticks
+    out = await afreeze_values(batch, slice_size=100)
+    ran = ticks - started
+    task.cancel()
+    assert list(out) == list(batch)
+    assert all(out[k] is batch[k] for k in batch if k != "plain")
+    assert out["err"] is err
+    assert type(out["plain"]) is FrozenDict and out["plain"] == batch["plain"]
+    assert ran <= 1  # at most the slice holding the one plain payload yielded
