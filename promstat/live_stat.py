@@ -348,6 +348,8 @@ def _sentinel_pct(current: str) -> str:
     takes this path; a plain decimal below 1e14 is under 0.005% of the sentinel and rounds to
     ``"0"``, so only huge or unusual texts (NaN, exponents) need the full computation.
     """
+    if len(current) <= _SENTINEL_ZERO_DIGITS and current.isdigit():
+        return "0"  # the common case: a plain integer (bytes, msec) of up to 14 digits
     int_part, _, frac_part = (current[1:] if current[:1] == "-" else current).partition(".")
     if (
         len(int_part) <= _SENTINEL_ZERO_DIGITS
