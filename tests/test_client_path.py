@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
+from test_event_loop import _Ticker  # counts the loop turns another task gets
 
 from promstat import lab, live_stat
 from promstat.catalog import SENTINEL_CAPACITY
@@ -292,21 +293,9 @@ async def test_a_slow_render_still_gives_the_loop_a_turn_every_few_milliseconds(
         return original(values, **kwargs)
 
     monkeypatch.setattr(live_stat, "render_kernel", slow)
-    ticks = 0
-    done = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    ticks = 0
-    out = await planner.kernels(IDS, at=AT)  # no I/O: every tick is a slice boundary
-    done = True
-    await task
+    async with _Ticker() as ticker:
+        out = await planner.kernels(IDS, at=AT)  # no I/O: every tick is a slice boundary
+    ticks = ticker.ticks
     # 300 kernels x 2 ms = 0.6 s of rendering; 256-kernel slices alone would give ~3 turns,
     # 4 ms slices ~100. Generous bound for a loaded machine.
     print("ticks during a slow render:", ticks)
@@ -427,20 +416,9 @@ async def test_freezing_an_already_frozen_page_passes_every_payload_through() ->
     batch: dict[str, Any] = {f"k{i}": frozen if i % 3 else None for i in range(1000)}
     batch["err"] = err = ExecutionError(status=422, error="boom")
     batch["plain"] = {"mem": {"current": "1"}}  # one plain payload still gets frozen
-    ticks = 0
-
-    async def other_work() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(other_work())
-    await asyncio.sleep(0)
-    started = ticks
-    out = await afreeze_values(batch, slice_size=100)
-    ran = ticks - started
-    task.cancel()
+    async with _Ticker() as ticker:
+        out = await afreeze_values(batch, slice_size=100)
+    ran = ticker.ticks
     assert list(out) == list(batch)
     assert all(out[k] is batch[k] for k in batch if k != "plain")
     assert out["err"] is err
