@@ -463,7 +463,7 @@ class Planner:
         # The chunking of the last few batches and their chunks' query texts (see _CHUNKINGS_KEPT)
         self._chunkings: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, ...]]]
         self._chunkings = OrderedDict()
-        self._texts: OrderedDict[tuple[str, tuple[str, ...]], str] = OrderedDict()
+        self._texts: OrderedDict[tuple[str, str, tuple[str, ...]], str] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._build_shapes()
@@ -869,7 +869,7 @@ class Planner:
         """``shape.text(chunk)``, kept for the chunks of the last few batches."""
         if chunk is None:
             return shape.fleet
-        key = (shape.expr, chunk)
+        key = (shape.expr, shape.id_label, chunk)
         text = self._texts.get(key)
         if text is None:
             text = self._texts[key] = shape.text(chunk)
