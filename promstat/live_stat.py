@@ -50,6 +50,7 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, DecimalException
 from typing import Any, cast
 
 from .catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Capacity, Catalog, MetricSpec
+from .payload import FrozenDict
 
 __all__ = [
     "STATS_ORDER",
@@ -210,6 +211,8 @@ def format_decimal(value: str | float, *, quantum: int = 3) -> str:
         The legacy string.
     """
     text = value if isinstance(value, str) else _to_decimal_text(value)
+    if text.isdigit() and text.isascii() and len(text) <= 21 and text[0] != "0":
+        return text  # the common case first: a plain integer such as "4294967296"
     # Inlined _split_simple: this runs for every value of every page.
     negative = text.startswith("-")
     int_part, dot, frac_part = (text[1:] if negative else text).partition(".")
@@ -244,6 +247,8 @@ def format_integral(value: str | float) -> str:
         An integer string such as ``"4294967296"``.
     """
     text = value if isinstance(value, str) else _to_decimal_text(value)
+    if text.isdigit() and text.isascii() and len(text) <= _FAST_MAX_INT_DIGITS and text[0] != "0":
+        return text  # a plain integer, the common case
     parts = _split_simple(text)
     if parts is None:
         return format_integral_reference(text)
@@ -328,11 +333,39 @@ def _fmt_integral(value: str) -> str:
     return out
 
 
+def _no_pct(current: str) -> str:
+    return "0.00"
+
+
+# |current| below this many integer digits is under 0.005% of SENTINEL_CAPACITY: pct "0".
+_SENTINEL_ZERO_DIGITS = len(str(int(SENTINEL_CAPACITY) // 100 // 200)) - 1
+
+
+def _sentinel_pct(current: str) -> str:
+    """``format_pct(current, SENTINEL_CAPACITY)``, without float work for plain numbers.
+
+    Every metric with a sentinel capacity and no capacity series (network, I/O, CPU time)
+    takes this path; a plain decimal below 1e14 is under 0.005% of the sentinel and rounds to
+    ``"0"``, so only huge or unusual texts (NaN, exponents) need the full computation.
+    """
+    if len(current) <= _SENTINEL_ZERO_DIGITS and current.isdigit():
+        return "0"  # the common case: a plain integer (bytes, msec) of up to 14 digits
+    int_part, _, frac_part = (current[1:] if current[:1] == "-" else current).partition(".")
+    if (
+        len(int_part) <= _SENTINEL_ZERO_DIGITS
+        and int_part.isdigit()
+        and (not frac_part or frac_part.isdigit())
+    ):
+        return "0"
+    return format_pct(current, SENTINEL_CAPACITY)
+
+
 @dataclass(frozen=True, slots=True)
 class _Layout:
     fmt: _Formatter  # current and capacity
     unit_hint: str
     missing_capacity: str | None  # already formatted
+    missing_pct: _Formatter  # pct of a current value when there is no capacity series
     # (output key, input key, formatter, missing value repeats current) per published stat;
     # plain tuples: unpacking them is the cheapest read in the per-metric loop.
     stats: tuple[tuple[str, str, _Formatter, bool], ...]
@@ -346,16 +379,20 @@ def _layout(spec: MetricSpec, *, node: bool) -> _Layout:
         for stat in STATS_ORDER
         if stat in published
     )
-    if node:
-        missing: str | None = None
-    elif spec.capacity is Capacity.SENTINEL:
-        missing = SENTINEL_CAPACITY
-    else:
-        missing = "0"
+    # Without a capacity series: node/device capacity None, kernel capacity the sentinel
+    # or "0"; format_pct gives "0.00" for None and "0".
+    missing: str | None = None
+    missing_pct: _Formatter = _no_pct
+    if not node:
+        if spec.capacity is Capacity.SENTINEL:
+            missing, missing_pct = SENTINEL_CAPACITY, _sentinel_pct
+        else:
+            missing = "0"
     return _Layout(
         fmt=value_fmt,
         unit_hint=spec.unit_hint_node if node else spec.unit_hint,
         missing_capacity=missing,
+        missing_pct=missing_pct,
         stats=slots,
     )
 
@@ -385,7 +422,7 @@ def _render_one(layout: _Layout, raw: Mapping[str, str]) -> dict[str, Any] | Non
     shown_current = fmt(current)
     if capacity_raw is None:
         capacity = layout.missing_capacity
-        pct = "0.00" if capacity is None else format_pct(current, capacity)
+        pct = layout.missing_pct(current)
     else:
         capacity = fmt(capacity_raw)
         pct = format_pct(current, capacity_raw)
@@ -407,7 +444,7 @@ def _render_one(layout: _Layout, raw: Mapping[str, str]) -> dict[str, Any] | Non
 
 
 def _render_metrics(
-    values: Mapping[str, Mapping[str, str]], catalog: Catalog, *, node: bool
+    values: Mapping[str, Mapping[str, str]], catalog: Catalog, *, node: bool, frozen: bool
 ) -> dict[str, dict[str, Any]]:
     table = _layouts(catalog, node=node)
     result: dict[str, dict[str, Any]] = {}
@@ -417,12 +454,17 @@ def _render_metrics(
             layout = table[name] = _layout(catalog.lookup(name), node=node)
         rendered = _render_one(layout, values[name])
         if rendered is not None:
-            result[name] = rendered
+            # Built read-only here rather than copied by payload.freeze later: one C-level
+            # copy of a finished leaf instead of a second pass over the whole payload.
+            result[name] = FrozenDict(rendered) if frozen else rendered
     return result
 
 
 def render_kernel(
-    values: Mapping[str, Mapping[str, str]], *, catalog: Catalog = DEFAULT_CATALOG
+    values: Mapping[str, Mapping[str, str]],
+    *,
+    catalog: Catalog = DEFAULT_CATALOG,
+    frozen: bool = False,
 ) -> dict[str, dict[str, str]] | None:
     """Render one kernel's legacy ``live_stat`` dict.
 
@@ -430,14 +472,19 @@ def render_kernel(
         values: metric name -> ``{"current": s, "capacity": s?, "max": s?, "avg": s?,
             "rate": s?}`` with raw Prometheus value strings.
         catalog: metric specs (unit hints, published stats, capacity fallback, integral).
+        frozen: build read-only :class:`~promstat.payload.FrozenDict` values at every level
+            (what :func:`~promstat.payload.freeze` would make of the plain result, equal to
+            it and serialised identically, at a fraction of the cost).
 
     Returns:
         ``{metric: {"current", "capacity", "pct", "unit_hint", "stats.*"...}}`` with string
         values, metrics sorted by name; ``None`` when no metric has a current value.
     """
-    result = _render_metrics(values, catalog, node=False)
+    result = _render_metrics(values, catalog, node=False, frozen=frozen)
+    if not result:
+        return None
     # Kernel capacities are never None, so every value is a string.
-    return cast("dict[str, dict[str, str]]", result) if result else None
+    return cast("dict[str, dict[str, str]]", FrozenDict(result) if frozen else result)
 
 
 def _natural_key(device_id: str) -> tuple[tuple[int, int, str], ...]:
@@ -455,6 +502,7 @@ def render_agent(
     devices: Mapping[str, Mapping[str, Mapping[str, str]]],
     *,
     catalog: Catalog = DEFAULT_CATALOG,
+    frozen: bool = False,
 ) -> dict[str, Any] | None:
     """Render one agent's legacy ``live_stat`` dict (``node`` + ``devices``).
 
@@ -465,12 +513,14 @@ def render_agent(
         node: metric name -> raw values, as for :func:`render_kernel`.
         devices: metric name -> device id -> raw values.
         catalog: metric specs.
+        frozen: build read-only :class:`~promstat.payload.FrozenDict` values at every level,
+            as for :func:`render_kernel`.
 
     Returns:
         ``{"node": {metric: {...}}, "devices": {metric: {device_id: {...}}}}`` (metrics sorted
         by name, devices in natural order), or ``None`` when neither has any current value.
     """
-    rendered_node = _render_metrics(node, catalog, node=True)
+    rendered_node = _render_metrics(node, catalog, node=True, frozen=frozen)
     table = _layouts(catalog, node=True)
     rendered_devices: dict[str, dict[str, dict[str, Any]]] = {}
     for name in sorted(devices):
@@ -482,11 +532,13 @@ def render_agent(
         for device_id in sorted(per_device, key=_natural_key):
             rendered = _render_one(layout, per_device[device_id])
             if rendered is not None:
-                out[device_id] = rendered
+                out[device_id] = FrozenDict(rendered) if frozen else rendered
         if out:
-            rendered_devices[name] = out
+            rendered_devices[name] = FrozenDict(out) if frozen else out
     if not rendered_node and not rendered_devices:
         return None
+    if frozen:
+        return FrozenDict(node=FrozenDict(rendered_node), devices=FrozenDict(rendered_devices))
     return {"node": rendered_node, "devices": rendered_devices}
 
 

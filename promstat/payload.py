@@ -93,7 +93,7 @@ def freeze(value: Any) -> Any:
     return value
 
 
-_CONTAINERS = frozenset((dict, list))
+_CONTAINERS: frozenset[type[Any]] = frozenset((dict, list))
 
 
 def freeze_values(values: Mapping[K, V]) -> dict[K, V]:
@@ -112,14 +112,24 @@ FREEZE_SLICE = 256
 async def afreeze_values(values: Mapping[K, V], *, slice_size: int = FREEZE_SLICE) -> dict[K, V]:
     """:func:`freeze_values` that lets the event loop run every ``slice_size`` values.
 
-    Freezing a cold 5,000-kernel page costs ~90 ms of CPU (one copy per nested dict); done in
-    one go it held a manager's event loop for that long, so it is cut into slices of a few
-    milliseconds, like the planner's rendering.
+    Freezing a cold 5,000-kernel page of plain dicts costs ~90 ms of CPU (one copy per nested
+    dict); done in one go it held a manager's event loop for that long, so it is cut into
+    slices of a few milliseconds, like the planner's rendering. Values that need no copy
+    (already frozen, ``None``, errors) pass straight through: a slice of them only does not
+    yield.
     """
     out: dict[K, V] = {}
+    copied = False
     for n, (key, value) in enumerate(values.items(), 1):
-        out[key] = freeze(value)
-        if n % slice_size == 0:
+        if type(value) in _CONTAINERS:
+            out[key] = freeze(value)
+            copied = True
+        else:
+            out[key] = value  # already frozen (as the planner renders), None or an error
+        # A slice without a copy had no work worth a loop turn: an already frozen
+        # 5,000-kernel page goes through in one ~1 ms pass instead of 20 turns.
+        if copied and n % slice_size == 0:
+            copied = False
             await asyncio.sleep(0)
     return out
 

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time as _time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +59,7 @@ from .errors import (
 from .expressions import LiveStatExpressions
 from .metrics import PromstatMetrics
 from .promql import chunk_values, parse_duration, set_matcher
+from .wire import SampleValue
 
 __all__ = [
     "ID_PLACEHOLDER",
@@ -205,58 +208,82 @@ class _Shape:
         )
 
 
+# Pages repeat (polling clients ask for the same ids every interval), so the chunking of the
+# last few batches and the query texts of their chunks are kept: cutting and escaping 1,000 ids
+# twice costs ~3 ms a page. Texts: ~10 KB each at most (the query budget is 16 KiB).
+_CHUNKINGS_KEPT = 8
+_TEXTS_KEPT = 64
+
 # Demultiplexing and rendering run in slices of about this many rows / ids, yielding to the
 # event loop between slices: a fleet-wide 5,000-kernel answer (90,000 rows) would otherwise
 # hold the loop for ~150 ms. One slice costs ~2-5 ms on the 2-core benchmark machine.
-_DEMUX_SLICE = 8192
+_DEMUX_SLICE = 4096
 _RENDER_SLICE = 256
+# Rendering also yields once a slice has run this long (the clock is read after every id, a
+# fraction of a percent of rendering it): a slice of 256 kernels takes ~5 ms on an idle core,
+# several times that on a busy one.
+_SLICE_SECONDS = 0.004
 
 
 class _Accumulator:
     """Rows demultiplexed by id: kernel rows as metric -> stat -> value string, agent rows as
     (device or None) -> metric -> stat -> value string.
 
-    :meth:`add` only keeps the decoded series; :meth:`demux` groups them later, in slices,
-    so a query task finishing never holds the event loop for a whole answer.
+    :meth:`add` only keeps the decoded series, cut into parts; :meth:`demux` groups them
+    later, one part per slice, so a query task finishing never holds the event loop for a
+    whole answer, and each part's rows are freed in their own slice once grouped (releasing a
+    5,000-kernel answer's 90,000 decoded series at once held the loop for ~30 ms).
     """
 
     __slots__ = ("_pending", "agents", "kernels")
 
     def __init__(self) -> None:
-        self._pending: list[tuple[_Shape, Sequence[Any], Mapping[str, object]]] = []
+        self._pending: list[tuple[_Shape, list[Sequence[Any]], Mapping[str, object] | None]] = []
         # Dicts of strings only: CPython does not track them for garbage collection, so a
         # page's 90,000 values do not make the collector walk them (lists would).
         self.kernels: dict[str, dict[str, dict[str, str]]] = {}
         self.agents: dict[str, dict[str | None, dict[str, dict[str, str]]]] = {}
 
-    def add(self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]) -> None:
-        """Keep one chunk's decoded series for :meth:`demux`."""
-        self._pending.append((shape, series, wanted))
+    def add(
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
+    ) -> None:
+        """Keep one answer's decoded series for :meth:`demux` (``wanted``: the ids to keep,
+        ``None`` when every row belongs to the batch).
+
+        The caller should drop its own reference to ``series`` afterwards: the parts then
+        hold the only references, and :meth:`demux` frees them part by part.
+        """
+        parts = [series[i : i + _DEMUX_SLICE] for i in range(0, len(series), _DEMUX_SLICE)]
+        parts.reverse()  # demux pops from the end: rows are still grouped in answer order
+        self._pending.append((shape, parts, wanted))
 
     async def demux(self) -> None:
-        """Group every kept series by id, yielding to the loop every ``_DEMUX_SLICE`` rows."""
+        """Group every kept series by id, one part (``_DEMUX_SLICE`` rows) per loop turn."""
         pending, self._pending = self._pending, []
-        for shape, series, wanted in pending:
-            for start in range(0, len(series), _DEMUX_SLICE):
-                if start:
+        first = True
+        for shape, parts, wanted in pending:
+            kernel_rows = not shape.node and "device" not in shape.labels.__struct_fields__
+            add_rows = self._add_kernel_rows if kernel_rows else self._add_agent_rows
+            while parts:
+                if not first:
                     await asyncio.sleep(0)
-                rows = series[start : start + _DEMUX_SLICE]
-                if not shape.node and "device" not in shape.labels.__struct_fields__:
-                    self._add_kernel_rows(shape, rows, wanted)
-                else:
-                    self._add_agent_rows(shape, rows, wanted)
+                first = False
+                add_rows(shape, parts.pop(), wanted)  # the part is freed as this returns
 
     def _add_kernel_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
     ) -> None:
         # The hot loop of a page (one pass per returned series): plain locals, one dict per
-        # kernel and one per metric, no per-row attribute probing.
+        # kernel and one per metric, no per-row attribute probing. ``wanted`` is None for an
+        # id chunk's answer (its matcher already selected exactly the chunk's ids; the caller
+        # renders only those), so the membership test runs for fleet-wide answers only.
         kernels = self.kernels
         fixed = shape.stat
+        text_of = _value_text(series)
         for s in series:
             lab = s.metric
             ident = lab.id
-            if ident not in wanted:  # fleet-wide plans return everyone; keep the batch only
+            if wanted is not None and ident not in wanted:
                 continue
             per_id = kernels.get(ident)
             if per_id is None:
@@ -265,18 +292,19 @@ class _Accumulator:
             per_metric = per_id.get(metric)
             if per_metric is None:
                 per_metric = per_id[metric] = {}
-            per_metric[fixed or lab.stat] = s.value[1]
+            per_metric[fixed or lab.stat] = text_of(s.value)
 
     def _add_agent_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object]
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
     ) -> None:
         rows = self.agents
         fixed = shape.stat
+        text_of = _value_text(series)
         with_device = not shape.node and "device" in shape.labels.__struct_fields__
         for s in series:
             lab = s.metric
             ident = lab.id
-            if ident not in wanted:
+            if wanted is not None and ident not in wanted:
                 continue
             per_id = rows.get(ident)
             if per_id is None:
@@ -289,7 +317,23 @@ class _Accumulator:
             per_metric = per_dev.get(metric)
             if per_metric is None:
                 per_metric = per_dev[metric] = {}
-            per_metric[fixed or lab.stat] = s.value[1]
+            per_metric[fixed or lab.stat] = text_of(s.value)
+
+
+_SAMPLE_TEXT = operator.attrgetter("text")
+_PAIR_TEXT = operator.itemgetter(1)
+
+
+def _value_text(series: Sequence[Any]) -> Callable[[Any], str]:
+    """How to read the value text of an answer's samples.
+
+    Decoded answers hold :class:`~promstat.wire.SampleValue` samples: reading ``.text`` is a
+    slot read, while ``value[1]`` is a Python-level ``__getitem__`` (~4 ms a page). An
+    executor of one's own may answer with ``(timestamp, text)`` pairs instead.
+    """
+    if series and not isinstance(series[0].value, SampleValue):
+        return _PAIR_TEXT
+    return _SAMPLE_TEXT
 
 
 def chunk_ids(
@@ -357,7 +401,7 @@ class _Job:
     level: str
     plan: str
     shapes: tuple[_Shape, ...]
-    chunks: list[tuple[str, ...]]
+    chunks: list[tuple[str, ...]] | None  # None: not cut yet (a fleet-wide plan)
     wanted: Mapping[str, object]
     at: float
     deadline: float
@@ -365,6 +409,8 @@ class _Job:
     failed: dict[str, PromstatError]
     outcome: BatchOutcome
     late: int = 0  # queries that never got a slot before the deadline
+    # Payloads rendered as each answer arrives (see Planner._execute); None: rendered at the end.
+    rendered: dict[str, Payload | None] | None = None
 
     def where(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
         """The plan shape of one query, for errors and log lines."""
@@ -414,6 +460,10 @@ class Planner:
         self._detecting: dict[str, asyncio.Future[tuple[bool, int] | PromstatError]] = {}
         self._detect_failed: dict[str, tuple[float, PromstatError]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The chunking of the last few batches and their chunks' query texts (see _CHUNKINGS_KEPT)
+        self._chunkings: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, ...]]]
+        self._chunkings = OrderedDict()
+        self._texts: OrderedDict[tuple[str, str, tuple[str, ...]], str] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._build_shapes()
@@ -753,20 +803,31 @@ class Planner:
         deadline: float,
     ) -> tuple[str, dict[str, Payload | PromstatError | None]]:
         shapes = self._select(level, recorded)
-        chunks = self._chunks(shapes, sorted(wanted))
-        fleet = (
-            self.config.fleet_fraction is not None
-            and len(chunks) > 1
-            and live > 0
-            and len(wanted) >= self.config.fleet_fraction * live
+        cfg = self.config
+        share = (
+            cfg.fleet_fraction is not None and live > 0 and len(wanted) >= cfg.fleet_fraction * live
         )
+        chunks: list[tuple[str, ...]] | None = None
+        if share and len(wanted) > cfg.max_alternatives:
+            # More ids than one matcher holds: certainly several chunks, so the fleet-wide
+            # plan, which needs the chunks only if its query is too large (see _run). Cutting
+            # 5,000 ids into chunks costs ~10 ms the page need not spend.
+            fleet = True
+        else:
+            chunks = self._chunks(shapes, sorted(wanted))
+            fleet = share and len(chunks) > 1
         plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
         acc = _Accumulator()
         failed: dict[str, PromstatError] = {}
         job = _Job(level, plan, shapes, chunks, wanted, at, deadline, acc, failed, outcome)
+        if len(shapes) == 1:
+            # One shape: every id's rows come from exactly one answer (chunks, split halves
+            # and the fleet-wide fallback's chunks are disjoint), so each answer is rendered
+            # as soon as it arrives, while Prometheus still computes the other chunks.
+            job.rendered = {}
         units: list[Awaitable[None]] = []
         for shape in shapes:
-            for chunk in (None,) if fleet else chunks:
+            for chunk in (None,) if chunks is None or fleet else chunks:
                 units.append(self._run(job, shape, chunk, 0))
         await asyncio.gather(*units)
         if job.late:
@@ -777,19 +838,51 @@ class Planner:
                 self.page_deadline,
                 job.late,
             )
-        payloads = await self._render_all(level, acc, wanted, failed)
+        rendered = job.rendered
+        if rendered is None:
+            await acc.demux()
+            rendered = {}
+            await self._render_ids(level, acc, wanted, rendered)
+        # In the batch's order, an id's error first (as before streaming).
+        payloads: dict[str, Payload | PromstatError | None] = {}
+        for ident in wanted:
+            err = failed.get(ident)
+            payloads[ident] = err if err is not None else rendered.get(ident)
         return plan, payloads
 
     def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
         # One chunking for all shapes of a plan, sized for the shape that repeats the matcher
         # most, so every id sits in the same chunk everywhere and fails or succeeds as one.
+        key = (tuple(s.expr for s in shapes), tuple(ordered))
+        kept = self._chunkings.get(key)
+        if kept is not None:
+            self._chunkings.move_to_end(key)
+            return kept
         worst = max(shapes, key=lambda s: (s.expr.count(_IDS), len(s.expr)))
-        return chunk_ids(worst.expr, worst.id_label, ordered, self.config)
+        chunks = chunk_ids(worst.expr, worst.id_label, ordered, self.config)
+        self._chunkings[key] = chunks
+        if len(self._chunkings) > _CHUNKINGS_KEPT:
+            self._chunkings.popitem(last=False)
+        return chunks
+
+    def _text(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
+        """``shape.text(chunk)``, kept for the chunks of the last few batches."""
+        if chunk is None:
+            return shape.fleet
+        key = (shape.expr, shape.id_label, chunk)
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = shape.text(chunk)
+            if len(self._texts) > _TEXTS_KEPT:
+                self._texts.popitem(last=False)
+        else:
+            self._texts.move_to_end(key)
+        return text
 
     async def _run(
         self, job: _Job, shape: _Shape, chunk: tuple[str, ...] | None, depth: int
     ) -> None:
-        expr = shape.text(chunk)
+        expr = self._text(shape, chunk)
         stage = "a query slot"
         try:
             async with asyncio.timeout_at(job.deadline):
@@ -817,6 +910,8 @@ class Planner:
             self.metrics.on_split()
             log.debug("%s: too large, split (%s)", job.where(shape, chunk), _describe(exc))
             if chunk is None:
+                if job.chunks is None:  # the fleet-wide plan did not need them until now
+                    job.chunks = self._chunks(job.shapes, sorted(job.wanted))
                 parts: list[tuple[str, ...]] = job.chunks
             else:
                 half = len(chunk) // 2
@@ -832,7 +927,8 @@ class Planner:
             )
             self._fail(job, shape, chunk, err, sent=stage == "the query")
             return
-        job.acc.add(shape, res.series, job.wanted)
+        # An id chunk's matcher selected exactly its ids: no per-row membership test.
+        rows_of = job.wanted if chunk is None else None
         outcome = job.outcome
         notes = (*res.warnings, *res.infos)
         if res.warnings:
@@ -840,6 +936,18 @@ class Planner:
         for note in notes:
             if note not in outcome.warnings:
                 outcome.warnings.append(note)
+        if job.rendered is None:
+            job.acc.add(shape, res.series, rows_of)
+            return
+        # Streaming: this answer's ids now, in slices; the loop first finishes what it was
+        # doing (the decode of this answer ran in the callback that woke this task).
+        acc = _Accumulator()
+        acc.add(shape, res.series, rows_of)
+        del res  # the answer's parts now hold its rows: demux frees them slice by slice
+        await asyncio.sleep(0)
+        await acc.demux()
+        await asyncio.sleep(0)
+        await self._render_ids(job.level, acc, job.wanted if chunk is None else chunk, job.rendered)
 
     def _fail(
         self,
@@ -860,34 +968,36 @@ class Planner:
 
     # -- rendering --------------------------------------------------------------------------
 
-    async def _render_all(
+    async def _render_ids(
         self,
         level: str,
         acc: _Accumulator,
-        wanted: Mapping[str, object],
-        failed: Mapping[str, PromstatError],
-    ) -> dict[str, Payload | PromstatError | None]:
-        """Demultiplex and render every wanted id, yielding to the loop between slices."""
-        await acc.demux()
-        payloads: dict[str, Payload | PromstatError | None] = {}
-        kernel = level == "kernel"
-        catalog = self.config.catalog
-        render_kernel = live_stat.render_kernel
-        kernels, agents = acc.kernels, acc.agents
-        for n, ident in enumerate(wanted, 1):
-            err = failed.get(ident)
-            if err is not None:
-                payloads[ident] = err
-            elif kernel:
-                metrics = kernels.get(ident)
-                # render_kernel leaves out metrics without a `current` value and
-                # returns None when nothing is left.
-                payloads[ident] = render_kernel(metrics, catalog=catalog) if metrics else None
-            else:
-                payloads[ident] = self._render_agent(agents.get(ident))
-            if n % _RENDER_SLICE == 0:
+        ids: Iterable[str],
+        into: dict[str, Payload | None],
+    ) -> None:
+        """Render ``ids`` from demultiplexed rows into ``into`` (read-only payloads, ``None``
+        for an id without data), yielding to the loop every ``_RENDER_SLICE`` ids or sooner
+        when a slice has run ``_SLICE_SECONDS`` (a slow or busy machine)."""
+        rows: dict[str, Any] = acc.kernels if level == "kernel" else acc.agents
+        render: Callable[[Any], Payload | None] = (
+            self._render_kernel if level == "kernel" else self._render_agent
+        )
+        clock = _time.perf_counter
+        until = clock() + _SLICE_SECONDS
+        for n, ident in enumerate(ids, 1):
+            # pop: each id's rows are freed inside its slice, not all at once when the
+            # accumulator goes (tens of thousands of dicts on a 5,000-kernel page).
+            into[ident] = render(rows.pop(ident, None))
+            if n % _RENDER_SLICE == 0 or clock() > until:
                 await asyncio.sleep(0)
-        return payloads
+                until = clock() + _SLICE_SECONDS
+
+    def _render_kernel(self, metrics: Mapping[str, Mapping[str, str]] | None) -> Payload | None:
+        # render_kernel leaves out metrics without a `current` value and returns None when
+        # nothing is left. Frozen here: payload.freeze then costs nothing.
+        if not metrics:
+            return None
+        return live_stat.render_kernel(metrics, catalog=self.config.catalog, frozen=True)
 
     def _render_agent(
         self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
@@ -903,4 +1013,4 @@ class Planner:
                 devices.setdefault(metric, {})[device] = stats
         if not node and not devices:
             return None
-        return live_stat.render_agent(node, devices, catalog=self.config.catalog)
+        return live_stat.render_agent(node, devices, catalog=self.config.catalog, frozen=True)
