@@ -13,8 +13,9 @@ answers with a *fixed* set of query shapes, independent of the number of ids, ea
 Each shape's id set matcher is split into chunks under a query-bytes budget (default 16 KiB,
 VictoriaMetrics' ``-search.maxQueryLen``) and an alternatives budget (default 256, Prometheus'
 postings fast path). Chunks run concurrently under a semaphore, all at one pinned evaluation
-time. When a batch covers most of the live fleet (``fleet_fraction``), one unfiltered query per
-shape is cheaper than many chunks of a long regex, and the planner picks rows client-side.
+time; with one shape (the recorded kernel plan) each chunk's answer is rendered as soon as it
+arrives. Optionally (``fleet_fraction``, off by default), a batch covering most of the live
+fleet is read with one unfiltered query per shape and the planner picks rows client-side.
 
 A chunk the server rejects as too large (413/414/431, "too long query", an answer over the
 client's ``max_response_bytes``) is split and retried; a fleet-wide query that is too large falls
@@ -109,7 +110,11 @@ class PlannerConfig:
         max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
         concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
         fleet_fraction: use the unfiltered fleet-wide plan when the batch has at least this
-            share of the live fleet's ids (and needs more than one chunk). ``None`` disables it.
+            share of the live fleet's ids (and needs more than one chunk). ``None`` (the
+            default) never does: chunk answers are rendered as they arrive while Prometheus
+            computes the others on every core, which beat one fleet-wide answer on every
+            batch measured (5,000 of 5,000 kernels: 663 vs 873 ms; 3,000 of 5,000: 374 vs
+            768 ms). Opt in (e.g. ``0.5``) where the number of queries is what is limited.
         use_recorded: ``True``/``False`` to force a plan, ``None`` to detect recorded series.
         detect_ttl: seconds to trust the last detection of recorded series / fleet size.
         max_split_depth: how many times a too-large chunk may be halved.
@@ -132,7 +137,7 @@ class PlannerConfig:
     max_query_bytes: int = 16 * 1024
     max_alternatives: int = 256
     concurrency: int = 8
-    fleet_fraction: float | None = 0.5
+    fleet_fraction: float | None = None
     use_recorded: bool | None = None
     detect_ttl: float = 300.0
     max_split_depth: int = 6

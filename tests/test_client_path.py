@@ -249,14 +249,14 @@ async def test_fleet_wide_plan_and_its_fallback_to_chunks_render_the_same(
     query is too large give the one-pass payloads."""
     expected = {k: v for k, v in (await _one_pass(client)).items() if k != GONE}
     gated = _Gated(client)
-    planner = Planner(gated, _config())
+    planner = Planner(gated, _config(fleet_fraction=0.5))
     out = await planner.kernels(IDS, at=AT)
     assert out.plan == "recorded/fleet" and out.queries == 1
     _assert_same_payloads(out.payloads, expected)
 
     gated = _Gated(client)
     gated.fail_once = {-1: QueryTooLargeError(status=413, error="too large")}  # fleet query
-    planner = Planner(gated, _config())
+    planner = Planner(gated, _config(fleet_fraction=0.5))
     out = await planner.kernels(IDS, at=AT)
     assert out.plan == "recorded/fleet"
     assert out.queries == 1 + -(-N // CHUNK)
@@ -283,7 +283,7 @@ async def test_a_slow_render_still_gives_the_loop_a_turn_every_few_milliseconds(
 ) -> None:
     """Render slices end after a few milliseconds, not only every 256 kernels: with kernels
     that take 2 ms each (a busy machine), another task keeps getting turns."""
-    planner = Planner(_Gated(client, replay=True), _config())
+    planner = Planner(_Gated(client, replay=True), _config(fleet_fraction=0.5))
     reference = await planner.kernels(IDS, at=AT)  # fetches the one fleet-wide answer
     assert reference.plan == "recorded/fleet"
     original = live_stat.render_kernel

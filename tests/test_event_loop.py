@@ -98,7 +98,7 @@ async def test_a_cold_5000_kernel_page_yields_to_the_loop(
     metrics = PromstatMetrics()
     async with PrometheusClient(fleet_prometheus.url, compress=False, observer=metrics) as c:
         replay = _Replay(c)
-        planner = Planner(replay, PlannerConfig(use_recorded=True))
+        planner = Planner(replay, PlannerConfig(use_recorded=True, fleet_fraction=0.5))
         first = await planner.kernels(IDS, at=AT)  # fetches the answer once
         assert first.plan == "recorded/fleet" and first.queries == 1
         # With the answer in memory the page does no I/O: every turn the ticker gets is a
