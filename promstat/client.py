@@ -102,6 +102,26 @@ T = TypeVar("T")
 TimeArg = float | int | datetime
 
 _FORM: Final = "application/x-www-form-urlencoded"
+
+# Form-encoded long values (query texts), as urllib.parse.quote_plus gives them: a polled page
+# or a background refresh sends the same chunk queries every interval, and quoting a 10 KB
+# query character by character costs ~0.7 ms each time. Cleared when full (a pure function).
+_QUOTED: dict[str, str] = {}
+_QUOTED_LIMIT: Final = 256
+_QUOTE_CACHED_FROM: Final = 256  # characters; shorter values are quoted directly
+
+
+def _quote(value: str) -> str:
+    """``urllib.parse.quote_plus(value)``, memoised for long values."""
+    if len(value) < _QUOTE_CACHED_FROM:
+        return urllib.parse.quote_plus(value)
+    out = _QUOTED.get(value)
+    if out is None:
+        out = urllib.parse.quote_plus(value)
+        if len(_QUOTED) >= _QUOTED_LIMIT:
+            _QUOTED.clear()
+        _QUOTED[value] = out
+    return out
 _ERROR_DECODER: Final = msgspec.json.Decoder(ErrorEnvelope)
 # Share of the client deadline given to the server as its own `timeout`, so that the server's
 # "query timed out" answer (a typed QueryTimeoutError) arrives before the client gives up.
@@ -855,7 +875,7 @@ class PrometheusClient:
     ) -> tuple[Envelope[T], int]:
         """One HTTP exchange: send, read the whole body, decode or raise the typed error."""
         session = self._get_session()
-        encoded = urllib.parse.urlencode(pairs)
+        encoded = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
         headers = self._headers
         body: bytes | None = None
         if method == "POST":
