@@ -85,8 +85,8 @@ class RateSource(enum.StrEnum):
     falls back to ``rate()`` of the raw counter elsewhere, so a fleet mixing promstat's exporter
     with plain upstream agents shows every rate. PromQL has no short-circuit ``or``: the
     fallback's ``rate()``, reset check and staleness guard are evaluated for every counter
-    series even when every agent exports its rate, and they are most of the kernel rule
-    group's cost (at 5,000 kernels about 60% of its evaluation time).
+    series even when every agent exports its rate: measured at 5,000 kernels, 41% of the
+    kernel rule group's evaluation time and 45% of the rules' CPU.
 
     ``EXPORTER`` reads the agent's rate series only: right for a fleet whose agents all run
     promstat's exporter (dual publishing to Valkey requires it anyway). A kernel whose agent
