@@ -122,6 +122,8 @@ def _quote(value: str) -> str:
             _QUOTED.clear()
         _QUOTED[value] = out
     return out
+
+
 _ERROR_DECODER: Final = msgspec.json.Decoder(ErrorEnvelope)
 # Share of the client deadline given to the server as its own `timeout`, so that the server's
 # "query timed out" answer (a typed QueryTimeoutError) arrives before the client gives up.

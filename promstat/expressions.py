@@ -90,8 +90,9 @@ class RateSource(enum.StrEnum):
 
     ``EXPORTER`` reads the agent's rate series only: right for a fleet whose agents all run
     promstat's exporter (dual publishing to Valkey requires it anyway). A kernel whose agent
-    exports raw counters only then has no ``cpu_util``/``net_*`` value and no ``stats.rate``;
-    the ``PromstatRateSeriesMissing`` alert names such agents. No staleness guard is needed:
+    exports raw counters only then has no ``cpu_util``/``net_*`` value, and its ``io_*``
+    ``stats.rate`` reads ``"0"`` (as for any kernel without a rate); the
+    ``PromstatRateSeriesMissing`` alert names such agents. No staleness guard is needed:
     the exporter writes a counter's rate and current series together, so they go stale
     together, and its first measurement already has a rate (0).
     """
