@@ -107,15 +107,28 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
 
 
+def rule_run(spec: str) -> tuple[int, str, int]:
+    """``KERNELS[:RATES[:SHARDS]]`` -> ``(kernels, rates, shards)`` (defaults ``both``, 1).
+
+    Raises:
+        ValueError: the spec does not have that form.
+    """
+    kernels, *rest = spec.split(":")
+    if len(rest) > 2 or not kernels.isdigit() or (len(rest) == 2 and not rest[1].isdigit()):
+        raise ValueError(f"{spec!r}: use KERNELS[:RATES[:SHARDS]]")
+    if rest and rest[0] not in ("both", "exporter"):
+        raise ValueError(f"{spec!r}: RATES is both or exporter")
+    return int(kernels), rest[0] if rest else "both", int(rest[1]) if len(rest) > 1 else 1
+
+
 def _rule_runs(text: str) -> tuple[str, ...]:
     runs = []
     for item in filter(None, (x.strip() for x in text.split(","))):
-        kernels, *rest = item.split(":")
-        if len(rest) > 2 or not kernels.isdigit() or (len(rest) == 2 and not rest[1].isdigit()):
-            raise argparse.ArgumentTypeError(f"{item!r}: use KERNELS[:RATES[:SHARDS]]")
-        if rest and rest[0] not in ("both", "exporter"):
-            raise argparse.ArgumentTypeError(f"{item!r}: RATES is both or exporter")
-        if int(kernels) > 0:
+        try:
+            kernels, _, _ = rule_run(item)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if kernels > 0:
             runs.append(item)
     return tuple(runs)
 
@@ -449,10 +462,7 @@ def run(settings: Settings) -> dict[str, Any]:
     rules_cost = []
     paged: set[int] = set()
     for run_spec in settings.rules_cost:
-        kernels_text, *rest = run_spec.split(":")
-        kernels = int(kernels_text)
-        rates = rest[0] if rest else "both"
-        shards = int(rest[1]) if len(rest) > 1 else 1
+        kernels, rates, shards = rule_run(run_spec)
         _log(f"rules cost: live fleet of {kernels} kernels, rules --rates {rates} "
              f"--kernel-shards {shards}, {settings.rules_cost_seconds:g}s")
         rules_cost.append(

@@ -323,8 +323,9 @@ def _command(
     parts = ["promstat rules render", f"--interval {interval}", f"--window {window}"]
     if collect_interval != DEFAULT_COLLECT_INTERVAL:
         parts.append(f"--collect-interval {collect_interval}")
-    if RateSource.parse(rates) is not RateSource.BOTH:
-        parts.append(f"--rates {RateSource.parse(rates).value}")
+    source = RateSource.parse(rates)
+    if source is not RateSource.BOTH:
+        parts.append(f"--rates {source.value}")
     if kernel_shards != 1:
         parts.append(f"--kernel-shards {kernel_shards}")
     if lookback != DEFAULT_LOOKBACK:
@@ -370,22 +371,22 @@ def render_rules(
     Raises:
         ConfigError: as :func:`build_rule_files`.
     """
-    ex = _expressions(names, catalog, interval, window, lookback, collect_interval, rates)
+    files = build_rule_files(
+        names=names,
+        catalog=catalog,
+        interval=interval,
+        window=window,
+        lookback=lookback,
+        collect_interval=collect_interval,
+        kernel_shards=kernel_shards,
+        rates=rates,
+    )
+    # Built first: build_rule_files validates every option (rates included) and says so.
     command = _command(
-        interval, window, lookback, catalog_file, collect_interval, kernel_shards, ex.rates
+        interval, window, lookback, catalog_file, collect_interval, kernel_shards, rates
     )
     return {
-        f.filename: _render("rules.yml.j2", command=command, body=_dump(f.to_dict()))
-        for f in build_rule_files(
-            names=names,
-            catalog=catalog,
-            interval=interval,
-            window=window,
-            lookback=lookback,
-            collect_interval=collect_interval,
-            kernel_shards=kernel_shards,
-            rates=ex.rates,
-        )
+        f.filename: _render("rules.yml.j2", command=command, body=_dump(f.to_dict())) for f in files
     }
 
 
