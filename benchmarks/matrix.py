@@ -32,6 +32,7 @@ from typing import Any
 
 from promstat import lab
 from promstat.client import PrometheusClient
+from promstat.expressions import RateSource
 from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.rules import write_rules
@@ -169,9 +170,14 @@ def _rule_groups(url: str) -> dict[str, tuple[float, str, dict[str, float]]]:
 
 
 async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: float,
-                      interval: float) -> int:
-    """Load the page once per interval for ``seconds`` (live data: evaluated at now)."""
+                      interval: float, rates: str = "both") -> tuple[int, float]:
+    """Load the page once per interval for ``seconds`` (live data: evaluated at now).
+
+    Returns the pages loaded and their median latency in ms (uncached: every page asks
+    Prometheus).
+    """
     pages = 0
+    took: list[float] = []
     if upstream:
         up = Upstream(url, at=0.0)
         await up.start()
@@ -180,24 +186,29 @@ async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: floa
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 up.at = time.time()
+                t0 = time.perf_counter()
                 await up.load(ids)
+                took.append((time.perf_counter() - t0) * 1000)
                 pages += 1
                 await asyncio.sleep(max(0.0, interval - 0.0))
         finally:
             await up.close()
-        return pages
+        return pages, round(statistics.median(took), 1)
     client = PrometheusClient(url)
-    stats = LiveStats(client, PlannerConfig(use_recorded=True, interval=f"{interval:g}s"),
-                      cache_ttl=0)
+    config = PlannerConfig(use_recorded=True, interval=f"{interval:g}s",
+                           rates=RateSource.parse(rates))
+    stats = LiveStats(client, config, cache_ttl=0)
     try:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            t0 = time.perf_counter()
             await stats.load_kernels(ids)
+            took.append((time.perf_counter() - t0) * 1000)
             pages += 1
             await asyncio.sleep(interval)
     finally:
         await client.close()
-    return pages
+    return pages, round(statistics.median(took), 1)
 
 
 def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float) -> None:
@@ -293,10 +304,10 @@ def measure_rules_cost(
             extra: dict[str, Any] = {}
             if pages:
                 ids = _live_ids(prom.url, page)
-                promstat_cpu, n1 = cpu_per_min(lambda: asyncio.run(
+                promstat_cpu, (n1, ms1) = cpu_per_min(lambda: asyncio.run(
                     _poll_pages(prom.url, ids, upstream=False, seconds=seconds,
-                                interval=interval)))
-                upstream_cpu, n2 = cpu_per_min(lambda: asyncio.run(
+                                interval=interval, rates=rates)))
+                upstream_cpu, (n2, ms2) = cpu_per_min(lambda: asyncio.run(
                     _poll_pages(prom.url, ids, upstream=True, seconds=seconds,
                                 interval=interval)))
                 extra = {
@@ -304,6 +315,8 @@ def measure_rules_cost(
                     "promstat_prom_cpu_s_per_min": round(promstat_cpu - base, 2),
                     "upstream_prom_cpu_s_per_min": round(upstream_cpu - base, 2),
                     "pages": {"promstat": n1, "upstream": n2},
+                    # the uncached page's median latency while the rules and scrapes run
+                    "page_ms_p50": {"promstat": ms1, "upstream": ms2},
                 }
             series = prom.query("count({__name__=~\".+\"})")
             # The same scrapes without the rules: the difference is what evaluating them costs
@@ -353,8 +366,7 @@ def measure_rules_cost(
 
 
 def _live_ids(url: str, n: int) -> list[str]:
-    query = 'count by (kernel_id) (kernel_metric:backendai_container_utilization:live_stat' \
-            '{stat="current"})'
+    query = 'count by (kernel_id) (backendai_container_utilization{value_type="current"})'
     data = urllib.parse.urlencode({"query": query}).encode()
     with urllib.request.urlopen(f"{url}/api/v1/query", data, timeout=60) as resp:
         rows = json.load(resp)["data"]["result"]

@@ -426,6 +426,10 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
             + (f"; pages: promstat {x['promstat_prom_cpu_s_per_min']:.1f}, upstream "
                f"{x['upstream_prom_cpu_s_per_min']:.1f} CPU-s/min"
                if "upstream_prom_cpu_s_per_min" in x else "")
+            + (f"; uncached {x['page']}-kernel page p50: promstat "
+               f"{x['page_ms_p50']['promstat']:.0f} ms, upstream "
+               f"{x['page_ms_p50']['upstream']:.0f} ms"
+               if "page_ms_p50" in x else "")
         )
     if doc.get("rules_cost"):
         lines.append("")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .catalog import DEFAULT_CATALOG, Catalog, Kind, rated_counters
 from .conventions import SeriesNames
 from .errors import ConfigError, PromstatError, RuleError
+from .expressions import RateSource
 from .promql import duration, escape_string, parse_duration, quote_meta
 from .rules import RuleGroup, _check, _dump, _promtool, _version
 
@@ -101,6 +102,10 @@ class AlertSettings:
         refresh_for: how long background refreshes must keep failing.
         runbook_url: base URL of a runbook page; each alert gets ``runbook_url`` =
             ``<base>#<alertname in lower case>`` when set.
+        rates: how the recording rules were rendered (``promstat rules render --rates``).
+            With ``exporter`` they record no kernel current or capacity, so the kernel alerts
+            read the exporter's series (memory and accelerator utilisation are gauges: their
+            ``value_type="current"`` series is the live_stat current).
     """
 
     interval: str = "15s"
@@ -127,8 +132,10 @@ class AlertSettings:
     stale_for: str = "10m"
     refresh_for: str = "10m"
     runbook_url: str | None = None
+    rates: str = "both"
 
     def __post_init__(self) -> None:
+        RateSource.parse(self.rates)  # raises ConfigError listing the choices
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in _DURATIONS:
@@ -353,11 +360,16 @@ def _num(value: float) -> str:
 
 
 def _kernel_alerts(n: SeriesNames, catalog: Catalog, s: AlertSettings) -> tuple[AlertRule, ...]:
-    k = n.kernel_live_stat
+    k, st, cur_v, cap_v = n.kernel_live_stat, n.stat_label, "current", "capacity"
+    if RateSource.parse(s.rates) is RateSource.EXPORTER:
+        # Those rules record only the window stats; both metrics here are gauges, whose
+        # exporter series are the live_stat current and capacity themselves.
+        k, st = n.container_metric, n.value_type_label
+        cur_v, cap_v = n.current_value, n.capacity_value
     mem = escape_string(s.memory_metric)
     by = n.kernel_label
-    cur = f'{k}{{{n.container_metric_label}="{mem}", {n.stat_label}="current"}}'
-    cap = f'{k}{{{n.container_metric_label}="{mem}", {n.stat_label}="capacity"}}'
+    cur = f'{k}{{{n.container_metric_label}="{mem}", {st}="{cur_v}"}}'
+    cap = f'{k}{{{n.container_metric_label}="{mem}", {st}="{cap_v}"}}'
     memory = AlertRule(
         alert="BackendAIKernelMemoryNearLimit",
         expr=(
@@ -384,8 +396,8 @@ def _kernel_alerts(n: SeriesNames, catalog: Catalog, s: AlertSettings) -> tuple[
     )
     accel = ", ".join(accelerator_util_matchers(catalog, label=n.container_metric_label))
     keys = f"{by}, {n.container_metric_label}"
-    acur = f'{k}{{{accel}, {n.stat_label}="current"}}'
-    acap = f'{k}{{{accel}, {n.stat_label}="capacity"}}'
+    acur = f'{k}{{{accel}, {st}="{cur_v}"}}'
+    acap = f'{k}{{{accel}, {st}="{cap_v}"}}'
     idle = AlertRule(
         alert="BackendAIKernelAcceleratorIdle",
         expr=(

@@ -95,6 +95,15 @@ class RateSource(enum.StrEnum):
     ``PromstatRateSeriesMissing`` alert names such agents. No staleness guard is needed:
     the exporter writes a counter's rate and current series together, so they go stale
     together, and its first measurement already has a rate (0).
+
+    With ``EXPORTER`` a kernel's ``current``, ``capacity`` and ``rate`` are each one of the
+    exporter's own series, so recording them would only copy them: the kernel rules record
+    the window stats (``max``/``avg``) alone, over the raw series, and readers (pages,
+    history, utilization, alerts, dashboards) read the other stats from the raw series
+    (:attr:`LiveStatExpressions.records_kernel_values`). Recording the copies cost 60-75% of
+    the rules' CPU at 5,000 kernels; most of it is writing ~60,000 samples an evaluation and
+    keeping those series, not evaluating them (recording the copies every 60 s instead of
+    every 15 s saved almost nothing).
     """
 
     BOTH = "both"
@@ -221,6 +230,16 @@ class LiveStatExpressions:
         collect = parse_duration(self.collect_interval)
         scrape = parse_duration(self.interval)
         return duration(4 * max(collect, scrape) + scrape)
+
+    @property
+    def records_kernel_values(self) -> bool:
+        """Whether the kernel rules record ``current``/``capacity``/``rate`` (``rates=both``).
+
+        With :attr:`RateSource.EXPORTER` they record only the window stats: the other stats
+        are the exporter's own series, read with :meth:`kernel` (a selector and a ``max by``
+        each, no ``rate()``).
+        """
+        return self.rates is RateSource.BOTH
 
     # -- levels -------------------------------------------------------------------------------
 
@@ -446,6 +465,65 @@ class LiveStatExpressions:
             node=False,
             matchers=matchers,
         )
+
+    def kernel_exporter_window(self, stat: str, *, matchers: str = "") -> str:
+        """``max``/``avg`` over the window of the raw kernel series, for
+        :attr:`RateSource.EXPORTER` rules (which record no kernel ``current``).
+
+        The same samples as :meth:`kernel_recorded_window` reads (the recorded ``current`` is a
+        copy of the gauge's series, or of a counter's rate series, evaluated at the scrape
+        interval), read without the copy: ``max by`` of ``max_over_time`` of each selector.
+
+        Args:
+            stat: ``max`` or ``avg``.
+            matchers: extra matcher text (a rule shard's ``kernel_id`` matcher).
+
+        Raises:
+            QueryBuildError: ``stat`` is not a window stat, or no metric publishes it, or the
+                expressions are not for :attr:`RateSource.EXPORTER`.
+        """
+        if self.rates is not RateSource.EXPORTER:
+            raise QueryBuildError("kernel_exporter_window needs rates='exporter'")
+        if stat not in WINDOW_STATS:
+            raise QueryBuildError(f"{stat!r} is not a window stat; choose from {WINDOW_STATS}")
+        level, func = self._kernel, _WINDOW_FUNCS[stat]
+        gauges = self._publishing(stat, node=False, kinds=(Kind.GAUGE, Kind.ACCUMULATING_COUNTER))
+        counters = tuple(
+            n for n in self._rate_counters() if self._has(self.catalog.exact[n], stat, node=False)
+        )
+        parts: list[str] = []
+        if not gauges.empty:
+            sel = self._sel(level, self.names.current_value, gauges, matchers)
+            parts.append(f"max by ({level.group}) ({func}({sel}[{self.window}]))")
+        if counters:
+            sel = self._sel(level, self.names.rate_value, _NameSet(exact=counters), matchers)
+            parts.append(f"max by ({level.group}) ({func}({sel}[{self.window}]))")
+        if not parts:
+            raise QueryBuildError(f"no metric in the catalog publishes stats.{stat}")
+        return _join_or(parts)
+
+    def kernel_source(self, stat: str, *, matchers: str = "") -> str:
+        """Where a reader finds per-kernel ``current``/``capacity``/``rate``: the recorded
+        family (``rates=both``), or the exporter's own series (``rates=exporter``, whose
+        rules record no copy). Labelled ``(kernel_id, container_metric_name)`` plus ``stat``
+        for the recorded family; use it under ``max by``.
+
+        Args:
+            stat: ``current``, ``capacity`` or ``rate``.
+            matchers: extra matcher text put into every selector.
+
+        Raises:
+            QueryBuildError: ``stat`` is a window stat or unknown, or no metric has it.
+        """
+        if stat not in ("current", "capacity", "rate"):
+            raise QueryBuildError(f"kernel_source takes current, capacity or rate, not {stat!r}")
+        if self.records_kernel_values:
+            n = self.names
+            return selector(n.kernel_live_stat, eq(n.stat_label, stat), *filter(None, [matchers]))
+        expr = self.kernel(stat, matchers=matchers)
+        if expr is None:
+            raise QueryBuildError(f"no metric in the catalog has a kernel {stat!r}")
+        return expr
 
     def device(self, stat: str, *, matchers: str = "") -> str | None:
         """Per-device ``stat`` from the raw device series (stats per ``spec.stats_node``).

@@ -241,6 +241,9 @@ class FinalStats:
         except PromstatError as exc:
             out.values.update(dict.fromkeys(keys, exc))
             return out
+        # rates=exporter rules record only the window stats: the raw plan (the exporter's
+        # series; windows as subqueries, a cost paid once per termination) has the rest.
+        recorded = recorded and self.config.expressions.records_kernel_values
         fallback = recorded and self.config.use_recorded is None and self.config.raw_fallback
         base = "recorded" if recorded else "raw"
         plan = "final/" + base

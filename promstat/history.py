@@ -101,6 +101,8 @@ class History:
         self._recorded: bool | None = None
 
     async def _use_recorded(self) -> bool:
+        if not self.config.expressions.records_kernel_values:
+            return False  # rates=exporter: the exporter's series, as cheap as recorded ones
         if self.config.use_recorded is not None:
             return self.config.use_recorded
         if self._recorded is None:

@@ -6,7 +6,10 @@ answers with a *fixed* set of query shapes, independent of the number of ids, ea
 
 * **recorded plan** (the generated recording rules are loaded): one shape per level, a single
   selector on the recorded ``...:live_stat`` family, whose ``stat`` label carries current,
-  capacity, max, avg and rate;
+  capacity, max, avg and rate. With ``rates="exporter"`` (rules rendered with ``--rates
+  exporter``, which record only the kernel window stats) the kernel shape is still one
+  selector, over two families: the exporter's raw series, whose ``value_type`` the planner
+  maps to current/capacity/rate, and the recorded ``max``/``avg``;
 * **raw plan** (fallback: no rules on this backend): one shape per stat, built by
   :mod:`promstat.expressions` from the raw series (window stats as subqueries).
 
@@ -45,7 +48,7 @@ from typing import Any, Protocol
 import msgspec
 
 from . import live_stat
-from .catalog import DEFAULT_CATALOG, Catalog
+from .catalog import DEFAULT_CATALOG, Catalog, Kind
 from .conventions import SeriesNames
 from .errors import (
     APIError,
@@ -57,9 +60,9 @@ from .errors import (
     PromstatError,
     QueryTooLargeError,
 )
-from .expressions import LiveStatExpressions
+from .expressions import LiveStatExpressions, RateSource
 from .metrics import PromstatMetrics
-from .promql import chunk_values, parse_duration, set_matcher
+from .promql import chunk_values, escape_string, parse_duration, quote_meta, set_matcher
 from .wire import SampleValue
 
 __all__ = [
@@ -106,6 +109,10 @@ class PlannerConfig:
         window: window of ``stats.max``/``stats.avg``.
         collect_interval: how often agents measure (Backend.AI: 30 s); sizes the ``rate()``
             window for agents that export raw counters only (see ``LiveStatExpressions``).
+        rates: how the rules were rendered (``promstat rules render --rates``, a
+            :class:`~promstat.expressions.RateSource` or its value). ``"exporter"``: kernel
+            pages read current/capacity/rate from the exporter's series (those rules record
+            only the window stats); the raw plan drops the ``rate()`` fallback too.
         max_query_bytes: query text budget per request (VictoriaMetrics rejects > 16 KiB).
         max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
         concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
@@ -134,6 +141,7 @@ class PlannerConfig:
     lookback: str = "5m"
     window: str = "5m"
     collect_interval: str = "30s"
+    rates: RateSource = RateSource.BOTH
     max_query_bytes: int = 16 * 1024
     max_alternatives: int = 256
     concurrency: int = 8
@@ -146,6 +154,8 @@ class PlannerConfig:
     detect_failure_ttl: float = 2.0
 
     def __post_init__(self) -> None:
+        # A plain string ("exporter", from a command line or a config file) is accepted too.
+        object.__setattr__(self, "rates", RateSource.parse(self.rates))
         for name in ("interval", "lookback", "window", "collect_interval"):
             parse_duration(getattr(self, name))  # raises ConfigError with the bad text
         if self.max_alternatives < 1 or self.concurrency < 1:
@@ -167,6 +177,7 @@ class PlannerConfig:
             window=self.window,
             interval=self.interval,
             collect_interval=self.collect_interval,
+            rates=self.rates,
         )
 
 
@@ -203,6 +214,9 @@ class _Shape:
     labels: type[Any]  # msgspec Struct with fields id/metric/stat/device as needed
     stat: str | None  # fixed stat for raw shapes; None when rows carry a `stat` label
     node: bool = False  # agent plans: node rows (no device label)
+    # The exporter-rates kernel shape: raw rows carry `value_type` instead of `stat`, and
+    # this maps (value_type, metric) to the stat they stand for ("" for a row not shown).
+    stat_of: Callable[[str, str], str] | None = field(default=None, compare=False)
 
     def text(self, chunk: tuple[str, ...] | None) -> str:
         """The query for one chunk of ids (``None``: the fleet-wide query)."""
@@ -269,6 +283,8 @@ class _Accumulator:
         for shape, parts, wanted in pending:
             kernel_rows = not shape.node and "device" not in shape.labels.__struct_fields__
             add_rows = self._add_kernel_rows if kernel_rows else self._add_agent_rows
+            if shape.stat_of is not None:
+                add_rows = self._add_exporter_rows
             while parts:
                 if not first:
                     await asyncio.sleep(0)
@@ -298,6 +314,39 @@ class _Accumulator:
             if per_metric is None:
                 per_metric = per_id[metric] = {}
             per_metric[fixed or lab.stat] = text_of(s.value)
+
+    def _add_exporter_rows(
+        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
+    ) -> None:
+        # _add_kernel_rows for the exporter-rates kernel shape: a raw row's stat comes from
+        # its (value_type, metric), resolved once per pair and kept in `stats` (a handful of
+        # pairs per catalog; the tuple key is cheaper than a nested lookup per row).
+        kernels = self.kernels
+        resolve = shape.stat_of
+        assert resolve is not None
+        stats: dict[tuple[str, str], str] = {}
+        text_of = _value_text(series)
+        for s in series:
+            lab = s.metric
+            ident = lab.id
+            if wanted is not None and ident not in wanted:
+                continue
+            metric = lab.metric
+            key = lab.stat
+            if not key:
+                pair = (lab.vt, metric)
+                key = stats.get(pair)
+                if key is None:
+                    key = stats[pair] = resolve(*pair)
+                if not key:
+                    continue
+            per_id = kernels.get(ident)
+            if per_id is None:
+                per_id = kernels[ident] = {}
+            per_metric = per_id.get(metric)
+            if per_metric is None:
+                per_metric = per_id[metric] = {}
+            per_metric[key] = text_of(s.value)
 
     def _add_agent_rows(
         self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
@@ -520,6 +569,8 @@ class Planner:
                 None,
             ),
         )
+        if cfg.rates is RateSource.EXPORTER:
+            self._kernel_recorded = (self._exporter_kernel_shape(),)
         self._agent_recorded = (
             _Shape(
                 f"max by ({device_by}) ({n.device_live_stat}{{{_IDS}}})",
@@ -558,6 +609,58 @@ class Planner:
                 assert fleet is not None
                 agent_raw.append(_Shape(node, fleet, a, node_row, stat, True))
         self._agent_raw = tuple(agent_raw)
+
+    def _exporter_kernel_shape(self) -> _Shape:
+        """The kernel page for ``--rates exporter`` rules: one selector over the exporter's
+        series and the recorded window stats, grouped by value_type and stat.
+
+        Measured at 5,000 kernels, those rules cost Prometheus 3.9% of a core instead of
+        10-14% for rules that also copy current/capacity/rate every evaluation. The page
+        selects about as many series (the counters' cumulative ``current`` rows, which it
+        drops, are the extra) and its values are fresher: nothing waits for a rule
+        evaluation.
+        """
+        cfg, n = self.config, self.config.names
+        k, c, st, vt = n.kernel_label, n.container_metric_label, n.stat_label, n.value_type_label
+        row = msgspec.defstruct(
+            "ExporterKernelRow",
+            [("id", str, ""), ("metric", str, ""), ("stat", str, ""), ("vt", str, "")],
+            rename={"id": k, "metric": c, "stat": st, "vt": vt},
+            frozen=True,
+            gc=False,
+        )
+        names = escape_string(
+            "|".join(quote_meta(m) for m in (n.container_metric, n.kernel_live_stat))
+        )
+        # stat!~: rules rendered with --rates both also record current/capacity/rate; those
+        # copies are not read twice (raw rows have no stat label, which the matcher passes).
+        matchers = f'__name__=~"{names}", {st}!~"current|capacity|rate"'
+        by = f"{k}, {c}, {vt}, {st}"
+        rated = frozenset(cfg.catalog.names_of_kind(Kind.RATE_COUNTER))
+        catalog = cfg.catalog
+
+        def stat_of(value_type: str, metric: str) -> str:
+            # The mapping LiveStatExpressions.kernel encodes for rates=exporter.
+            if value_type == n.capacity_value:
+                return "capacity"
+            if value_type == n.current_value:
+                return "" if metric in rated else "current"  # a rate counter's is cumulative
+            if value_type == n.rate_value:
+                if metric in rated:
+                    return "current"
+                spec = catalog.lookup(metric)
+                shown = spec.kind is Kind.ACCUMULATING_COUNTER and "rate" in spec.stats
+                return "rate" if shown else ""
+            return ""
+
+        return _Shape(
+            f"max by ({by}) ({{{matchers}, {_IDS}}})",
+            f"max by ({by}) ({{{matchers}}})",
+            k,
+            row,
+            None,
+            stat_of=stat_of,
+        )
 
     def shapes(self, level: str, *, recorded: bool) -> tuple[str, ...]:
         """The query shapes (with an ``__PROMSTAT_IDS__`` placeholder) a plan would send.
@@ -729,9 +832,12 @@ class Planner:
     async def _count_live(self, level: str, at: float | None) -> tuple[bool, int]:
         n = self.config.names
         if level == "kernel":
+            # --rates exporter rules record only the window stats; max is what every kernel
+            # with a memory series has.
+            recorded_stat = "current" if self.config.rates is RateSource.BOTH else "max"
             label, recorded_sel = (
                 n.kernel_label,
-                f'{n.kernel_live_stat}{{{n.stat_label}="current"}}',
+                f'{n.kernel_live_stat}{{{n.stat_label}="{recorded_stat}"}}',
             )
             raw_sel = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
         else:
@@ -784,7 +890,14 @@ class Planner:
         recorded, live = found
         plan, payloads = await self._execute(level, recorded, live, wanted, at, outcome, deadline)
         missing = {i: None for i, p in payloads.items() if p is None}
-        if recorded and missing and self.config.use_recorded is None and self.config.raw_fallback:
+        fallback_applies = level != "kernel" or self.config.rates is RateSource.BOTH
+        if (
+            recorded
+            and missing
+            and fallback_applies  # the exporter kernel plan already reads the raw series
+            and self.config.use_recorded is None
+            and self.config.raw_fallback
+        ):
             # Recorded series lag the raw ones by up to one evaluation interval (a kernel
             # that just started) and may be missing where rules run on only some shards:
             # ask the raw expressions for exactly the ids that came back empty.

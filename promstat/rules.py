@@ -239,8 +239,10 @@ def build_rule_files(
             are the same.
         rates: where counter rates come from (:class:`~promstat.expressions.RateSource`):
             ``"both"`` (the agent's rate series, else ``rate()`` of the raw counter) or
-            ``"exporter"`` (the rate series only: every agent runs promstat's exporter; about
-            40% cheaper to evaluate).
+            ``"exporter"`` (the rate series only: every agent runs promstat's exporter). With
+            ``"exporter"`` the kernel group records ``max``/``avg`` only, from the raw series:
+            readers take ``current``/``capacity``/``rate`` from the exporter's series
+            (:attr:`~promstat.expressions.LiveStatExpressions.records_kernel_values`).
 
     Returns:
         ``(kernel file, agent file)``.
@@ -258,10 +260,16 @@ def build_rule_files(
     shard_matchers = kernel_shard_matchers(names, kernel_shards)
     for i, matchers in enumerate(shard_matchers):
         kernel: list[RecordingRule] = []
-        for s in ("current", "capacity", "rate"):
-            kernel += rule(names.kernel_live_stat, s, ex.kernel(s, matchers=matchers))
+        if ex.records_kernel_values:
+            for s in ("current", "capacity", "rate"):
+                kernel += rule(names.kernel_live_stat, s, ex.kernel(s, matchers=matchers))
+            window_of = ex.kernel_recorded_window
+        else:
+            # rates=exporter: current/capacity/rate are the exporter's own series; readers
+            # take them raw and only the window stats are recorded (RateSource).
+            window_of = ex.kernel_exporter_window
         for s in ("max", "avg"):
-            over_window = functools.partial(ex.kernel_recorded_window, matchers=matchers)
+            over_window = functools.partial(window_of, matchers=matchers)
             kernel += rule(names.kernel_live_stat, s, _or_none(over_window, s))
         name = "promstat.kernel.live_stat"
         if kernel_shards > 1:

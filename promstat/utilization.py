@@ -91,8 +91,10 @@ class Utilization:
         names: metric and label names.
         use_recorded: read the recorded families (default); ``False`` computes current and
             capacity from the raw series with :class:`~promstat.expressions.LiveStatExpressions`
-            (no rules needed, costlier).
-        expressions: the raw-series definitions (its lookback/window/interval), raw path only.
+            (no rules needed, costlier). Ignored for ``expressions`` with
+            ``rates="exporter"``: those rules record no kernel current or capacity, and the
+            exporter's series are read as they are (as cheap as the recorded ones).
+        expressions: the raw-series definitions (its lookback/window/interval, ``rates``).
         mem_rule: :class:`MemRule`.
         max_query_bytes: query text budget per chunk (VictoriaMetrics' 16 KiB default).
         max_alternatives: ids per set matcher.
@@ -118,8 +120,8 @@ class Utilization:
             raise ConfigError(f"concurrency must be >= 1, not {concurrency}")
         self.client = client
         self.names = names
-        self.use_recorded = use_recorded
         self.expressions = expressions or LiveStatExpressions(names=names)
+        self.use_recorded = use_recorded and self.expressions.records_kernel_values
         self.mem_rule = MemRule(mem_rule)
         self.max_query_bytes = max_query_bytes
         self.max_alternatives = max_alternatives

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import time
@@ -52,10 +53,10 @@ def _tree(root: Path) -> dict[str, str]:
     }
 
 
-def _models() -> dict[str, dict[str, Any]]:
+def _models(rates: str = "both") -> dict[str, dict[str, Any]]:
     return {
         name: json.loads(text)
-        for name, text in render_dashboards().items()
+        for name, text in render_dashboards(rates=rates).items()
         if name.endswith(".json")
     }
 
@@ -331,15 +332,16 @@ async def _self_metrics_app(
 
 @contextlib.asynccontextmanager
 async def _lab(
-    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess], rates: str = "both"
 ) -> AsyncIterator[PrometheusClient]:
     """Simulated fleet + extra agent + promstat's own metrics, scraped with rules and alerts."""
     rules = [
         p
-        for p in write_rules(tmp_path / "rules", interval="1s", window="4s")
+        for p in write_rules(tmp_path / "rules", interval="1s", window="4s", rates=rates)
         if p.name.endswith(".rules.yml")
     ]
-    alerts = write_alerts(tmp_path / "alerts", settings=demo_settings("1s"))
+    settings = dataclasses.replace(demo_settings("1s"), rates=rates)
+    alerts = write_alerts(tmp_path / "alerts", settings=settings)
     metrics = PromstatMetrics()
     runner, self_target, tick = await _self_metrics_app(metrics)
     fleet = SimulatedFleet(FleetConfig(agents=3, kernels_per_agent=3, churn=None, seed=7))
@@ -378,11 +380,11 @@ async def _lab(
 
 
 async def _empty_targets(
-    client: PrometheusClient, passes: list[dict[str, str]]
+    client: PrometheusClient, passes: list[dict[str, str]], rates: str = "both"
 ) -> tuple[int, list[tuple[str, str, str]]]:
     """How many targets were run, and those that returned no series."""
     empty, count = [], 0
-    for model in _models().values():
+    for model in _models(rates).values():
         for values in passes:
             for panel, target in iter_targets(model):
                 expr = _substitute(target["expr"], values)
@@ -394,11 +396,15 @@ async def _empty_targets(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rates", ["both", "exporter"])
 async def test_every_panel_returns_data_on_a_scraped_fleet(
-    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess], rates: str
 ) -> None:
     """On a real Prometheus with the rules and alerts, every target answers with data, for
-    "All" (``.*``) and for one concrete agent/user/project/session/kernel."""
+    "All" (``.*``) and for one concrete agent/user/project/session/kernel.
+
+    With ``rates="exporter"`` the rules record only the kernels' window stats: the
+    dashboards and the kernel alerts rendered for that mode read the rest raw."""
     everything = {
         "__rate_interval": "5s",
         **{v: ".*" for v in ("agent", "user", "project", "session", "kernel", "job", "instance")},
@@ -411,16 +417,16 @@ async def test_every_panel_returns_data_on_a_scraped_fleet(
         "session": EXTRA_OWNER["session_id"],
         "kernel": EXTRA_KERNEL,
     }
-    async with _lab(tmp_path, start_prometheus) as client:
+    async with _lab(tmp_path, start_prometheus, rates) as client:
         deadline = time.monotonic() + 120
-        count, empty = await _empty_targets(client, [everything, concrete])
+        count, empty = await _empty_targets(client, [everything, concrete], rates)
         while empty and time.monotonic() < deadline:
             # rates need two scrapes, window stats a few rule evaluations, alerts a pending state
             await asyncio.sleep(1.0)
-            count, empty = await _empty_targets(client, [everything, concrete])
+            count, empty = await _empty_targets(client, [everything, concrete], rates)
         assert count >= 2 * 60
         # the check is not vacuous: a selection nobody matches finds nothing
-        _, none = await _empty_targets(client, [{**concrete, "user": "nobody"}])
+        _, none = await _empty_targets(client, [{**concrete, "user": "nobody"}], rates)
         assert {uid for uid, _, _ in none} == {"promstat-fleet", "promstat-kernel"}
         assert not empty, "\n".join(f"{uid} / {title}: {expr}" for uid, title, expr in empty)
         # the demo's alert line: the extra kernel's memory alert is at least pending by now

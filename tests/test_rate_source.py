@@ -123,7 +123,9 @@ async def test_plain_agent_under_exporter_rules(
                 rule_files=[p for p in rules if p.name.endswith(".rules.yml")],
             )
             async with PrometheusClient(prom.url) as client:
-                planner = Planner(client, PlannerConfig(use_recorded=True, interval="1s"))
+                planner = Planner(
+                    client, PlannerConfig(use_recorded=True, interval="1s", rates=rates)
+                )
                 kernels = sim.kernel_ids()
                 deadline = time.monotonic() + 60
                 while True:

@@ -69,7 +69,9 @@ async def _scalar(client: PrometheusClient, expr: str, at: float) -> float:
     return float(res.vector[0].value[1]) if res.vector else 0.0
 
 
-async def _settled_times(client: PrometheusClient, kernels: int) -> tuple[float, float]:
+async def _settled_times(
+    client: PrometheusClient, kernels: int, rates: str = "both"
+) -> tuple[float, float]:
     """Evaluation times at which the kernel and the agent rule groups last ran, once settled.
 
     A counter's first rule evaluation sees one sample and records a rate of 0 (never the raw
@@ -79,6 +81,12 @@ async def _settled_times(client: PrometheusClient, kernels: int) -> tuple[float,
     from the same raw samples there, so they must agree to float precision.
     """
     kernel_cpu = KERNEL_CURRENT.replace("}", ',container_metric_name="cpu_util"}')
+    kernel_rule = KERNEL_CURRENT
+    if rates == "exporter":  # those rules record only the window stats: the rate is raw
+        kernel_cpu = (
+            'backendai_container_utilization{container_metric_name="cpu_util",value_type="rate"}'
+        )
+        kernel_rule = KERNEL_CURRENT.replace('"current"', '"max"')
     device_cpu = (
         "agent_device_metric:backendai_device_utilization:live_stat"
         '{stat="current",device_metric_name="cpu_util"}'
@@ -90,8 +98,10 @@ async def _settled_times(client: PrometheusClient, kernels: int) -> tuple[float,
         ok_k = await _scalar(client, f"count(min_over_time({kernel_cpu}[6s]) > 0)", now)
         ok_d = await _scalar(client, f"count(min_over_time({device_cpu}[6s]) > 0)", now)
         devices = await _scalar(client, f"count({raw_devices})", now)
-        if ok_k == kernels and devices > 0 and ok_d == devices:
-            k_at = await _scalar(client, f"max(timestamp({KERNEL_CURRENT}))", now)
+        # the kernel group's last evaluation covered every kernel (its timestamp is k_at)
+        ruled = await _scalar(client, f"count(count by (kernel_id) ({kernel_rule}))", now)
+        if ok_k == kernels and ruled == kernels and devices > 0 and ok_d == devices:
+            k_at = await _scalar(client, f"max(timestamp({kernel_rule}))", now)
             a_at = await _scalar(client, f"max(timestamp({AGENT_CURRENT}))", now)
             return k_at, a_at
         await asyncio.sleep(0.5)
@@ -127,7 +137,7 @@ async def scraped_fleet(
             rule_files=[p for p in rule_files if "test" not in p.name],
         )
         async with PrometheusClient(prom.url) as client:
-            k_at, a_at = await _settled_times(client, len(sim.kernel_ids()))
+            k_at, a_at = await _settled_times(client, len(sim.kernel_ids()), rates)
             yield sim, client, prom.url, k_at, a_at
 
 
@@ -150,7 +160,7 @@ async def test_recorded_and_raw_plans_agree(
         seed=7,
     ) as (fleet, client, _, k_at, a_at):
         kernels, agents = fleet.kernel_ids(), fleet.agent_ids()
-        settings = dict(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT)
+        settings = dict(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates)
         raw = Planner(client, PlannerConfig(use_recorded=False, **settings))
         rec = Planner(client, PlannerConfig(use_recorded=None, **settings))
         raw_k, rec_k = await raw.kernels(kernels, at=k_at), await rec.kernels(kernels, at=k_at)
@@ -159,7 +169,7 @@ async def test_recorded_and_raw_plans_agree(
     assert rec_a.plan.startswith("recorded")
     for kernel_id in kernels:
         r, c = raw_k.payloads[kernel_id], rec_k.payloads[kernel_id]
-        assert isinstance(r, dict) and isinstance(c, dict), kernel_id
+        assert isinstance(r, dict) and isinstance(c, dict), (kernel_id, r, c, k_at)
         assert_payloads_agree(r, c, where=kernel_id)
         expected = fleet.expected_rate(kernel_id, "cpu_util")
         assert math.isclose(float(c["cpu_util"]["current"]), expected, rel_tol=1e-3)
