@@ -34,6 +34,7 @@ import yaml
 from aiohttp import web
 
 from .errors import ConfigError, PromstatError
+from .expressions import RateSource
 from .integrations import DEFAULT_MAX_BATCH_SIZE, Registry, SchemaExecutor, StatsSource
 from .metrics import PromstatMetrics
 
@@ -240,6 +241,8 @@ class ServeOptions:
         stack: ``graphene`` or ``strawberry``.
         interval: scrape interval of the data (cache TTL, rate windows).
         lookback, window: planner ranges (must match the recording rules if loaded).
+        rates: ``both`` or ``exporter``, as the recording rules were rendered (``promstat
+            rules render --rates``); ``exporter`` rules record no kernel current.
         timeout: client deadline per Prometheus call, seconds.
         max_batch_size: ids per DataLoader batch.
         registry_ttl: seconds a kernel/agent row snapshot is reused.
@@ -257,6 +260,7 @@ class ServeOptions:
     interval: str = "15s"
     lookback: str = "5m"
     window: str = "5m"
+    rates: str = "both"
     timeout: float = 30.0
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     registry_ttl: float = 10.0
@@ -350,6 +354,7 @@ def load_serve_options(
         raise ConfigError(f"stack must be one of {', '.join(STACKS)}, not {options.stack!r}")
     if not isinstance(options.port, int) or not 0 <= options.port <= 65535:
         raise ConfigError(f"port must be 0..65535, not {options.port!r}")
+    RateSource.parse(options.rates)  # a ConfigError naming the choices
     return options
 
 
@@ -366,7 +371,10 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
 
     metrics = PromstatMetrics()
     config = PlannerConfig(
-        interval=options.interval, lookback=options.lookback, window=options.window
+        interval=options.interval,
+        lookback=options.lookback,
+        window=options.window,
+        rates=RateSource.parse(options.rates),
     )
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -420,6 +428,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "stack": args.stack,
         "interval": args.interval,
+        "rates": args.rates,
     }
     try:
         options = load_serve_options(args.config, overrides)
@@ -464,5 +473,10 @@ def add_serve_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="listen port (default 8080; 0 = any)")
     parser.add_argument("--stack", choices=STACKS, help="GraphQL library (default graphene)")
     parser.add_argument("--interval", help="scrape interval of the data (default 15s)")
+    parser.add_argument(
+        "--rates",
+        choices=[r.value for r in RateSource],
+        help="as the recording rules were rendered (promstat rules render --rates; default both)",
+    )
     parser.set_defaults(func=run_serve, handler=run_serve)
     return parser

@@ -287,12 +287,13 @@ def test_serve_options_merge_config_and_flags(tmp_path: Path) -> None:
     config = tmp_path / "c.yml"
     config.write_text(
         "url: http://prom:9090\npath-prefix: /select/0/prometheus\nport: 9000\n"
-        "headers: {X-A: '1'}\nbasic_auth: 'user:p:w'\n",
+        "headers: {X-A: '1'}\nbasic_auth: 'user:p:w'\nrates: exporter\n",
         encoding="utf-8",
     )
     options = load_serve_options(config, {"port": 9100, "headers": ["X-B: 2"], "tenant": "t1"})
     assert options.base_url == "http://prom:9090/select/0/prometheus"
     assert options.port == 9100
+    assert options.rates == "exporter"
     kwargs = options.client_kwargs()
     assert kwargs["headers"] == {"X-A": "1", "X-B": "2", "X-Scope-OrgID": "t1"}
     assert kwargs["auth"] == ("user", "p:w")  # the client builds the Basic header
@@ -306,6 +307,7 @@ def test_serve_options_merge_config_and_flags(tmp_path: Path) -> None:
         ("url: http://p\n", {"stack": "ariadne"}, "stack must be one of"),
         ("url: http://p\n", {"headers": ["no-colon"]}, "NAME:VALUE"),
         ("- a list\n", {}, "must be a mapping"),
+        ("url: http://p\n", {"rates": "fast"}, "rates must be one of 'both', 'exporter'"),
     ],
 )
 def test_serve_options_errors(
