@@ -460,17 +460,19 @@ def run(settings: Settings) -> dict[str, Any]:
             rss = measure_rss(fleet, settings, pages[-1])
         fleet_info = fleet.info
     rules_cost = []
-    paged: set[int] = set()
+    paged: set[tuple[int, str]] = set()
     for run_spec in settings.rules_cost:
         kernels, rates, shards = rule_run(run_spec)
         _log(f"rules cost: live fleet of {kernels} kernels, rules --rates {rates} "
              f"--kernel-shards {shards}, {settings.rules_cost_seconds:g}s")
+        # Page traffic once per fleet size and rates mode: the page's plan follows the mode
+        # (--rates exporter pages read the raw series), sharding does not change it.
         rules_cost.append(
             measure_rules_cost(kernels, seconds=settings.rules_cost_seconds, log=_log,
                                rates=rates, kernel_shards=shards,
-                               pages=kernels not in paged)  # page traffic once per size
+                               pages=(kernels, rates) not in paged)
         )
-        paged.add(kernels)
+        paged.add((kernels, rates))
     decode = decode_benchmark(settings)
     doc = report.build(
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
