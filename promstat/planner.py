@@ -614,11 +614,11 @@ class Planner:
         """The kernel page for ``--rates exporter`` rules: one selector over the exporter's
         series and the recorded window stats, grouped by value_type and stat.
 
-        Measured at 5,000 kernels, those rules cost Prometheus 3.9% of a core instead of
-        10-14% for rules that also copy current/capacity/rate every evaluation. The page
-        selects about as many series (the counters' cumulative ``current`` rows, which it
-        drops, are the extra) and its values are fresher: nothing waits for a rule
-        evaluation.
+        Measured live at 5,000 kernels in one run, those rules cost Prometheus 3.2% of a
+        core against 16.4% for ``--rates both``; an uncached 1,000-kernel page took 126 ms
+        against 115 ms: the raw series carry more labels, and the counters' cumulative
+        ``current`` rows (dropped here) are 20% more bytes. Its values are fresher: nothing
+        waits for a rule evaluation.
         """
         cfg, n = self.config, self.config.names
         k, c, st, vt = n.kernel_label, n.container_metric_label, n.stat_label, n.value_type_label

@@ -276,3 +276,31 @@ class _Recorder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+
+def test_alerts_and_dashboards_render_for_the_exporter_rules(tmp_path: Path) -> None:
+    """``--set rates=exporter`` alerts and ``--rates exporter`` dashboards never read a
+    recorded kernel current/capacity/rate; the defaults still do. (That every target returns
+    data on a real Prometheus is test_dashboards' scraped-fleet test.)"""
+    import json
+
+    from promstat.alerts import AlertSettings, alert_tests_apply, render_alerts
+    from promstat.cli import main as cli_main
+
+    copies = [f'stat="{s}"' for s in ("current", "capacity", "rate")]
+    exporter_alerts = next(iter(render_alerts(settings=AlertSettings(rates="exporter")).values()))
+    assert "--set rates=exporter" in exporter_alerts
+    assert not any(c in exporter_alerts for c in copies)
+    assert 'value_type="capacity"' in exporter_alerts
+    assert 'stat="current"' in next(iter(render_alerts().values()))
+    assert not alert_tests_apply(settings=AlertSettings(rates="exporter"))
+    with pytest.raises(ConfigError, match="rates must be one of"):
+        AlertSettings(rates="fast")
+
+    assert cli_main(["dashboards", "render", "--output", str(tmp_path), "--rates", "exporter"]) == 0
+    kernel = json.loads((tmp_path / "promstat-kernel.json").read_text())
+    text = json.dumps(kernel)
+    assert not any(c.replace('"', '\\"') in text for c in copies)
+    assert (
+        'stat=~\\"avg|max\\"' in text or 'stat=~\\"max|avg\\"' in text or 'stat=\\"max\\"' in text
+    )
