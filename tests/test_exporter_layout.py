@@ -304,3 +304,49 @@ def test_alerts_and_dashboards_render_for_the_exporter_rules(tmp_path: Path) -> 
     assert (
         'stat=~\\"avg|max\\"' in text or 'stat=~\\"max|avg\\"' in text or 'stat=\\"max\\"' in text
     )
+
+
+class _Answers:
+    """A query executor answering by a substring of the query (first match), else nothing."""
+
+    def __init__(self, answers: dict[str, list[dict[str, str]]]) -> None:
+        self.answers = answers
+        self.texts: list[str] = []
+
+    async def query_vector(
+        self, query: str, *, labels: type[Any], time: float | None = None
+    ) -> Any:
+        self.texts.append(query)
+        rows = next((r for key, r in self.answers.items() if key in query), [])
+        series = [
+            SimpleNamespace(
+                metric=labels(**{k: v for k, v in r.items() if k != "v"}), value=(time, r["v"])
+            )
+            for r in rows
+        ]
+        return SimpleNamespace(series=series, warnings=(), infos=())
+
+
+async def test_a_both_planner_on_exporter_rules_says_how_to_fix_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rules rendered with --rates exporter, planner left at both: pages still answer (raw
+    plan) and the log says which setting to change; with the setting, no warning."""
+    answers = {'stat="max"': [{"v": "6"}], 'value_type="current"}))': [{"v": "6"}]}
+    executor = _Answers(answers)
+    with caplog.at_level("WARNING", logger="promstat.planner"):
+        await Planner(executor, PlannerConfig()).kernels([K], at=1.0)
+    assert "set PlannerConfig(rates='exporter')" in caplog.text
+    assert any(
+        t.startswith("count(count by (kernel_id) (backendai_container") for t in executor.texts
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="promstat.planner"):
+        out = await Planner(_Answers(answers), PlannerConfig(rates="exporter")).kernels([K], at=1.0)
+    assert "rates='exporter'" not in caplog.text
+    assert out.plan == "recorded/filtered"
+    # no window stats either: no rules at all, nothing to hint
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="promstat.planner"):
+        await Planner(_Answers({}), PlannerConfig()).kernels([K], at=1.0)
+    assert "rates='exporter'" not in caplog.text
