@@ -862,24 +862,7 @@ class Planner:
                 f"count(count by ({label}) ({raw_sel}))", labels=count_row, time=at
             )
             live = int(float(res.series[0].value[1])) if res.series else 0
-            if level == "kernel" and forced is None and self.config.rates is RateSource.BOTH:
-                await self._hint_exporter_rules(count_row, at)
         return recorded, live
-
-    async def _hint_exporter_rules(self, count_row: type[Any], at: float | None) -> None:
-        """Say so when the kernel rules look rendered with ``--rates exporter`` (window stats
-        recorded, no ``current``) while this planner expects ``both``: pages still work, on
-        the raw plan, at several times the cost. One query per detection (``detect_ttl``)."""
-        n = self.config.names
-        res = await self.client.query_vector(
-            f'count({n.kernel_live_stat}{{{n.stat_label}="max"}})', labels=count_row, time=at
-        )
-        if res.series:
-            log.warning(
-                "the recorded kernel series have window stats but no current: the rules look "
-                "rendered with --rates exporter; set PlannerConfig(rates='exporter') (promstat "
-                "serve --rates exporter) to read them, pages use the raw plan until then"
-            )
 
     # -- fetching ---------------------------------------------------------------------------
 
