@@ -502,6 +502,28 @@ class LiveStatExpressions:
             raise QueryBuildError(f"no metric in the catalog publishes stats.{stat}")
         return _join_or(parts)
 
+    def kernel_stat_of(self, value_type: str, metric: str) -> str:
+        """The stat a raw kernel series stands for under :attr:`RateSource.EXPORTER`: the
+        stat whose :meth:`kernel` expression selects it, ``""`` when none does.
+
+        A rate counter's ``rate`` series is its ``current`` (its own ``current`` is the
+        cumulative counter, shown nowhere); an accumulating counter's ``rate`` series is its
+        ``stats.rate``; every ``capacity`` series is the capacity.
+        """
+        n = self.names
+        rated = metric in self._rate_counters()
+        if value_type == n.capacity_value:
+            return "capacity"
+        if value_type == n.current_value:
+            return "" if rated else "current"
+        if value_type == n.rate_value:
+            if rated:
+                return "current"
+            spec = self.catalog.lookup(metric)
+            shown = spec.kind is Kind.ACCUMULATING_COUNTER and self._has(spec, "rate", node=False)
+            return "rate" if shown else ""
+        return ""
+
     def kernel_source(self, stat: str, *, matchers: str = "") -> str:
         """Where a reader finds per-kernel ``current``/``capacity``/``rate``: the recorded
         family (``rates=both``), or the exporter's own series (``rates=exporter``, whose

@@ -37,6 +37,7 @@ detection query, not one per waiting page. Each failed query logs one line (logg
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import operator
 import time as _time
@@ -48,7 +49,7 @@ from typing import Any, Protocol
 import msgspec
 
 from . import live_stat
-from .catalog import DEFAULT_CATALOG, Catalog, Kind
+from .catalog import DEFAULT_CATALOG, Catalog
 from .conventions import SeriesNames
 from .errors import (
     APIError,
@@ -283,8 +284,6 @@ class _Accumulator:
         for shape, parts, wanted in pending:
             kernel_rows = not shape.node and "device" not in shape.labels.__struct_fields__
             add_rows = self._add_kernel_rows if kernel_rows else self._add_agent_rows
-            if shape.stat_of is not None:
-                add_rows = self._add_exporter_rows
             while parts:
                 if not first:
                     await asyncio.sleep(0)
@@ -298,33 +297,11 @@ class _Accumulator:
         # kernel and one per metric, no per-row attribute probing. ``wanted`` is None for an
         # id chunk's answer (its matcher already selected exactly the chunk's ids; the caller
         # renders only those), so the membership test runs for fleet-wide answers only.
+        # The exporter-rates shape's raw rows carry no stat: theirs comes from the row's
+        # (value_type, metric) through shape.stat_of (memoised), "" for a row not shown.
         kernels = self.kernels
         fixed = shape.stat
-        text_of = _value_text(series)
-        for s in series:
-            lab = s.metric
-            ident = lab.id
-            if wanted is not None and ident not in wanted:
-                continue
-            per_id = kernels.get(ident)
-            if per_id is None:
-                per_id = kernels[ident] = {}
-            metric = lab.metric
-            per_metric = per_id.get(metric)
-            if per_metric is None:
-                per_metric = per_id[metric] = {}
-            per_metric[fixed or lab.stat] = text_of(s.value)
-
-    def _add_exporter_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
-    ) -> None:
-        # _add_kernel_rows for the exporter-rates kernel shape: a raw row's stat comes from
-        # its (value_type, metric), resolved once per pair and kept in `stats` (a handful of
-        # pairs per catalog; the tuple key is cheaper than a nested lookup per row).
-        kernels = self.kernels
-        resolve = shape.stat_of
-        assert resolve is not None
-        stats: dict[tuple[str, str], str] = {}
+        stat_of = shape.stat_of
         text_of = _value_text(series)
         for s in series:
             lab = s.metric
@@ -332,12 +309,9 @@ class _Accumulator:
             if wanted is not None and ident not in wanted:
                 continue
             metric = lab.metric
-            key = lab.stat
-            if not key:
-                pair = (lab.vt, metric)
-                key = stats.get(pair)
-                if key is None:
-                    key = stats[pair] = resolve(*pair)
+            key = fixed or lab.stat
+            if not key and stat_of is not None:
+                key = stat_of(lab.vt, metric)
                 if not key:
                     continue
             per_id = kernels.get(ident)
@@ -636,30 +610,14 @@ class Planner:
         # copies are not read twice (raw rows have no stat label, which the matcher passes).
         matchers = f'__name__=~"{names}", {st}!~"current|capacity|rate"'
         by = f"{k}, {c}, {vt}, {st}"
-        rated = frozenset(cfg.catalog.names_of_kind(Kind.RATE_COUNTER))
-        catalog = cfg.catalog
-
-        def stat_of(value_type: str, metric: str) -> str:
-            # The mapping LiveStatExpressions.kernel encodes for rates=exporter.
-            if value_type == n.capacity_value:
-                return "capacity"
-            if value_type == n.current_value:
-                return "" if metric in rated else "current"  # a rate counter's is cumulative
-            if value_type == n.rate_value:
-                if metric in rated:
-                    return "current"
-                spec = catalog.lookup(metric)
-                shown = spec.kind is Kind.ACCUMULATING_COUNTER and "rate" in spec.stats
-                return "rate" if shown else ""
-            return ""
-
         return _Shape(
             f"max by ({by}) ({{{matchers}, {_IDS}}})",
             f"max by ({by}) ({{{matchers}}})",
             k,
             row,
             None,
-            stat_of=stat_of,
+            # a handful of (value_type, metric) pairs per catalog: resolved once each
+            stat_of=functools.lru_cache(maxsize=1024)(cfg.expressions.kernel_stat_of),
         )
 
     def shapes(self, level: str, *, recorded: bool) -> tuple[str, ...]:
