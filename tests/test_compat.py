@@ -39,8 +39,9 @@ class CountingClient:
 async def compat(fleet: DualFleet) -> AsyncIterator[tuple[PromstatStatClient, CountingClient]]:
     async with PrometheusClient(fleet.prometheus.url) as prom:
         counting = CountingClient(prom)
-        stats = LiveStats(counting, clock=lambda: fleet.at)
-        yield PromstatStatClient(stats), counting
+        # Refresh-ahead off: the tests count queries, and a background refresh would add some.
+        async with LiveStats(counting, clock=lambda: fleet.at, refresh_ahead=False) as stats:
+            yield PromstatStatClient(stats), counting
 
 
 async def _legacy(fleet: DualFleet, ids: list[str]) -> list[Any]:
@@ -123,8 +124,8 @@ async def test_concurrent_callers_share_one_batch_and_the_cache(
     # The concurrent singles cost exactly what one batch of all ids costs.
     async with PrometheusClient(fleet.prometheus.url) as prom:
         fresh = CountingClient(prom)
-        fresh_client = PromstatStatClient(LiveStats(fresh, clock=lambda: fleet.at))
-        await fresh_client.get_session_statistics_batch(ids)
+        async with LiveStats(fresh, clock=lambda: fleet.at, refresh_ahead=False) as fresh_stats:
+            await PromstatStatClient(fresh_stats).get_session_statistics_batch(ids)
     assert first == len(fresh.queries) < len(ids)
 
 

@@ -116,11 +116,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLab]:
 
 @pytest.fixture
 async def stats(live: LiveLab) -> AsyncIterator[LiveStats]:
-    """LiveStats over the live Prometheus with the rules' durations; client -> its metrics."""
+    """LiveStats over the live Prometheus with the rules' durations; client -> its metrics.
+
+    Refresh-ahead is off: these tests count the queries one page sends, and a background
+    refresh (once per 1 s interval here) would land in that count at a random moment.
+    Refresh-ahead against a real Prometheus is tested in ``test_refresh``.
+    """
     metrics = PromstatMetrics()
     config = PlannerConfig(interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
-    async with PrometheusClient(live.prom.url, observer=metrics) as client:
-        yield LiveStats(client, config, metrics=metrics)
+    async with (
+        PrometheusClient(live.prom.url, observer=metrics) as client,
+        LiveStats(client, config, metrics=metrics, refresh_ahead=False) as stats,
+    ):
+        yield stats
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:

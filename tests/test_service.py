@@ -27,11 +27,17 @@ def prom() -> Iterator[lab.PrometheusProcess]:
 
 @pytest.fixture
 async def counted(prom: lab.PrometheusProcess) -> AsyncIterator[tuple[LiveStats, PromstatMetrics]]:
-    """LiveStats whose clock sits inside the scenario, counting HTTP queries."""
+    """LiveStats whose clock sits inside the scenario, counting HTTP queries.
+
+    Refresh-ahead is off so that no background refresh lands in the query counts.
+    """
     metrics = PromstatMetrics()
-    async with PrometheusClient(prom.url, observer=metrics) as client:
-        config = PlannerConfig(use_recorded=False, fleet_fraction=None)
-        yield LiveStats(client, config, metrics=metrics, clock=lambda: AT), metrics
+    config = PlannerConfig(use_recorded=False, fleet_fraction=None)
+    async with (
+        PrometheusClient(prom.url, observer=metrics) as client,
+        LiveStats(client, config, metrics=metrics, clock=lambda: AT, refresh_ahead=False) as stats,
+    ):
+        yield stats, metrics
 
 
 async def test_a_request_loader_answers_the_legacy_payloads(
