@@ -48,6 +48,7 @@ import yarl
 
 from promstat.errors import (
     APIError,
+    ClosedError,
     ConfigError,
     PromstatError,
     QueryTimeoutError,
@@ -443,6 +444,7 @@ class PrometheusClient:
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
+        self._closed = False
         self._headers: dict[str, str] = {
             "Accept": "application/json",
             # gzip saves bandwidth across a network; on loopback or a fast LAN, compressing
@@ -477,12 +479,19 @@ class PrometheusClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the owned session (a borrowed session is left open). Idempotent."""
+        """Close the owned session (a borrowed session is left open). Idempotent.
+
+        A call after ``close()`` raises :class:`ClosedError`: opening a new session there
+        would leave one nobody closes (aiohttp's "Unclosed client session").
+        """
+        self._closed = True
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClosedError(what="PrometheusClient")
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections)
             # No aiohttp timeout: the per-call deadline (asyncio.timeout_at) governs.

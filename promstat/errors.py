@@ -321,13 +321,15 @@ class ClosedError(PromstatError, RuntimeError):
     """An object was used after its ``aclose()``: create a new one instead.
 
     Attributes:
-        what: the closed object (``"LiveStats"``, ``"SharedLoader"``, ``"Planner"``).
+        what: the closed object (``"LiveStats"``, ``"SharedLoader"``, ``"Planner"``,
+            ``"PrometheusClient"``).
     """
 
     def __init__(self, *, what: str) -> None:
         self.what = what
         super().__init__(
-            f"{what} is closed (aclose() was called); create a new {what} to load again"
+            f"{what} is closed (its close()/aclose() was called); create a new {what} to "
+            "load again"
         )
 
 

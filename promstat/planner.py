@@ -476,6 +476,7 @@ class Planner:
         self._clock = clock
         self._sem = asyncio.Semaphore(self.config.concurrency)
         self._detected: dict[str, tuple[float, bool, int]] = {}
+        self._layouts_logged: set[RateSource] = set()  # rule layouts that differ, logged once
         #: the page deadline in seconds (configured, or derived from the client's deadline)
         self.page_deadline = (
             self.config.page_deadline
@@ -691,7 +692,9 @@ class Planner:
     ) -> tuple[bool, int]:
         """Whether recorded series exist for ``level``, and how many ids the live fleet has.
 
-        One cheap ``count(count by (id) (...))`` query; the answer is cached for
+        One cheap ``count(count by (id) (...))`` query (for kernels, counted per ``stat``,
+        which also tells the loaded rules' ``--rates`` layout: one that differs from
+        ``rates`` is logged once); the answer is cached for
         ``detect_ttl`` seconds (``refresh=True`` asks again) and a failure for
         ``detect_failure_ttl``. Concurrent callers share one detection. ``at`` is the
         evaluation time (default: now). With a forced plan (``use_recorded`` True/False) and
@@ -789,38 +792,81 @@ class Planner:
 
     async def _count_live(self, level: str, at: float | None) -> tuple[bool, int]:
         n = self.config.names
+        count_row: type[msgspec.Struct]
         if level == "kernel":
-            # --rates exporter rules record only the window stats; max is what every kernel
-            # with a memory series has.
-            recorded_stat = "current" if self.config.rates is RateSource.BOTH else "max"
-            label, recorded_sel = (
-                n.kernel_label,
-                f'{n.kernel_live_stat}{{{n.stat_label}="{recorded_stat}"}}',
+            # --rates both rules record every kernel's current; --rates exporter rules only its
+            # window stats, of which max is what every kernel with a memory series has. One
+            # query counts both, per stat, so a layout that differs from PlannerConfig.rates
+            # is logged without a query of its own.
+            want = "current" if self.config.rates is RateSource.BOTH else "max"
+            label, stat = n.kernel_label, n.stat_label
+            recorded_query = (
+                f"count(count by ({label}, {stat}) "
+                f'({n.kernel_live_stat}{{{stat}=~"current|max"}})) by ({stat})'
             )
             raw_sel = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
+            count_row = msgspec.defstruct(
+                "StatCountRow", [(stat, str, want)], frozen=True, gc=False
+            )
         else:
-            label, recorded_sel = (
-                n.agent_label,
-                f'{n.agent_live_stat}{{{n.stat_label}="current"}}',
+            want, label = "current", n.agent_label
+            recorded_query = (
+                f'count(count by ({label}) ({n.agent_live_stat}{{{n.stat_label}="current"}}))'
             )
             raw_sel = f'{n.device_metric}{{{n.value_type_label}="{n.current_value}"}}'
-        count_row = msgspec.defstruct("CountRow", [], frozen=True, gc=False)
+            count_row = msgspec.defstruct("CountRow", [], frozen=True, gc=False)
         forced = self.config.use_recorded
         recorded, live = False, 0
         if forced is not False:
-            res = await self.client.query_vector(
-                f"count(count by ({label}) ({recorded_sel}))", labels=count_row, time=at
-            )
-            if res.series:
-                recorded, live = True, int(float(res.series[0].value[1]))
+            res = await self.client.query_vector(recorded_query, labels=count_row, time=at)
+            counts = {
+                getattr(row.metric, n.stat_label, want): int(float(row.value[1]))
+                for row in res.series
+            }
+            if want in counts:
+                recorded, live = True, counts[want]
+            if level == "kernel":
+                self._check_layout(set(counts))
         if forced is True:
             recorded = True
         if not recorded:
             res = await self.client.query_vector(
-                f"count(count by ({label}) ({raw_sel}))", labels=count_row, time=at
+                f"count(count by ({label}) ({raw_sel}))",
+                labels=msgspec.defstruct("CountRow", [], frozen=True, gc=False),
+                time=at,
             )
             live = int(float(res.series[0].value[1])) if res.series else 0
         return recorded, live
+
+    def _check_layout(self, stats: set[str]) -> None:
+        """Log (once per layout seen) when the kernel rules loaded differ from ``rates``.
+
+        A mismatch still answers every page correctly (see README, "How rates are taken"),
+        but one of the two sides is not what the operator meant: with ``both`` rules and
+        ``rates="exporter"`` the rules still pay for the copies and kernels of plain agents
+        get no rates; with ``exporter`` rules and ``rates="both"`` pages read the raw plan.
+        """
+        if not stats:
+            return  # no rules (or none evaluated yet): the raw plan, nothing to compare
+        layout = RateSource.BOTH if "current" in stats else RateSource.EXPORTER
+        if layout is self.config.rates or layout in self._layouts_logged:
+            return
+        self._layouts_logged.add(layout)
+        if layout is RateSource.BOTH:
+            log.warning(
+                "the kernel recording rules loaded are the --rates both layout (they record "
+                "current, capacity and rate copies) but PlannerConfig.rates is 'exporter': "
+                "pages read the exporter's own series, so kernels of agents without "
+                'value_type="rate" series show no rates, and the copies cost rule CPU '
+                "nobody reads; render the rules with --rates exporter, or set rates='both'"
+            )
+        else:
+            log.warning(
+                "the kernel recording rules loaded are the --rates exporter layout (window "
+                "stats only) but PlannerConfig.rates is 'both': kernel pages fall back to "
+                "the raw plan (correct, slower); set PlannerConfig.rates='exporter' (promstat "
+                "serve --rates exporter) to read them"
+            )
 
     # -- fetching ---------------------------------------------------------------------------
 

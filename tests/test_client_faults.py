@@ -25,6 +25,7 @@ from promstat.errors import (
     APIError,
     BadDataError,
     CanceledError,
+    ClosedError,
     ConfigError,
     ExecutionError,
     InternalError,
@@ -583,6 +584,21 @@ async def test_owned_session_is_closed_and_close_is_idempotent(serve: Serve) -> 
     await prom.close()
     await prom.close()
     assert session.closed
+
+
+async def test_a_closed_client_raises_closed_error_and_opens_no_session(serve: Serve) -> None:
+    """A call after close() is a ClosedError; it does not open a session nobody closes."""
+    fake = FakePrometheus()
+    prom = PrometheusClient(await serve(fake))
+    await prom.query("up")
+    await prom.close()
+    with pytest.raises(ClosedError, match="PrometheusClient is closed"):
+        await prom.query("up")
+    with pytest.raises(ClosedError):
+        async with prom:
+            pass
+    assert prom._session is None
+    assert len(fake.requests) == 1
 
 
 async def test_invalid_arguments_raise_config_error(serve: Serve) -> None:

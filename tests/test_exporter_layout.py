@@ -13,6 +13,7 @@ dashboards and alerts are ``test_dashboards.test_every_panel_returns_data_on_a_s
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -179,7 +180,53 @@ async def test_exporter_plan_detects_the_window_rules() -> None:
     executor = _rows([])
     planner = Planner(executor, PlannerConfig(rates="exporter"))
     await planner.kernels([K], at=1.0)
-    assert 'stat="max"' in executor.texts[0] and 'stat="current"' not in executor.texts[0]
+    assert 'stat=~"current|max"' in executor.texts[0] and "by (stat)" in executor.texts[0]
+
+
+LAYOUT_CASES = [
+    # (PlannerConfig.rates, stats the loaded rules record, recorded plan?, warning names)
+    ("both", ("current", "max"), True, None),
+    ("both", ("max",), False, "--rates exporter layout"),
+    ("exporter", ("max",), True, None),
+    ("exporter", ("current", "max"), True, "--rates both layout"),
+    ("both", (), False, None),
+    ("exporter", (), False, None),
+]
+
+
+@pytest.mark.parametrize(("rates", "recorded_stats", "recorded", "warning"), LAYOUT_CASES)
+async def test_detection_tells_the_rules_layout_in_the_same_query(
+    rates: str,
+    recorded_stats: tuple[str, ...],
+    recorded: bool,
+    warning: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One detection query counts the recorded kernels per stat: the plan follows the stat
+    ``rates`` reads, and rules of the other layout are logged once, not per detection."""
+    executor = _Answers(
+        {
+            "count(count by (kernel_id, stat)": [
+                {"stat": s, "v": str(5 + i)} for i, s in enumerate(recorded_stats)
+            ],
+            "count(count by (kernel_id) (": [{"v": "9"}],  # the raw series' kernels
+        }
+    )
+    planner = Planner(executor, PlannerConfig(rates=rates))
+    with caplog.at_level(logging.WARNING, logger="promstat.planner"):
+        found = await planner.detect("kernel", at=1.0)
+        again = await planner.detect("kernel", at=1.0, refresh=True)
+    read = "current" if rates == "both" else "max"
+    live = 5 + recorded_stats.index(read) if recorded else 9
+    assert found == again == (recorded, live)
+    # recorded: one query per detection; raw plan: the recorded count, then the raw one
+    assert len(executor.texts) == (2 if recorded else 4)
+    logged = [r.getMessage() for r in caplog.records]
+    if warning is None:
+        assert logged == []
+    else:
+        assert len(logged) == 1 and warning in logged[0], logged
+        assert f"PlannerConfig.rates is '{rates}'" in logged[0]
 
 
 # -- every reader on a real Prometheus ------------------------------------------------------
@@ -187,11 +234,14 @@ async def test_exporter_plan_detects_the_window_rules() -> None:
 
 @pytest.mark.slow
 async def test_readers_get_the_page_numbers_without_recorded_copies(
-    tmp_path: Path, start_prometheus: Callable[..., lab.PrometheusProcess]
+    tmp_path: Path,
+    start_prometheus: Callable[..., lab.PrometheusProcess],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A fleet of promstat exporters under ``--rates exporter`` rules: the page, history,
     final stats and utilization all answer, agree on memory, and no query asks for a
-    recorded ``current``/``capacity``/``rate`` (there is none)."""
+    recorded ``current``/``capacity``/``rate`` (there is none). A planner left at
+    ``rates="both"`` finds no recorded plan there and logs the layout it found."""
     rules = write_rules(
         tmp_path, interval="1s", window="4s", collect_interval="1s", rates="exporter"
     )
@@ -224,6 +274,10 @@ async def test_readers_get_the_page_numbers_without_recorded_copies(
             while len((await client.query(count, time=time.time() - 1.0)).vector) < len(kernels):
                 assert time.monotonic() < deadline, "no window stats recorded in time"
                 await asyncio.sleep(0.5)
+            mismatched = Planner(client, PlannerConfig(interval="1s", window="4s"))
+            with caplog.at_level(logging.WARNING, logger="promstat.planner"):
+                assert await mismatched.detect("kernel") == (False, len(kernels))
+            assert any("--rates exporter layout" in r.getMessage() for r in caplog.records)
             async with LiveStats(recorder, config=settings) as stats:
                 deadline = time.monotonic() + 60
                 while True:
