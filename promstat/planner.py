@@ -37,6 +37,8 @@ detection query, not one per waiting page. Each failed query logs one line (logg
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import logging
 import operator
@@ -78,6 +80,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Set in a task doing background work (refresh-ahead): its chunks use the few
+#: ``background_concurrency`` slots. A context variable, so every task the work spawns
+#: (``gather``, splits) inherits it and a page's own tasks never do.
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "promstat_background", default=False
+)
+_NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def background_work() -> None:
+    """Mark the current task (and the tasks it starts from now on) as background work.
+
+    Its queries then take one of the planner's ``background_concurrency`` slots before a
+    shared one, so pages keep the rest. Call it at the top of a background task's coroutine:
+    a task's context is its own, so the mark never leaks into the caller.
+    """
+    _BACKGROUND.set(True)
+
+
 #: PrometheusClient's default deadline, assumed for clients that do not say theirs.
 _DEFAULT_CLIENT_TIMEOUT = 30.0
 
@@ -117,6 +138,10 @@ class PlannerConfig:
         max_query_bytes: query text budget per request (VictoriaMetrics rejects > 16 KiB).
         max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
         concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
+        background_concurrency: of those, how many background work may hold (refresh-ahead,
+            marked with :func:`background_work`). A page's cold query then never queues
+            behind a refresh's chunks and shares Prometheus' cores with few of them; a
+            refresh only has to finish within its interval, not fast.
         fleet_fraction: use the unfiltered fleet-wide plan when the batch has at least this
             share of the live fleet's ids (and needs more than one chunk). ``None`` (the
             default) never does: chunk answers are rendered as they arrive while Prometheus
@@ -146,6 +171,7 @@ class PlannerConfig:
     max_query_bytes: int = 16 * 1024
     max_alternatives: int = 256
     concurrency: int = 8
+    background_concurrency: int = 2
     fleet_fraction: float | None = None
     use_recorded: bool | None = None
     detect_ttl: float = 300.0
@@ -159,8 +185,10 @@ class PlannerConfig:
         object.__setattr__(self, "rates", RateSource.parse(self.rates))
         for name in ("interval", "lookback", "window", "collect_interval"):
             parse_duration(getattr(self, name))  # raises ConfigError with the bad text
-        if self.max_alternatives < 1 or self.concurrency < 1:
-            raise ConfigError("max_alternatives and concurrency must be >= 1")
+        if self.max_alternatives < 1 or self.concurrency < 1 or self.background_concurrency < 1:
+            raise ConfigError(
+                "max_alternatives, concurrency and background_concurrency must be >= 1"
+            )
         if self.fleet_fraction is not None and not 0.0 < self.fleet_fraction <= 1.0:
             raise ConfigError(f"fleet_fraction must be in (0, 1], not {self.fleet_fraction}")
         if self.page_deadline is not None and not self.page_deadline > 0:
@@ -475,6 +503,9 @@ class Planner:
         self.metrics = metrics or PromstatMetrics()
         self._clock = clock
         self._sem = asyncio.Semaphore(self.config.concurrency)
+        self._background_sem = asyncio.Semaphore(
+            min(self.config.background_concurrency, self.config.concurrency)
+        )
         self._detected: dict[str, tuple[float, bool, int]] = {}
         self._layouts_logged: set[RateSource] = set()  # rule layouts that differ, logged once
         #: the page deadline in seconds (configured, or derived from the client's deadline)
@@ -1008,7 +1039,9 @@ class Planner:
         stage = "a query slot"
         try:
             async with asyncio.timeout_at(job.deadline):
-                async with self._sem:
+                # Background work first takes one of its own few slots, then a shared one.
+                background = self._background_sem if _BACKGROUND.get() else _NO_LIMIT
+                async with background, self._sem:
                     # A slot freed by another page's expiring queries can reach this one a
                     # moment before its own deadline: a query sent then cannot succeed and only
                     # loads the server (one page's expiry would hand its slots down a chain of

@@ -46,7 +46,7 @@ from typing import Any
 from .errors import ConfigError, PromstatError
 from .loader import FetchResult
 from .metrics import PromstatMetrics
-from .planner import BatchOutcome
+from .planner import BatchOutcome, background_work
 
 __all__ = ["RefreshConfig", "Refresher", "WatchedLevel", "parse_rfc3339"]
 
@@ -308,6 +308,7 @@ class WatchedLevel:
             self._task = loop.create_task(self._run(), name=f"promstat-refresh-{self.level}")
 
     async def _run(self) -> None:
+        background_work()  # this task's chunks leave most query slots to pages
         last_start: float | None = None
         ticks = 0
         while True:

@@ -26,7 +26,7 @@ from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, ExecutionError, PromstatError, TransportError
 from promstat.metrics import PromstatMetrics
 from promstat.payload import FrozenDict
-from promstat.planner import BatchOutcome, PlannerConfig
+from promstat.planner import _BACKGROUND, BatchOutcome, PlannerConfig
 from promstat.refresh import RefreshConfig, Refresher, WatchedLevel, parse_rfc3339
 from promstat.rules import write_rules
 from promstat.service import LiveStats
@@ -565,3 +565,22 @@ async def test_livestats_refreshes_a_real_prometheus_in_the_background(
         finally:
             await stats.aclose()
         assert asyncio.all_tasks() == before
+
+
+async def test_refreshes_run_as_background_work_and_cold_loads_do_not(rig: Rig) -> None:
+    """The refresh task is marked as background work (few query slots, see
+    test_background_slots); a page's cold load, in the page's own task, is not."""
+    marks: list[tuple[str, bool]] = []
+    source = rig.source
+
+    async def marked(ids: list[str]) -> BatchOutcome:
+        marks.append(("refresh" if len(source.calls) else "cold", _BACKGROUND.get()))
+        return await FakeSource.__call__(source, ids)
+
+    rig.level._source = marked
+    await rig.load("a")
+    for _ in range(3):
+        await rig.clock.advance(INTERVAL)
+    assert marks[0] == ("cold", False)
+    assert len(marks) >= 3 and all(m == ("refresh", True) for m in marks[1:])
+    assert _BACKGROUND.get() is False
