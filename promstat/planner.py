@@ -74,6 +74,7 @@ __all__ = [
     "Planner",
     "PlannerConfig",
     "QueryExecutor",
+    "background_work",
     "chunk_ids",
     "default_page_deadline",
 ]
