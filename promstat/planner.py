@@ -140,7 +140,7 @@ class PlannerConfig:
         max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
         concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
         background_concurrency: of those, how many background work may hold (refresh-ahead,
-            marked with :func:`background_work`). A page's cold query then never queues
+            marked with :func:`background_work`). A page's cold query then does not queue
             behind a refresh's chunks and shares Prometheus' cores with few of them; a
             refresh only has to finish within its interval, not fast.
         fleet_fraction: use the unfiltered fleet-wide plan when the batch has at least this
