@@ -534,6 +534,11 @@ class Planner:
     def _build_shapes(self) -> None:
         cfg, n = self.config, self.config.names
         exprs = cfg.expressions
+        # Detection's count rows: one per stat for kernels; a row without one (agents, the raw
+        # count) stands for the stat asked about.
+        self._count_row = msgspec.defstruct(
+            "CountRow", [("stat", str, "")], rename={"stat": n.stat_label}, frozen=True, gc=False
+        )
         kernel_row = msgspec.defstruct(
             "KernelRow",
             [("id", str, ""), ("metric", str, ""), ("stat", str, "")],
@@ -824,7 +829,6 @@ class Planner:
 
     async def _count_live(self, level: str, at: float | None) -> tuple[bool, int]:
         n = self.config.names
-        count_row: type[msgspec.Struct]
         if level == "kernel":
             # --rates both rules record every kernel's current; --rates exporter rules only its
             # window stats, of which max is what every kernel with a memory series has. One
@@ -837,24 +841,17 @@ class Planner:
                 f'({n.kernel_live_stat}{{{stat}=~"current|max"}})) by ({stat})'
             )
             raw_sel = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
-            count_row = msgspec.defstruct(
-                "StatCountRow", [(stat, str, want)], frozen=True, gc=False
-            )
         else:
             want, label = "current", n.agent_label
             recorded_query = (
                 f'count(count by ({label}) ({n.agent_live_stat}{{{n.stat_label}="current"}}))'
             )
             raw_sel = f'{n.device_metric}{{{n.value_type_label}="{n.current_value}"}}'
-            count_row = msgspec.defstruct("CountRow", [], frozen=True, gc=False)
         forced = self.config.use_recorded
         recorded, live = False, 0
         if forced is not False:
-            res = await self.client.query_vector(recorded_query, labels=count_row, time=at)
-            counts = {
-                getattr(row.metric, n.stat_label, want): int(float(row.value[1]))
-                for row in res.series
-            }
+            res = await self.client.query_vector(recorded_query, labels=self._count_row, time=at)
+            counts = {row.metric.stat or want: int(float(row.value[1])) for row in res.series}
             if want in counts:
                 recorded, live = True, counts[want]
             if level == "kernel":
@@ -863,9 +860,7 @@ class Planner:
             recorded = True
         if not recorded:
             res = await self.client.query_vector(
-                f"count(count by ({label}) ({raw_sel}))",
-                labels=msgspec.defstruct("CountRow", [], frozen=True, gc=False),
-                time=at,
+                f"count(count by ({label}) ({raw_sel}))", labels=self._count_row, time=at
             )
             live = int(float(res.series[0].value[1])) if res.series else 0
         return recorded, live
