@@ -6,6 +6,9 @@ times every ``Handle._run`` while it is active, like asyncio's debug-mode
 ``slow_callback_duration`` report but without debug mode's other costs, and keeps the longest
 ones with a short description of what ran.
 
+It also times the garbage collector's runs meanwhile (``gc.callbacks``): a collection runs
+inside whatever callback allocated last, and a full one walks the whole process heap.
+
 Usage::
 
     with LoopWatch() as watch:
@@ -16,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +43,9 @@ class LoopWatch:
         slowest: up to ``keep`` ``(seconds, description)`` of the slowest callbacks, slowest
             first.
         over: callbacks longer than ``threshold`` seconds.
+        gc_seconds: time spent in garbage collections while active.
+        gc_longest: the longest single collection, seconds.
+        gc_collections: collections per generation (0, 1, 2).
     """
 
     def __init__(self, *, threshold: float = 0.020, keep: int = 5) -> None:
@@ -49,7 +56,22 @@ class LoopWatch:
         self.callbacks = 0
         self.over = 0
         self.slowest: list[tuple[float, str]] = []
+        self.gc_seconds = 0.0
+        self.gc_longest = 0.0
+        self.gc_collections = [0, 0, 0]
+        self._gc_started = 0.0
         self._original: _Run | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._gc_started
+        self.gc_seconds += seconds
+        self.gc_longest = max(self.gc_longest, seconds)
+        generation = info.get("generation", 0)
+        if 0 <= generation < len(self.gc_collections):
+            self.gc_collections[generation] += 1
 
     @property
     def longest_ms(self) -> float:
@@ -84,9 +106,12 @@ class LoopWatch:
                     watch._record(seconds, cpu, handle)
 
         asyncio.events.Handle._run = _run  # type: ignore[method-assign,assignment]
+        gc.callbacks.append(self._on_gc)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         if self._original is not None:
             asyncio.events.Handle._run = self._original  # type: ignore[method-assign,assignment]
             self._original = None
@@ -100,6 +125,9 @@ class LoopWatch:
             "over_threshold": self.over,
             "threshold_ms": round(self.threshold * 1000, 1),
             "slowest": [(round(s * 1000, 2), what) for s, what in self.slowest],
+            "gc_ms": round(self.gc_seconds * 1000, 2),
+            "gc_longest_ms": round(self.gc_longest * 1000, 2),
+            "gc_collections": list(self.gc_collections),
         }
 
 

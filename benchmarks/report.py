@@ -368,7 +368,7 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
         lines.append("cold recorded page vs the bare HTTP of its own queries (median of reps):")
         h = (f"{'page':>5} {'encoding':<8} {'http ms':>8} {'page ms':>8} {'added':>6} "
              f"{'client cpu':>10} {'prom cpu':>8} {'prom cpu http':>13} {'loop max':>8} "
-             f"{'loop cpu':>8}")
+             f"{'loop cpu':>8} {'gc ms':>6} {'gc max':>6}")
         lines += [h, "-" * len(h)]
         for x in cold:
             lines.append(
@@ -377,10 +377,12 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
                 f"{_fmt(x['added_ratio'], '6.2f')} {_fmt(x['client_cpu_ms_per_page'], '10.1f')} "
                 f"{_fmt(x['prometheus_cpu_ms_per_page'], '8.0f')} "
                 f"{_fmt(x['prometheus_cpu_ms_bare_http'], '13.0f')} "
-                f"{_fmt(x['loop_longest_ms'], '8.1f')} {_fmt(x['loop_longest_cpu_ms'], '8.1f')}"
+                f"{_fmt(x['loop_longest_ms'], '8.1f')} {_fmt(x['loop_longest_cpu_ms'], '8.1f')} "
+                f"{_fmt(x.get('gc_ms_p50'), '6.1f')} {_fmt(x.get('gc_longest_ms'), '6.1f')}"
             )
         lines.append("(added = (page - http) / http; loop = longest single event-loop callback, "
-                     "wall and CPU ms)")
+                     "wall and CPU ms; gc = garbage collection per page (median) and the longest "
+                     "single collection, no gc.collect() before a page)")
         lines.append("")
     polling = doc.get("polling") or []
     if polling:

@@ -163,6 +163,7 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
     for x in cold:
         assert x["queries"] >= 1 and x["http_p50_ms"] > 0 and x["promstat_p50_ms"] > 0
         assert x["loop_longest_ms"] > 0 and x["loop_longest_cpu_ms"] >= 0
+        assert x["gc_ms_p50"] >= 0 and x["gc_longest_ms"] >= 0 and x["gc_full_collections"] >= 0
         assert x["response_bytes"] > 0 and x["client_cpu_ms_per_page"] >= 0
     polling = on_disk["polling"]
     assert [(x["contender"], x["clients"], x["period_s"]) for x in polling] == [
@@ -196,6 +197,23 @@ def test_data_age_p95_reads_the_data_age_histogram() -> None:
     # 95% of 100 observations lies inside the bucket holding the ten old values
     assert p95 is not None and 0.5 < p95 <= 60.0
     assert p95 == metrics.snapshot().data_age.quantile(0.95)  # type: ignore[union-attr]
+
+
+def test_loop_watch_times_garbage_collections_while_active() -> None:
+    """LoopWatch counts and times the collector's runs inside its block, and only there."""
+    import gc
+
+    from benchmarks.loopwatch import LoopWatch
+
+    with LoopWatch() as watch:
+        gc.collect()
+    assert watch.gc_collections[2] >= 1
+    assert watch.gc_seconds > 0 and watch.gc_longest > 0
+    assert watch.summary()["gc_collections"] == watch.gc_collections
+    counted = list(watch.gc_collections)
+    gc.collect()  # after the block: not counted, and the callback is gone
+    assert watch.gc_collections == counted
+    assert all(getattr(cb, "__self__", None) is not watch for cb in gc.callbacks)
 
 
 def test_process_cpu_seconds_of_this_process() -> None:
