@@ -50,7 +50,7 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, DecimalException
 from typing import Any, cast
 
 from .catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Capacity, Catalog, MetricSpec
-from .payload import FrozenDict
+from .payload import FrozenDict, seal
 
 __all__ = [
     "STATS_ORDER",
@@ -456,7 +456,8 @@ def _render_metrics(
         if rendered is not None:
             # Built read-only here rather than copied by payload.freeze later: one C-level
             # copy of a finished leaf instead of a second pass over the whole payload.
-            result[name] = FrozenDict(rendered) if frozen else rendered
+            # Sealed: strings only, so off the collector's list (see promstat.payload).
+            result[name] = seal(FrozenDict(rendered)) if frozen else rendered
     return result
 
 
@@ -484,7 +485,7 @@ def render_kernel(
     if not result:
         return None
     # Kernel capacities are never None, so every value is a string.
-    return cast("dict[str, dict[str, str]]", FrozenDict(result) if frozen else result)
+    return cast("dict[str, dict[str, str]]", seal(FrozenDict(result)) if frozen else result)
 
 
 def _natural_key(device_id: str) -> tuple[tuple[int, int, str], ...]:
@@ -532,13 +533,17 @@ def render_agent(
         for device_id in sorted(per_device, key=_natural_key):
             rendered = _render_one(layout, per_device[device_id])
             if rendered is not None:
-                out[device_id] = FrozenDict(rendered) if frozen else rendered
+                out[device_id] = seal(FrozenDict(rendered)) if frozen else rendered
         if out:
-            rendered_devices[name] = FrozenDict(out) if frozen else out
+            rendered_devices[name] = seal(FrozenDict(out)) if frozen else out
     if not rendered_node and not rendered_devices:
         return None
     if frozen:
-        return FrozenDict(node=FrozenDict(rendered_node), devices=FrozenDict(rendered_devices))
+        return seal(
+            FrozenDict(
+                node=seal(FrozenDict(rendered_node)), devices=seal(FrozenDict(rendered_devices))
+            )
+        )
     return {"node": rendered_node, "devices": rendered_devices}
 
 

@@ -85,7 +85,10 @@ class _Waiter(asyncio.Future):  # type: ignore[type-arg]
     __slots__ = ("_key", "_loader", "_shared")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, loader: DataLoader[Any, Any], key: Hashable,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        loader: DataLoader[Any, Any],
+        key: Hashable,
         shared: asyncio.Future[Any],
     ) -> None:
         super().__init__(loop=loop)

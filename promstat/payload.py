@@ -18,12 +18,22 @@ unchanged: ``json.dumps`` (graphene's ``JSONString``), strawberry's scalars, ``m
 
 ``dict(payload)``, ``payload.copy()`` and ``payload | other`` return plain dicts (their inner
 dicts stay read-only); :func:`thaw` copies all the way down.
+
+**Garbage collection.** CPython's collector walks every container it tracks on each full
+collection. It stops tracking an exact ``dict`` that holds only strings (the metric leaves of
+a payload), but never a ``dict`` subclass, so read-only payloads would stay on its list for
+as long as they are cached: 48,000 leaves of a 5,000-kernel page made a full collection take
+50-59 ms instead of 16-19 ms. A payload holds only strings, ``None`` and payload dicts, so it
+cannot be part of a reference cycle; :func:`seal` takes such a :class:`FrozenDict` off the
+collector's list, as CPython does for its own dicts (``PyObject_GC_UnTrack``, a public C-API
+function, through ``ctypes``; a no-op where that is not available, e.g. on PyPy).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 __all__ = ["FrozenDict", "afreeze_values", "freeze", "freeze_values", "thaw"]
@@ -75,6 +85,37 @@ def _refuse() -> NoReturn:
     raise TypeError(_HINT)
 
 
+def _gc_untrack() -> Callable[[object], None] | None:
+    """CPython's ``PyObject_GC_UnTrack``, or None where it cannot be called."""
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        import ctypes
+
+        untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+    except (ImportError, AttributeError, OSError):  # no ctypes, or no Python C API
+        return None
+    untrack.argtypes = [ctypes.py_object]
+    untrack.restype = None
+    return untrack
+
+
+_UNTRACK = _gc_untrack()
+
+
+def seal(value: FrozenDict[K, V]) -> FrozenDict[K, V]:
+    """Take ``value`` off the garbage collector's list and return it (see the module docstring).
+
+    Only for a :class:`FrozenDict` whose values are strings, numbers, ``None`` or sealed
+    payload dicts (what the renderer builds): nothing it holds can refer back to it, so no
+    cycle can run through it, and being read-only it cannot come to hold anything else. It is
+    freed by reference counting like any dict.
+    """
+    if _UNTRACK is not None:
+        _UNTRACK(value)
+    return value
+
+
 def freeze(value: Any) -> Any:
     """Return ``value`` with every nested ``dict`` replaced by a :class:`FrozenDict`.
 
@@ -87,13 +128,19 @@ def freeze(value: Any) -> Any:
             if type(item) in _CONTAINERS:
                 return FrozenDict({k: freeze(v) for k, v in value.items()})
         # A leaf dict (a metric's strings): one C-level copy, the common case by far.
-        return FrozenDict(value)
+        leaf: FrozenDict[Any, Any] = FrozenDict(value)
+        for item in value.values():
+            if type(item) not in _ATOMIC:
+                return leaf  # a tuple, a set, an object: the collector keeps watching it
+        return seal(leaf)
     if kind is list:
         return tuple(freeze(v) for v in value)
     return value
 
 
 _CONTAINERS: frozenset[type[Any]] = frozenset((dict, list))
+# Values that hold no references the collector follows.
+_ATOMIC: frozenset[type[Any]] = frozenset((str, int, float, bool, type(None)))
 
 
 def freeze_values(values: Mapping[K, V]) -> dict[K, V]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import pickle
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -20,10 +22,10 @@ import pytest
 import strawberry
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 
-from promstat import lab
+from promstat import lab, live_stat
 from promstat.client import PrometheusClient
 from promstat.integrations import json_string
-from promstat.payload import FrozenDict, afreeze_values, freeze, freeze_values, thaw
+from promstat.payload import FrozenDict, afreeze_values, freeze, freeze_values, seal, thaw
 from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
 
@@ -86,6 +88,66 @@ def test_copies_are_the_callers_own() -> None:
     deep["node"][metric]["current"] = "changed"
     assert AGENT["node"][metric]["current"] != "changed"
     assert type(KERNEL.copy()) is dict
+
+
+CPYTHON = sys.implementation.name == "cpython"
+EXPECTED_KERNELS_RAW = {
+    "cpu_util": {"current": "12.5", "capacity": "400", "max": "80", "avg": "10"},
+    "mem": {"current": "1073741824", "capacity": "4294967296", "max": "2147483648"},
+    "net_rx": {"current": "1234", "rate": "12"},
+    "io_scratch_size": {"current": "0"},
+}
+AGENT_RAW = (
+    {"cpu_util": {"current": "150", "capacity": "800"}, "mem": {"current": "1024"}},
+    {"cpu_util": {"0": {"current": "75", "capacity": "100"}, "1": {"current": "75"}}},
+)
+
+
+def _walk(value: Any) -> Iterator[FrozenDict[Any, Any]]:
+    if isinstance(value, FrozenDict):
+        yield value
+        for item in value.values():
+            yield from _walk(item)
+
+
+@pytest.mark.skipif(not CPYTHON, reason="sealing is CPython's PyObject_GC_UnTrack")
+def test_rendered_payloads_are_sealed_and_hold_only_strings_and_sealed_dicts() -> None:
+    """Rendered kernel and agent payloads are off the collector's list at every level, and
+    every level holds only what makes that safe: strings, None and sealed payload dicts."""
+    kernel = live_stat.render_kernel(EXPECTED_KERNELS_RAW, frozen=True)
+    agent = live_stat.render_agent(*AGENT_RAW, frozen=True)
+    assert kernel == live_stat.render_kernel(EXPECTED_KERNELS_RAW)
+    levels = [*_walk(kernel), *_walk(agent)]
+    assert len(levels) > 10
+    for level in levels:
+        assert not gc.is_tracked(level)
+        for item in level.values():
+            assert item is None or type(item) is str or isinstance(item, FrozenDict), item
+    # A plain (unfrozen) rendering is an ordinary dict, tracked or not as CPython decides.
+    assert not isinstance(live_stat.render_kernel(EXPECTED_KERNELS_RAW), FrozenDict)
+
+
+@pytest.mark.skipif(not CPYTHON, reason="sealing is CPython's PyObject_GC_UnTrack")
+def test_freeze_seals_leaves_of_atomic_values_only() -> None:
+    """freeze() seals a leaf of strings/numbers/None, never one holding a container, and a
+    sealed dict is freed by reference counting and still copies, pickles and compares."""
+    frozen = freeze({"m": {"current": "1", "n": 2, "x": None}, "t": {"items": [1, 2]}})
+    assert not gc.is_tracked(frozen["m"])
+    assert gc.is_tracked(frozen["t"])  # holds a tuple: the collector keeps watching it
+    assert gc.is_tracked(frozen)  # the outer level of an arbitrary value is not sealed
+    leaf = seal(FrozenDict(a="1"))
+    assert not gc.is_tracked(leaf)
+    assert pickle.loads(pickle.dumps(leaf)) == leaf == copy.deepcopy(leaf) == {"a": "1"}
+    import weakref
+
+    class Probe(str):
+        """A str subclass: weak-referenceable, so its release can be observed."""
+
+    probe = Probe("x")
+    gone = weakref.ref(probe)
+    holder = seal(FrozenDict(a=probe))
+    del probe, holder  # no collection needed: reference counting frees the sealed dict
+    assert gone() is None
 
 
 def test_freeze_values_passes_errors_and_none_through() -> None:
