@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -195,48 +196,81 @@ def test_interrupted_start_stops_the_process(
     assert lab.running_processes() == before
 
 
+# The child starts from the default SIGTERM/SIGHUP dispositions, as a plain process does: it
+# would inherit SIG_IGN for SIGHUP under nohup (or a CI runner that ignores it), and the lab
+# rightly leaves an ignored signal alone.
 _CHILD_SCRIPT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == "ignore-hup" else signal.SIG_DFL)
 from promstat import lab
 proc = lab.start_redis()
 print(proc.pid, proc.data_dir, flush=True)
-if sys.argv[1] == "wait":
+if sys.argv[1] != "exit":
     time.sleep(120)
 """
 
 
-def _run_child(mode: str) -> tuple[subprocess.Popen[str], int, Path]:
+@contextlib.contextmanager
+def _child(mode: str) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """The child interpreter, its server's pid and data directory; whatever the test's
+    outcome, neither the child nor its server outlives the test."""
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo)}
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD_SCRIPT, mode], stdout=subprocess.PIPE, text=True, env=env
     )
-    assert child.stdout is not None
-    pid, data_dir = child.stdout.readline().split()
-    return child, int(pid), Path(data_dir)
+    pid = 0
+    try:
+        assert child.stdout is not None
+        pid_text, data_dir = child.stdout.readline().split()
+        pid = int(pid_text)
+        yield child, pid, Path(data_dir)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.communicate()
+        if pid and _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_killed_interpreter_stops_its_servers(sig: signal.Signals) -> None:
     """SIGTERM/SIGHUP to a Python process stops its servers before it dies of the signal."""
-    child, pid, data_dir = _run_child("wait")
-    assert _pid_alive(pid)
-    child.send_signal(sig)
-    child.communicate(timeout=60)
-    assert child.returncode == -sig
-    assert not _pid_alive(pid)
-    assert not data_dir.exists()
+    with _child("wait") as (child, pid, data_dir):
+        assert _pid_alive(pid)
+        child.send_signal(sig)
+        child.communicate(timeout=60)
+        assert child.returncode == -sig
+        assert not _pid_alive(pid)
+        assert not data_dir.exists()
+
+
+@pytest.mark.slow
+def test_an_ignored_sighup_stays_ignored() -> None:
+    """A program that ignores SIGHUP (nohup) keeps ignoring it: the lab claims only signals
+    at their default; SIGTERM still stops the servers."""
+    with _child("ignore-hup") as (child, pid, data_dir):
+        child.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=1.0)
+        assert _pid_alive(pid)
+        child.send_signal(signal.SIGTERM)
+        child.communicate(timeout=60)
+        assert child.returncode == -signal.SIGTERM
+        assert not _pid_alive(pid)
+        assert not data_dir.exists()
 
 
 @pytest.mark.slow
 def test_interpreter_exit_stops_forgotten_servers() -> None:
     """The atexit safety net stops a server the program never stopped itself."""
-    child, pid, data_dir = _run_child("exit")
-    child.communicate(timeout=60)
-    assert child.returncode == 0
-    assert not _pid_alive(pid)
-    assert not data_dir.exists()
+    with _child("exit") as (child, pid, data_dir):
+        child.communicate(timeout=60)
+        assert child.returncode == 0
+        assert not _pid_alive(pid)
+        assert not data_dir.exists()
 
 
 # ---------------------------------------------------------------------------------------------
