@@ -85,13 +85,9 @@ class _Waiter(asyncio.Future):  # type: ignore[type-arg]
     __slots__ = ("_key", "_loader", "_shared")
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        loader: DataLoader[Any, Any],
-        key: Hashable,
-        shared: asyncio.Future[Any],
+        self, loader: DataLoader[Any, Any], key: Hashable, shared: asyncio.Future[Any]
     ) -> None:
-        super().__init__(loop=loop)
+        super().__init__(loop=shared.get_loop())
         self._loader = loader
         self._key = key
         self._shared = shared
@@ -100,7 +96,7 @@ class _Waiter(asyncio.Future):  # type: ignore[type-arg]
         """Cancel this caller's wait; the last caller of a key lets its batch go."""
         if not super().cancel(msg):
             return False
-        self._loader._waiter_cancelled(self._key, self, self._shared)
+        self._loader._waiter_cancelled(self)
         return True
 
 
@@ -158,7 +154,7 @@ class DataLoader(Generic[K, V]):
         # Each caller gets its own waiter: cancelling it must not cancel the future that
         # other callers of the same key share. One waiter is stored bare (the common case: a
         # page loads each key once), more in a list.
-        waiter: _Waiter = _Waiter(shared.get_loop(), self, key, shared)
+        waiter = _Waiter(self, key, shared)
         entry = self._waiters.get(key)
         if entry is None:
             self._waiters[key] = waiter
@@ -172,9 +168,8 @@ class DataLoader(Generic[K, V]):
         """Load several keys in one batch; raise the first error among them."""
         return list(await asyncio.gather(*(self.load(k) for k in keys)))
 
-    def _waiter_cancelled(
-        self, key: K, waiter: asyncio.Future[V | None], shared: asyncio.Future[V | None]
-    ) -> None:
+    def _waiter_cancelled(self, waiter: _Waiter) -> None:
+        key: K = waiter._key  # type: ignore[assignment]
         entry = self._waiters.get(key)
         if entry is waiter:
             del self._waiters[key]
@@ -182,7 +177,7 @@ class DataLoader(Generic[K, V]):
             entry.remove(waiter)
             if not entry:
                 del self._waiters[key]
-        if key not in self._waiters and not shared.done():
+        if key not in self._waiters and not waiter._shared.done():
             self._abandoned(key)
 
     def _relay(self, key: K, shared: asyncio.Future[V | None]) -> None:
