@@ -45,10 +45,10 @@ import msgspec
 import redis.asyncio as aioredis
 
 from promstat.client import PrometheusClient
-from promstat.live_stat import render_kernel
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.promql import eq
+from promstat.renderer import render_kernel
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 from promstat.wire import vector_decoder
 
@@ -607,7 +607,7 @@ async def promstat_breakdown(
     Loads the page through ``LiveStats`` (recorded plan, no cache) recording the queries the
     planner sends, then replays those queries with a bare aiohttp session (with and without
     gzip, the client's default) and repeats the client-side steps on the body: msgspec decode
-    into a label Struct, grouping rows by kernel, :func:`promstat.live_stat.render_kernel`.
+    into a label Struct, grouping rows by kernel, :func:`promstat.renderer.render_kernel`.
     Each figure is the best of ``reps``; ``other_ms`` is what the end-to-end time has beyond
     the parts (asyncio, aiohttp, the client's error handling, loaders).
 

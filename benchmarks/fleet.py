@@ -2,20 +2,21 @@
 
 Built from one seed so runs are repeatable:
 
-1. :mod:`promstat.sim` describes ``agents x kernels_per_agent`` kernels (no churn) with the
+1. :mod:`promstat.testing.sim` describes ``agents x kernels_per_agent`` kernels (no churn) with the
    agent's full label set (``container_metric_name, agent_id, kernel_id, session_id, user_id,
    project_id, value_type``), capacities, GPU kernels on a share of the agents, and the
    per-device series of every agent.
 2. ``history`` seconds of raw samples ending at the pinned evaluation time ``at`` are streamed
    to an OpenMetrics file and turned into TSDB blocks with
    ``promtool tsdb create-blocks-from openmetrics``.
-3. The generated recording rules (:func:`promstat.rules.build_rule_files`) are evaluated over
+3. The generated recording rules (:func:`~promstat.generate.rules.build_rule_files`) are evaluated
+over
    the last ``window + 2 steps`` of that history with
    ``promtool tsdb create-blocks-from rules``: in stages, because a rule that reads another
    rule's output (``max``/``avg`` over the recorded ``current``, node sums over recorded
    devices) needs that output already in the server it queries. After each stage the new
    blocks move into the data directory and Prometheus restarts.
-4. The same kernels' legacy payloads (rendered with :func:`promstat.live_stat.render_kernel`
+4. The same kernels' legacy payloads (rendered with :func:`promstat.renderer.render_kernel`
    from the same model numbers at ``at``) are stored in redis-server as msgpack
    (``use_bin_type=True``) under bare kernel-id keys, as Backend.AI agents wrote them to Valkey.
 
@@ -48,13 +49,13 @@ import msgpack
 import redis
 import yaml
 
-from promstat import lab
 from promstat.catalog import DEFAULT_CATALOG, Kind
 from promstat.conventions import SeriesNames
 from promstat.errors import LabError
-from promstat.live_stat import render_kernel
-from promstat.rules import RecordingRule, build_rule_files
-from promstat.sim import FleetConfig, SimulatedFleet, write_fleet_openmetrics
+from promstat.generate.rules import RecordingRule, build_rule_files
+from promstat.renderer import render_kernel
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet, write_fleet_openmetrics
 
 __all__ = [
     "PINNED_AT",
@@ -113,7 +114,7 @@ class FleetSpec:
         return self.at - self.window - 2 * self.step
 
     def sim_config(self) -> FleetConfig:
-        """The :class:`~promstat.sim.FleetConfig` of this fleet (no churn: all kernels live)."""
+        """The :class:`~promstat.testing.sim.FleetConfig` (no churn: all kernels live)."""
         return FleetConfig(
             agents=self.agents,
             kernels_per_agent=self.kernels_per_agent,

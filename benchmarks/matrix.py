@@ -6,7 +6,7 @@
   generated rules over the last window before the pinned time (range queries at the rule
   interval, results remote-written back; chained rules a ``rulesDelay`` apart), and the same
   page is loaded through ``LiveStats`` at the pinned time.
-* :func:`measure_rules_cost` — a live, scraped fleet (``promstat.sim`` exporters in a child
+* :func:`measure_rules_cost` — a live, scraped fleet (``promstat.testing.sim`` exporters in a child
   process, Prometheus scraping them every 15 s with the generated rules loaded) of N kernels:
   Prometheus CPU-seconds per minute, each rule group's evaluation time from ``/api/v1/rules``,
   and the extra Prometheus CPU of polling a 1,000-kernel page once per interval through
@@ -30,14 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.expressions import RateSource
-from promstat.metrics import PromstatMetrics
+from promstat.generate.rules import write_rules
 from promstat.planner import PlannerConfig
-from promstat.rules import write_rules
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet, write_fleet_openmetrics
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet, write_fleet_openmetrics
 
 from .contenders import PageResult, PinnedClient, Upstream
 from .fleet import Fleet

@@ -43,8 +43,8 @@ import redis.asyncio as aioredis
 
 from promstat.client import PrometheusClient
 from promstat.loader import DataLoader
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 
 from . import report

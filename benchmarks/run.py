@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from promstat.client import PrometheusClient
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 
 from . import report

@@ -7,11 +7,11 @@ Usage::
 
 What runs, all on loopback and all torn down at the end (as in ``promstat demo``):
 
-* a :class:`~promstat.sim.SimulatedFleet` whose kernels churn (30 s mean lifetime by default,
+* a :class:`~promstat.testing.sim.SimulatedFleet` whose kernels churn (30 s mean lifetime
   so a 10-minute run sees thousands of kernel ids come and go), scraped by a real Prometheus
-  (:func:`promstat.lab.start_prometheus`) with promstat's generated recording rules loaded;
+  (:func:`promstat.testing.lab.start_prometheus`) with promstat's generated recording rules loaded;
 * one :class:`~promstat.service.LiveStats` built from the URL (it owns its client), behind the
-  GraphQL service of :func:`promstat.graphql_app.make_app`;
+  GraphQL service of :func:`promstat.apps.serve.make_app`;
 * several clients polling overlapping kernel list pages, and one polling the agent list, over
   HTTP, each about once a second;
 * halfway through, Prometheus is stopped (SIGTERM), left down for a few seconds and started
@@ -48,16 +48,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from promstat import lab
+from promstat.apps.serve import EXAMPLE_QUERY, make_app
 from promstat.errors import LabError
-from promstat.graphql_app import EXAMPLE_QUERY, make_app
+from promstat.generate.rules import write_rules
 from promstat.integrations import FleetRegistry
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
 from promstat.promql import parse_duration
-from promstat.rules import write_rules
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet
+from promstat.testing import lab
+from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet
 
 __all__ = ["SoakOptions", "SoakReport", "main", "run_soak"]
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from promstat.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CATALOG",

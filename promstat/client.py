@@ -14,7 +14,7 @@ What it does that the usual Python clients do not:
 * Retries only what is worth retrying (connection refused/reset, 502/503/504, errorType
   ``unavailable``, Prometheus' plain-text "starting/stopping" 503) with full-jitter exponential
   backoff inside the deadline; never ``bad_data``, ``execution``, server ``timeout`` or 4xx.
-* Reports each logical call to a :class:`QueryObserver` (``promstat.metrics`` implements it).
+* Reports each logical call to a :class:`QueryObserver` (``promstat.selfmetrics`` implements it).
 
 The base URL may carry a path prefix: ``http://vm:8428/prometheus``,
 ``http://vmselect:8481/select/0/prometheus`` or ``http://mimir/prometheus`` all work.

@@ -1,6 +1,6 @@
 """One PromQL definition of every live-stat quantity, shared by the rules and the raw fallback.
 
-The recording rules (:mod:`promstat.rules`) and the planner's no-rules path both take their
+The recording rules (:mod:`promstat.generate.rules`) and the planner's no-rules path both take their
 expressions from :class:`LiveStatExpressions`, so a recorded ``stat="max"`` and a raw
 ``max_over_time`` subquery mean the same thing. Semantics (``contracts.md``, "Recorded series"):
 
@@ -50,10 +50,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .catalog import DEFAULT_CATALOG, Catalog, Kind, MetricSpec, NodeCurrent
-from .conventions import SeriesNames
-from .errors import ConfigError, QueryBuildError
-from .promql import (
+from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, MetricSpec, NodeCurrent
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError, QueryBuildError
+from promstat.promql import (
     duration,
     eq,
     escape_string,

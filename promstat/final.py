@@ -63,12 +63,12 @@ from typing import Any
 
 import msgspec
 
-from . import live_stat
-from .errors import ConfigError, PromstatError
-from .loader import FetchResult, SharedLoader
-from .metrics import PromstatMetrics
-from .planner import ID_PLACEHOLDER, Planner, QueryExecutor, chunk_ids
-from .promql import duration, set_matcher
+from promstat import renderer as live_stat
+from promstat.errors import ConfigError, PromstatError
+from promstat.loader import FetchResult, SharedLoader
+from promstat.planner import ID_PLACEHOLDER, Planner, QueryExecutor, chunk_ids
+from promstat.promql import duration, set_matcher
+from promstat.selfmetrics import PromstatMetrics
 
 __all__ = [
     "DEFAULT_OFFSET",

@@ -20,11 +20,11 @@ from typing import Any
 
 import msgspec
 
-from .errors import ConfigError, PromstatError
-from .metrics import PromstatMetrics
-from .planner import ID_PLACEHOLDER, PlannerConfig, chunk_ids
-from .promql import escape_string, set_matcher
-from .wire import parse_value
+from promstat.errors import ConfigError, PromstatError
+from promstat.planner import ID_PLACEHOLDER, PlannerConfig, chunk_ids
+from promstat.promql import escape_string, set_matcher
+from promstat.selfmetrics import PromstatMetrics
+from promstat.wire import parse_value
 
 __all__ = ["MAX_POINTS", "History", "HistoryResult", "align_range"]
 

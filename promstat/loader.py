@@ -33,8 +33,8 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .errors import BatchSizeMismatchError, ClosedError, PromstatError
-from .metrics import PromstatMetrics
+from promstat.errors import BatchSizeMismatchError, ClosedError, PromstatError
+from promstat.selfmetrics import PromstatMetrics
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",

@@ -50,10 +50,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from . import live_stat
-from .catalog import DEFAULT_CATALOG, Catalog
-from .conventions import SeriesNames
-from .errors import (
+from promstat import renderer as live_stat
+from promstat.catalog import DEFAULT_CATALOG, Catalog
+from promstat.conventions import SeriesNames
+from promstat.errors import (
     APIError,
     ClosedError,
     ConfigError,
@@ -63,10 +63,10 @@ from .errors import (
     PromstatError,
     QueryTooLargeError,
 )
-from .expressions import LiveStatExpressions, RateSource
-from .metrics import PromstatMetrics
-from .promql import chunk_values, escape_string, parse_duration, quote_meta, set_matcher
-from .wire import SampleValue
+from promstat.expressions import LiveStatExpressions, RateSource
+from promstat.promql import chunk_values, escape_string, parse_duration, quote_meta, set_matcher
+from promstat.selfmetrics import PromstatMetrics
+from promstat.wire import SampleValue
 
 __all__ = [
     "ID_PLACEHOLDER",

@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from .errors import ConfigError, QueryBuildError
+from promstat.errors import ConfigError, QueryBuildError
 
 __all__ = [
     "chunk_values",

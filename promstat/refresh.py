@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import ConfigError, PromstatError
-from .loader import FetchResult
-from .metrics import PromstatMetrics
-from .planner import BatchOutcome, background_work
+from promstat.errors import ConfigError, PromstatError
+from promstat.loader import FetchResult
+from promstat.planner import BatchOutcome, background_work
+from promstat.selfmetrics import PromstatMetrics
 
 __all__ = ["RefreshConfig", "Refresher", "WatchedLevel", "parse_rfc3339"]
 

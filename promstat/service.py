@@ -31,15 +31,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from .errors import ClosedError, ConfigError, EventLoopMismatchError, PromstatError
-from .final import FinalStats, load_kernel_stats
-from .history import History, HistoryResult
-from .loader import DEFAULT_MAX_ENTRIES, DataLoader, SharedLoader
-from .metrics import PromstatMetrics
-from .payload import afreeze_values
-from .planner import BatchOutcome, Planner, PlannerConfig, QueryExecutor
-from .promql import parse_duration
-from .refresh import RefreshConfig, Refresher
+from promstat.errors import ClosedError, ConfigError, EventLoopMismatchError, PromstatError
+from promstat.final import FinalStats, load_kernel_stats
+from promstat.history import History, HistoryResult
+from promstat.loader import DEFAULT_MAX_ENTRIES, DataLoader, SharedLoader
+from promstat.payload import afreeze_values
+from promstat.planner import BatchOutcome, Planner, PlannerConfig, QueryExecutor
+from promstat.promql import parse_duration
+from promstat.refresh import RefreshConfig, Refresher
+from promstat.selfmetrics import PromstatMetrics
 
 __all__ = ["DEFAULT_AGENT_CACHE_ENTRIES", "LiveStats"]
 
@@ -118,7 +118,7 @@ class LiveStats:
                 f"and {agent_cache_entries}"
             )
         if isinstance(client, str):
-            from .client import PrometheusClient  # only this way of building needs it
+            from promstat.client import PrometheusClient  # only this way of building needs it
 
             options = {"observer": self.metrics, **(client_options or {})}
             client = PrometheusClient(client, **options)

@@ -20,7 +20,8 @@ The recorded series carry no ``session_id``; the raw series do, so sessions are 
         group by (kernel_id, session_id) (backendai_container_utilization{session_id=~"..."}))
 
 (If the rules kept ``session_id`` on the recorded families the join would go away; that is a
-change to :mod:`promstat.rules`.) ``PCT`` is ``current / capacity * 100``, or ``0`` for a metric
+change to :mod:`promstat.generate.rules`.) ``PCT`` is ``current / capacity * 100``, or ``0`` for a
+metric
 with a current value but no positive capacity (legacy's ``"0.00"``). Three parts come back in one
 answer, told apart by a ``promstat_part`` label: the per-resource mean pct, the mean ``mem``
 current per kernel, and the number of kernels.
@@ -50,11 +51,11 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
-from .conventions import SeriesNames
-from .errors import ConfigError
-from .expressions import LiveStatExpressions
-from .planner import QueryExecutor
-from .promql import chunk_values, parse_duration, set_matcher
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError
+from promstat.expressions import LiveStatExpressions
+from promstat.planner import QueryExecutor
+from promstat.promql import chunk_values, parse_duration, set_matcher
 
 __all__ = [
     "MemRule",

@@ -1,9 +1,10 @@
-"""Shared pytest fixtures: real local servers from :mod:`promstat.lab`, and Hypothesis profiles.
+"""Shared pytest fixtures: real local servers from :mod:`promstat.testing.lab`; Hypothesis profiles.
 
 Session-scoped servers (``prometheus_empty``, ``victoria_metrics``, ``redis_server``) are
 started on first use and shared; tests that write into a shared server must use metric names
 of their own. Factory fixtures (``start_prometheus``, ``start_victoria_metrics``,
-``start_vmalert``) start private servers with any :mod:`promstat.lab` keyword arguments and stop
+``start_vmalert``) start private servers with any :mod:`promstat.testing.lab` keyword arguments and
+stop
 them when the test ends. Missing binaries fail with an install hint; nothing is skipped.
 
 Hypothesis profiles: ``dev`` (default) and ``ci`` (``./dev test`` and CI select it through
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from hypothesis import HealthCheck, settings
 
-from promstat import lab
+from promstat.testing import lab
 
 P = TypeVar("P", bound=lab.ManagedProcess)
 
@@ -94,7 +95,7 @@ def _factory(start: Callable[..., P]) -> Iterator[Callable[..., P]]:
 
 @pytest.fixture
 def start_prometheus() -> Iterator[Callable[..., lab.PrometheusProcess]]:
-    """Factory: ``start_prometheus(**kwargs)`` calls :func:`promstat.lab.start_prometheus`.
+    """Factory: ``start_prometheus(**kwargs)`` calls :func:`promstat.testing.lab.start_prometheus`.
 
     Every server it started is stopped when the test ends.
     """
@@ -103,11 +104,12 @@ def start_prometheus() -> Iterator[Callable[..., lab.PrometheusProcess]]:
 
 @pytest.fixture
 def start_victoria_metrics() -> Iterator[Callable[..., lab.VictoriaMetricsProcess]]:
-    """Factory for :func:`promstat.lab.start_victoria_metrics`; stops its servers at teardown."""
+    """Factory for :func:`~promstat.testing.lab.start_victoria_metrics`; stops its servers at
+    teardown."""
     yield from _factory(lab.start_victoria_metrics)
 
 
 @pytest.fixture
 def start_vmalert() -> Iterator[Callable[..., lab.ManagedProcess]]:
-    """Factory for :func:`promstat.lab.start_vmalert`; stops its processes at teardown."""
+    """Factory for :func:`promstat.testing.lab.start_vmalert`; stops its processes at teardown."""
     yield from _factory(lab.start_vmalert)

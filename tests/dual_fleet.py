@@ -1,9 +1,11 @@
 """A dual-publishing simulated fleet on real servers, shared by the compat/compare tests.
 
-Prometheus holds the fleet's raw series (backfilled from :func:`promstat.sim.fleet_openmetrics`,
+Prometheus holds the fleet's raw series (backfilled from
+:func:`~promstat.testing.sim.fleet_openmetrics`,
 the same value functions the live exporters serve); redis holds what the legacy agent wrote,
-produced by a :class:`~promstat.sim.SimulatedFleet` stepped through the same sample times with
-a :class:`~promstat.valkey_publisher.ValkeyPublisher` listening to its exporters. Both come from
+produced by a :class:`~promstat.testing.sim.SimulatedFleet` stepped through the same sample times
+with
+a :class:`~promstat.migration.publisher.ValkeyPublisher` listening to its exporters. Both come from
 one measurement per step, so the comparison is exact where the semantics are the same.
 
 Times: the agents measure on their own timers (per-agent phases from the seed) every ``STEP``
@@ -23,9 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from promstat import lab
-from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
-from promstat.valkey_publisher import ValkeyPublisher, replay
+from promstat.migration.publisher import ValkeyPublisher, replay
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 
 EPOCH = 1_700_000_010  # a multiple of the step, so subquery steps fall on samples
 STEP = 15

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from promstat.testing import openmetrics_text
+from promstat.testing.fake import openmetrics_text
 
 T0 = 1_700_000_040  # a multiple of 60, so samples sit on absolute 15 s subquery steps
 AT = T0 + 607

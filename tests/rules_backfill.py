@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from promstat import lab
 from promstat.conventions import SeriesNames
-from promstat.rules import build_rule_files
+from promstat.generate.rules import build_rule_files
+from promstat.testing import lab
 
 NAMES = SeriesNames()
 

@@ -1,4 +1,4 @@
-"""Tests for promstat.alerts: generated files, settings, promtool unit tests, vmalert."""
+"""Tests for promstat.generate.alerts: generated files, settings, promtool unit tests, vmalert."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ import promql_parser
 import pytest
 import yaml
 
-from promstat import lab
-from promstat.alerts import (
+from promstat.apps.demo import DemoOptions, run_demo
+from promstat.catalog import Catalog
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError, RuleError
+from promstat.generate.alerts import (
     ALERT_TESTS_FILE,
     ALERTS_FILE,
     AlertSettings,
@@ -33,12 +36,9 @@ from promstat.alerts import (
     render_alerts,
     write_alerts,
 )
-from promstat.catalog import Catalog
-from promstat.conventions import SeriesNames
-from promstat.demo import DemoOptions, run_demo
-from promstat.errors import ConfigError, RuleError
 from promstat.promql import parse_duration
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 ALERTS_DIR = Path(__file__).resolve().parent.parent / "rules" / "alerts"
 ALERT_NAMES = [

@@ -12,7 +12,7 @@ from benchmarks import report
 from benchmarks.contenders import CONTENDERS, upstream_queries
 from benchmarks.fleet import rule_stages
 from benchmarks.run import Settings, parse_args, run
-from promstat.rules import RecordingRule, build_rule_files
+from promstat.generate.rules import RecordingRule, build_rule_files
 
 A = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
 B = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"
@@ -187,7 +187,7 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
 def test_data_age_p95_reads_the_data_age_histogram() -> None:
     """The polling report's data-age p95 comes from PromstatMetrics.data_age; None when empty."""
     from benchmarks.polling import data_age_p95
-    from promstat.metrics import PromstatMetrics
+    from promstat.selfmetrics import PromstatMetrics
 
     metrics = PromstatMetrics()
     assert data_age_p95(metrics) is None

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 
-from promstat import lab
 from promstat.cli import main
+from promstat.testing import lab
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from promstat import lab
 from promstat.cli import COMMANDS, build_parser, main, parse_time
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 pytestmark = pytest.mark.slow
 

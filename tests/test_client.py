@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import BadDataError, ExecutionError
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 from promstat.wire import parse_value
 
 pytestmark = pytest.mark.slow

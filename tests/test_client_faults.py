@@ -39,7 +39,7 @@ from promstat.errors import (
     TransportError,
     UnavailableError,
 )
-from promstat.testing import FakePrometheus, Reply
+from promstat.testing.fake import FakePrometheus, Reply
 from promstat.wire import parse_value
 
 Serve = Callable[[FakePrometheus], Awaitable[str]]

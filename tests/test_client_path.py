@@ -3,7 +3,7 @@
 A single-shape plan (the recorded kernel plan) renders each chunk's kernels as soon as that
 chunk's answer arrives, straight into read-only payloads. These tests pin what must not change
 with that: the payloads (``==``, ``json.dumps`` and key order) are those of rendering every
-row in one pass with :func:`promstat.live_stat.render_kernel`, whatever order the answers come
+row in one pass with :func:`promstat.renderer.render_kernel`, whatever order the answers come
 in, with splits, failures and the fleet-wide plan; and the first chunk's kernels really are
 rendered while a later chunk is still out. Data comes from a real Prometheus; the executor
 wrappers only delay, hold or fail answers (fault injection).
@@ -24,14 +24,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_event_loop import _Ticker  # counts the loop turns another task gets
 
-from promstat import lab, live_stat
+from promstat import renderer as live_stat
 from promstat.catalog import SENTINEL_CAPACITY
 from promstat.client import PrometheusClient, _quote
 from promstat.errors import ExecutionError, QueryTooLargeError
 from promstat.payload import FrozenDict, afreeze_values, freeze
 from promstat.planner import Planner, PlannerConfig
 from promstat.service import LiveStats
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 
-from promstat import lab
 from promstat.client import DEFAULT_MAX_RESPONSE_BYTES, PrometheusClient
 from promstat.errors import ConfigError, QueryTooLargeError, ResponseTooLargeError
-from promstat.metrics import PromstatMetrics
 from promstat.planner import Planner, PlannerConfig
-from promstat.testing import openmetrics_text
+from promstat.selfmetrics import PromstatMetrics
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 MiB = 1024 * 1024
 T0 = 1_700_000_040

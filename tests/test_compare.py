@@ -17,11 +17,12 @@ import pytest
 from dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
-from promstat import lab
 from promstat.catalog import DEFAULT_CATALOG
 from promstat.cli import main
 from promstat.client import PrometheusClient
-from promstat.compare import (
+from promstat.errors import ConfigError, TransportError
+from promstat.generate.rules import write_rules
+from promstat.migration.compare import (
     COMPARE_EXIT_DISAGREE,
     CompareOptions,
     FieldKind,
@@ -32,10 +33,9 @@ from promstat.compare import (
     read_legacy,
     run_compare,
 )
-from promstat.errors import ConfigError, TransportError
-from promstat.rules import write_rules
-from promstat.sim import FleetConfig, SimulatedFleet
-from promstat.valkey_publisher import ValkeyPublisher
+from promstat.migration.publisher import ValkeyPublisher
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 
 
 @pytest.mark.parametrize(
@@ -269,7 +269,7 @@ def _broken(wrong_capacity: str, duplicated: str) -> Any:
 @pytest.mark.slow
 def test_broken_fleet_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     config = fleet_config(2, 5)
-    from promstat.sim import SimulatedFleet
+    from promstat.testing.sim import SimulatedFleet
 
     ids = SimulatedFleet(config, clock=lambda: 0.0).kernel_ids(config.epoch)
     wrong, dup = ids[0], ids[1]

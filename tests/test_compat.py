@@ -12,9 +12,9 @@ from dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
 from promstat.client import PrometheusClient
-from promstat.compat import PromstatStatClient
 from promstat.errors import ConfigError, TransportError
 from promstat.service import LiveStats
+from promstat.stat_client import PromstatStatClient
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for promstat.dashboards: committed files, Grafana's required fields, PromQL, live data."""
+"""Tests for promstat.generate.dashboards: committed files, required fields, PromQL, live data."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from promstat import lab
-from promstat.alerts import alert_summary, demo_settings, write_alerts
+from promstat.agent.exporter import ExporterServer, UtilizationExporter
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
-from promstat.dashboards import (
+from promstat.errors import PromstatError
+from promstat.generate.alerts import alert_summary, demo_settings, write_alerts
+from promstat.generate.dashboards import (
     DASHBOARD_FILES,
     MetricFamily,
     add_cli,
@@ -34,11 +35,10 @@ from promstat.dashboards import (
     render_dashboards,
     write_dashboards,
 )
-from promstat.errors import PromstatError
-from promstat.exporter import ExporterServer, UtilizationExporter
-from promstat.metrics import PromstatMetrics
-from promstat.rules import write_rules
-from promstat.sim import FleetConfig, SimulatedFleet
+from promstat.generate.rules import write_rules
+from promstat.selfmetrics import PromstatMetrics
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "dashboards"
 NAMES = SeriesNames()

@@ -26,7 +26,7 @@ from promstat.errors import (
 )
 from promstat.planner import Planner, PlannerConfig, default_page_deadline
 from promstat.service import LiveStats
-from promstat.testing import FakePrometheus, Reply
+from promstat.testing.fake import FakePrometheus, Reply
 
 # Refresh-ahead is off in these tests: its first jittered refresh can fall inside a test and
 # open connections of its own, which the connection counts below must not see.

@@ -1,6 +1,6 @@
 """``promstat demo``: runs the real pipeline, shows real numbers, and leaves nothing behind.
 
-The subprocess tests run ``python -m promstat.demo`` (the same options and handler as
+The subprocess tests run ``python -m promstat.apps.demo`` (the same options and handler as
 ``promstat demo``) and then check that its temporary directory is gone and that no process
 still refers to it (a ``/proc`` scan: the managed Prometheus keeps its data directory inside
 the demo's temporary directory).
@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 import promstat
-from promstat import lab
-from promstat.demo import DemoOptions, PageView, format_bytes, render_view, run_demo
-from promstat.demo import main as demo_main
+from promstat.apps.demo import DemoOptions, PageView, format_bytes, render_view, run_demo
+from promstat.apps.demo import main as demo_main
+from promstat.testing import lab
 
 REPO = Path(promstat.__file__).resolve().parents[1]
 SMALL = ["--agents", "2", "--kernels-per-agent", "5", "--interval", "1s"]
@@ -91,7 +91,7 @@ def _env() -> dict[str, str]:
 
 def _start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "promstat.demo", *SMALL, *args],
+        [sys.executable, "-m", "promstat.apps.demo", *SMALL, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from benchmarks.loopwatch import LoopWatch
-from promstat import lab
 from promstat.client import PrometheusClient, _decode_in_slices
-from promstat.metrics import PromstatMetrics
 from promstat.planner import Planner, PlannerConfig
-from promstat.testing import openmetrics_text
+from promstat.selfmetrics import PromstatMetrics
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 from promstat.wire import series_decoder, vector_decoder
 
 pytestmark = pytest.mark.slow

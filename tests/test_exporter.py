@@ -1,4 +1,4 @@
-"""Tests for promstat.exporter: exposition text, kernel lifecycle, HTTP endpoint."""
+"""Tests for promstat.agent.exporter: exposition text, kernel lifecycle, HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from promstat.conventions import SeriesNames
-from promstat.errors import ConfigError
-from promstat.exporter import (
+from promstat.agent.exporter import (
     OPENMETRICS_CONTENT_TYPE,
     RATE_METRICS,
     TEXT_CONTENT_TYPE,
@@ -26,6 +24,8 @@ from promstat.exporter import (
     make_app,
     wants_openmetrics,
 )
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 

@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 import yaml
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
-from promstat.live_stat import render_kernel
+from promstat.generate.rules import render_rules, write_rules
 from promstat.planner import Planner, PlannerConfig
-from promstat.rules import render_rules, write_rules
+from promstat.renderer import render_kernel
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 from promstat.utilization import Utilization
 
 KERNEL_RULES = "promstat-kernel.rules.yml"
@@ -347,8 +347,8 @@ def test_alerts_and_dashboards_render_for_the_exporter_rules(tmp_path: Path) -> 
     data on a real Prometheus is test_dashboards' scraped-fleet test.)"""
     import json
 
-    from promstat.alerts import AlertSettings, alert_tests_apply, render_alerts
     from promstat.cli import main as cli_main
+    from promstat.generate.alerts import AlertSettings, alert_tests_apply, render_alerts
 
     copies = [f'stat="{s}"' for s in ("current", "capacity", "rate")]
     exporter_alerts = next(iter(render_alerts(settings=AlertSettings(rates="exporter")).values()))

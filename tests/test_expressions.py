@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping
 import promql_parser
 import pytest
 
-from promstat import lab
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, MetricSpec
 from promstat.conventions import STATS, SeriesNames
 from promstat.errors import ConfigError, QueryBuildError
 from promstat.expressions import KERNEL_STATS, LiveStatExpressions
+from promstat.generate.rules import SCENARIO
 from promstat.promql import set_matcher
-from promstat.rules import SCENARIO
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 K = "kernel_id, container_metric_name"
 M = "backendai_container_utilization"

@@ -23,18 +23,18 @@ from typing import Any
 
 import pytest
 
-from promstat import lab
+from promstat.agent.exporter import ExporterServer, UtilizationExporter
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError, TransportError
-from promstat.exporter import ExporterServer, UtilizationExporter
 from promstat.final import DEFAULT_OFFSET, FinalStats
-from promstat.metrics import PromstatMetrics
+from promstat.generate.rules import write_rules
 from promstat.planner import PlannerConfig
 from promstat.promql import parse_duration
-from promstat.rules import write_rules
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
+from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
 pytestmark = pytest.mark.slow
 

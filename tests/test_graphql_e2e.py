@@ -21,16 +21,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from promstat import lab
+from promstat.apps.serve import EXAMPLE_QUERY, load_serve_options, make_app, serve
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
-from promstat.graphql_app import EXAMPLE_QUERY, load_serve_options, make_app, serve
+from promstat.generate.rules import write_rules
 from promstat.integrations import FleetRegistry, PrometheusRegistry, StaticRegistry
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
-from promstat.rules import write_rules
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet
+from promstat.testing import lab
+from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet
 
 STACKS = ("graphene", "strawberry")
 INTERVAL, WINDOW, LOOKBACK = "1s", "4s", "4s"
@@ -276,7 +276,7 @@ async def test_serve_against_prometheus(stack: str, live: LiveLab, tmp_path: Pat
 @pytest.mark.slow
 async def test_stacks_agree_at_a_pinned_time(live: LiveLab, stats: LiveStats) -> None:
     """graphene and strawberry return the same page for the same evaluation time."""
-    from promstat.graphql_app import make_executor
+    from promstat.apps.serve import make_executor
 
     registry = StaticRegistry(live.fleet.kernel_ids()[:50])
     at = float(int(live.fleet.clock()) - 2)

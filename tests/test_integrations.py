@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from promstat import lab
+from promstat.apps.serve import EXAMPLE_QUERY, make_app, make_executor
 from promstat.client import PrometheusClient
-from promstat.graphql_app import EXAMPLE_QUERY, make_app, make_executor
 from promstat.integrations import (
     AgentRow,
     FleetRegistry,
@@ -32,10 +31,11 @@ from promstat.integrations import (
 )
 from promstat.integrations.graphene import make_context as graphene_context
 from promstat.integrations.strawberry import make_context as strawberry_context
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.testing import lab
+from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
 STACKS = ("graphene", "strawberry")
 

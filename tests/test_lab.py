@@ -1,4 +1,4 @@
-"""Tests for promstat.lab: real Prometheus, VictoriaMetrics, vmalert and redis-server processes."""
+"""Tests for promstat.testing.lab: real Prometheus, VictoriaMetrics, vmalert, redis."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from promstat import lab
 from promstat.errors import BinaryNotFoundError, LabError
+from promstat.testing import lab
 
 # A fixed point in the past, so backfilled data and queries never depend on the clock.
 T0 = 1_700_000_000
@@ -203,7 +203,7 @@ _CHILD_SCRIPT = """
 import signal, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == "ignore-hup" else signal.SIG_DFL)
-from promstat import lab
+from promstat.testing import lab
 proc = lab.start_redis()
 print(proc.pid, proc.data_dir, flush=True)
 if sys.argv[1] != "exit":

@@ -17,7 +17,7 @@ from promstat.client import PrometheusClient
 from promstat.errors import ClosedError, ConfigError, EventLoopMismatchError
 from promstat.planner import Planner, PlannerConfig
 from promstat.service import LiveStats
-from promstat.testing import FakePrometheus, Reply
+from promstat.testing.fake import FakePrometheus, Reply
 
 Serve = Callable[[FakePrometheus], Awaitable[str]]
 K = "11111111-1111-4111-8111-111111111111"

@@ -1,4 +1,4 @@
-"""Tests for promstat.live_stat: legacy number formatting and the live_stat wire shape."""
+"""Tests for promstat.renderer: legacy number formatting and the live_stat wire shape."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from promstat.catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Kind, MetricSpec
-from promstat.live_stat import (
+from promstat.renderer import (
     STATS_ORDER,
     format_decimal,
     format_decimal_reference,
@@ -699,7 +699,7 @@ def test_catalog_kinds_do_not_affect_rendering() -> None:
 
 def test_formatting_memos_stay_bounded_and_agree_with_formatting() -> None:
     """The per-text memos behind rendering never outgrow their limit, nor change a result."""
-    from promstat import live_stat
+    from promstat import renderer as live_stat
 
     limit = live_stat._MEMO_LIMIT
     for i in range(limit + 10):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from promstat import live_stat
+from promstat import renderer as live_stat
 from promstat.loader import DEFAULT_MAX_ENTRIES, FetchResult, SharedLoader
 
 METRICS = (

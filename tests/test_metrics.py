@@ -1,4 +1,4 @@
-"""Tests for promstat.metrics: counters, snapshots and prometheus_client export."""
+"""Tests for promstat.selfmetrics: counters, snapshots and prometheus_client export."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from promstat.metrics import AGE_BUCKETS, LATENCY_BUCKETS, Histogram, PromstatMetrics
+from promstat.selfmetrics import AGE_BUCKETS, LATENCY_BUCKETS, Histogram, PromstatMetrics
 
 
 def _request(metrics: PromstatMetrics, seconds: float, *, ok: bool = True) -> None:

@@ -22,12 +22,13 @@ import pytest
 import strawberry
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 
-from promstat import lab, live_stat
+from promstat import renderer as live_stat
 from promstat.client import PrometheusClient
 from promstat.integrations import json_string
 from promstat.payload import FrozenDict, afreeze_values, freeze, freeze_values, seal, thaw
 from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
+from promstat.testing import lab
 
 KERNEL = freeze(EXPECTED_KERNELS[K1])
 AGENT = freeze(next(p for p in EXPECTED_AGENTS.values() if p is not None))

@@ -16,14 +16,14 @@ from planner_data import (
     scenario_openmetrics,
 )
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import BadDataError, QueryTooLargeError, ResponseTooLargeError
-from promstat.metrics import PromstatMetrics
 from promstat.planner import Planner, PlannerConfig
 from promstat.promql import parse_duration
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promstat import lab
 from promstat.promql import (
     chunk_values,
     eq,
@@ -32,7 +31,8 @@ from promstat.promql import (
     selector,
     set_matcher,
 )
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 pytestmark = pytest.mark.slow
 

@@ -21,12 +21,12 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from promstat import lab
 from promstat.client import RetryPolicy
 from promstat.errors import PromstatError, ResponseTooLargeError
 from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
-from promstat.testing import FakePrometheus, Reply
+from promstat.testing import lab
+from promstat.testing.fake import FakePrometheus, Reply
 
 Serve = Callable[[FakePrometheus], Awaitable[str]]
 FAST_RETRY = RetryPolicy(attempts=2, base_delay=0.001, max_delay=0.002)

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promstat import lab
-from promstat.alerts import build_alert_groups
 from promstat.cli import main as cli_main
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions, RateSource
+from promstat.generate.alerts import build_alert_groups
+from promstat.generate.rules import render_rules, rule_tests_apply, write_rules
 from promstat.planner import Planner, PlannerConfig
-from promstat.rules import render_rules, rule_tests_apply, write_rules
-from promstat.sim import FleetConfig, SimulatedFleet
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 
 FALLBACK_PARTS = ("rate(", "idelta(", "* 0", "and on")
 

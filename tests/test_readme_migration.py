@@ -25,9 +25,9 @@ import pytest
 from dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
+from promstat.agent.exporter import UtilizationExporter
 from promstat.cli import main
 from promstat.client import PrometheusClient
-from promstat.exporter import UtilizationExporter
 from promstat.service import LiveStats
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -15,12 +15,12 @@ import aiohttp
 import pytest
 from rules_backfill import merge_openmetrics, prometheus_with_rules
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
+from promstat.generate.rules import write_rules
 from promstat.planner import Planner, PlannerConfig
-from promstat.rules import write_rules
-from promstat.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.testing import lab
+from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
 pytestmark = pytest.mark.slow
 

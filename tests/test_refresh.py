@@ -20,17 +20,17 @@ from typing import Any
 
 import pytest
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, ExecutionError, PromstatError, TransportError
-from promstat.metrics import PromstatMetrics
+from promstat.generate.rules import write_rules
 from promstat.payload import FrozenDict
 from promstat.planner import _BACKGROUND, BatchOutcome, PlannerConfig
 from promstat.refresh import RefreshConfig, Refresher, WatchedLevel, parse_rfc3339
-from promstat.rules import write_rules
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 from promstat.wire import Rule, RuleGroup
 
 INTERVAL = 10.0

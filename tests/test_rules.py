@@ -1,4 +1,4 @@
-"""Tests for promstat.rules: generated files, drift, validation, catalog and names."""
+"""Tests for promstat.generate.rules: generated files, drift, validation, catalog and names."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from promstat.catalog import Catalog
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, RuleError
-from promstat.rules import (
+from promstat.generate.rules import (
     SCENARIO,
     add_cli,
     build_rule_files,
@@ -188,7 +188,7 @@ def test_kernel_shards_partition_every_id(shards: int) -> None:
     (not starting with lowercase hex, empty) land in the last one."""
     import uuid
 
-    from promstat.rules import kernel_shard_matchers
+    from promstat.generate.rules import kernel_shard_matchers
 
     matchers = kernel_shard_matchers(SeriesNames(), shards)
     regexes = [re.compile(m.split('=~"', 1)[1][:-1]) for m in matchers]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from promstat import lab
 from promstat.conventions import SeriesNames
 from promstat.errors import RuleError
-from promstat.rules import check_rules, write_rules
+from promstat.generate.rules import check_rules, write_rules
+from promstat.testing import lab
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 RULE_FILES = sorted(RULES_DIR.glob("*.rules.yml"))

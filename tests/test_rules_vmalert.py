@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from promstat import lab
 from promstat.conventions import SeriesNames
 from promstat.expressions import KERNEL_STATS, LiveStatExpressions
+from promstat.generate.rules import SCENARIO
 from promstat.promql import set_matcher
-from promstat.rules import SCENARIO
-from promstat.testing import openmetrics_text
+from promstat.testing import lab
+from promstat.testing.fake import openmetrics_text
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 T0 = 1_700_000_100.0  # a multiple of 15 s: evaluation steps land on samples

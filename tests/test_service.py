@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, K2, K3, scenario_openmetrics
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError, TransportError
-from promstat.metrics import PromstatMetrics
 from promstat.planner import PlannerConfig
+from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
+from promstat.testing import lab
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests for promstat.sim: determinism, value shapes, churn, backfill, live scraping."""
+"""Tests for promstat.testing.sim: determinism, value shapes, churn, backfill, live scraping."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from promstat.agent.exporter import KernelState
 from promstat.errors import ConfigError
-from promstat.exporter import KernelState
-from promstat.lab import PrometheusProcess
-from promstat.sim import (
+from promstat.testing.lab import PrometheusProcess
+from promstat.testing.sim import (
     GPU_MEMORY,
     ChurnConfig,
     FleetConfig,

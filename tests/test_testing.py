@@ -1,4 +1,4 @@
-"""Tests for promstat.testing: FakePrometheus replies, request log, and openmetrics_text."""
+"""Tests for promstat.testing.fake: FakePrometheus replies, request log, and openmetrics_text."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from promstat import lab
 from promstat.client import PrometheusClient
-from promstat.testing import (
+from promstat.testing import lab
+from promstat.testing.fake import (
     DEFAULT_STATUS_BY_ERROR_TYPE,
     ENDPOINTS,
     FakePrometheus,

@@ -33,14 +33,14 @@ import pytest
 import yaml
 from rules_backfill import merge_openmetrics, prometheus_with_rules
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
 from promstat.expressions import LiveStatExpressions
+from promstat.generate.rules import write_rules
 from promstat.planner import Planner, PlannerConfig
 from promstat.promql import duration
-from promstat.rules import write_rules
-from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 
 #: (measurement interval C, scrape interval S) in seconds.
 GRID: tuple[tuple[int, int], ...] = ((5, 15), (15, 15), (30, 15), (30, 20), (60, 15))

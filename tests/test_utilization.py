@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from promstat import lab
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
-from promstat.live_stat import format_pct
+from promstat.generate.rules import write_rules
 from promstat.planner import PlannerConfig
-from promstat.rules import write_rules
+from promstat.renderer import format_pct
 from promstat.service import LiveStats
-from promstat.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 from promstat.utilization import (
     MemRule,
     Utilization,

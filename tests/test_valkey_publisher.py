@@ -10,12 +10,9 @@ import msgpack
 import pytest
 from redis.asyncio import from_url
 
-from promstat import lab
+from promstat.agent.exporter import Measured, UtilizationExporter
 from promstat.errors import ConfigError, TransportError
-from promstat.exporter import Measured, UtilizationExporter
-from promstat.live_stat import format_decimal_reference
-from promstat.sim import FleetConfig, SimulatedFleet
-from promstat.valkey_publisher import (
+from promstat.migration.publisher import (
     KERNEL_TTL,
     LegacyStatContext,
     MovingStatistics,
@@ -24,6 +21,9 @@ from promstat.valkey_publisher import (
     replay,
     serializable_value,
 )
+from promstat.renderer import format_decimal_reference
+from promstat.testing import lab
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 
 
 def kernel(metric: str, current: float | str, capacity: float | str | None, at: float) -> Measured:

@@ -8,7 +8,8 @@ supplies the batch function (:meth:`promstat.service.LiveStats.load_kernels` /
 come from a pluggable :class:`Registry`:
 
 * :class:`StaticRegistry` — explicit lists (tests, embedding);
-* :class:`FleetRegistry` — the live kernels of a :class:`promstat.sim.SimulatedFleet` (demo);
+* :class:`FleetRegistry` — the live kernels of a :class:`~promstat.testing.sim.SimulatedFleet`
+(demo);
 * :class:`PrometheusRegistry` — the kernels and agents that currently report to Prometheus
   (``promstat serve``: works against any Prometheus-compatible backend with Backend.AI data).
 
@@ -32,12 +33,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cas
 
 import msgspec
 
-from ..conventions import SeriesNames
-from ..errors import ConfigError
-from ..live_stat import to_json
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError
+from promstat.renderer import to_json
 
 if TYPE_CHECKING:
-    from ..sim import SimulatedFleet
+    from promstat.testing.sim import SimulatedFleet
 
 __all__ = [
     "ALIVE",
@@ -315,7 +316,7 @@ class FleetRegistry(SnapshotRegistry):
     most recent first, after the live ones; the newest ``keep_terminated`` are kept.
 
     Args:
-        fleet: a :class:`promstat.sim.SimulatedFleet`.
+        fleet: a :class:`promstat.testing.sim.SimulatedFleet`.
         ttl: seconds a snapshot is reused.
         keep_terminated: how many terminated kernels to remember.
     """

@@ -40,7 +40,7 @@ from typing import Any, cast
 import graphene
 from aiodataloader import DataLoader
 
-from . import (
+from promstat.integrations import (
     DEFAULT_MAX_BATCH_SIZE,
     AgentRow,
     BatchLoadFn,

@@ -22,7 +22,7 @@ import strawberry
 from strawberry.dataloader import DataLoader
 from strawberry.schema.config import StrawberryConfig
 
-from . import (
+from promstat.integrations import (
     DEFAULT_MAX_BATCH_SIZE,
     AgentRow,
     BatchLoadFn,

@@ -2,20 +2,21 @@
 
 It starts, all on 127.0.0.1 and all torn down on exit:
 
-1. a :class:`~promstat.sim.SimulatedFleet` (one exporter per agent) whose agents measure on
+1. a :class:`~promstat.testing.sim.SimulatedFleet` (one exporter per agent) whose agents measure on
    their own timer, every ``--measure-interval`` (default twice the scrape interval, as
    Backend.AI agents measure every 30 s and Prometheus scrapes every 15-20 s; each agent's
    ticks have their own phase, not aligned with the scrapes),
-2. a real Prometheus (:func:`promstat.lab.start_prometheus`) scraping it every ``--interval``
+2. a real Prometheus (:func:`~promstat.testing.lab.start_prometheus`) scraping it every
+``--interval``
    with promstat's generated recording rules loaded (same interval; their ``collect_interval``
    and the planner's are the measurement interval),
-3. the GraphQL service (:func:`promstat.graphql_app.make_app`) over a
+3. the GraphQL service (:func:`promstat.apps.serve.make_app`) over a
    :class:`~promstat.service.LiveStats` and the fleet's kernel rows,
 
 prints the URLs and a ``curl`` command, waits for the first scrape, then fetches one kernel
 list page through the GraphQL HTTP endpoint every few seconds and shows it: kernel, agent,
 CPU %, memory used/limit, network rx/tx rates, GPU utilisation, how long the page took and
-how many Prometheus queries it cost (:class:`~promstat.metrics.PromstatMetrics` deltas), and
+how many Prometheus queries it cost (:class:`~promstat.selfmetrics.PromstatMetrics` deltas), and
 which plan answered (``raw`` until the recording rules have produced data, then
 ``recorded``: the planner re-detects every interval in the demo).
 
@@ -55,8 +56,8 @@ from typing import Any, TextIO, TypeVar
 import aiohttp
 from aiohttp import web
 
-from .errors import BinaryNotFoundError, ConfigError, LabError, PromstatError
-from .metrics import MetricsSnapshot, PromstatMetrics
+from promstat.errors import BinaryNotFoundError, ConfigError, LabError, PromstatError
+from promstat.selfmetrics import MetricsSnapshot, PromstatMetrics
 
 __all__ = [
     "DemoOptions",
@@ -131,7 +132,7 @@ class PageView:
         errors: GraphQL error messages.
         ended: the most recently terminated kernels with their final stats.
         ended_total: terminated kernels the registry knows.
-        alerts: how many alerts fire and which (:func:`promstat.alerts.alert_summary`).
+        alerts: how many alerts fire and which (:func:`promstat.generate.alerts.alert_summary`).
     """
 
     number: int
@@ -256,7 +257,7 @@ async def _in_thread(fn: Callable[[], T], started: list[Future[T]]) -> T:
 
 
 def _durations(interval: str) -> tuple[float, str, str]:
-    from .promql import parse_duration
+    from promstat.promql import parse_duration
 
     seconds = parse_duration(interval)
     if not seconds > 0:
@@ -272,7 +273,7 @@ def _measure_interval(options: DemoOptions, interval_s: float) -> tuple[float, s
     Default: twice the scrape interval, Backend.AI's ratio (measure 30 s, scrape 15-20 s), so
     Prometheus stores each measurement about twice and the rates must not alias.
     """
-    from .promql import duration, parse_duration
+    from promstat.promql import duration, parse_duration
 
     if options.measure_interval is None:
         seconds = 2 * interval_s
@@ -413,15 +414,15 @@ async def run_demo(
     Returns:
         0 after a clean shutdown, 1 when a server could not start (message on stderr).
     """
-    from . import lab
-    from .alerts import alert_summary, demo_settings, write_alerts
-    from .client import PrometheusClient
-    from .graphql_app import curl_example, make_app
-    from .integrations import FleetRegistry
-    from .planner import PlannerConfig
-    from .rules import write_rules
-    from .service import LiveStats
-    from .sim import ChurnConfig, FleetConfig, SimulatedFleet
+    from promstat.apps.serve import curl_example, make_app
+    from promstat.client import PrometheusClient
+    from promstat.generate.alerts import alert_summary, demo_settings, write_alerts
+    from promstat.generate.rules import write_rules
+    from promstat.integrations import FleetRegistry
+    from promstat.planner import PlannerConfig
+    from promstat.service import LiveStats
+    from promstat.testing import lab
+    from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet
 
     out = out or sys.stdout
     tty = out.isatty()
@@ -624,7 +625,7 @@ def _lifetime(text: str) -> float:
 
 
 def _positive_duration(text: str) -> str:
-    from .promql import parse_duration
+    from promstat.promql import parse_duration
 
     try:
         seconds = parse_duration(text)
@@ -685,7 +686,7 @@ def add_demo_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m promstat.demo [options]`` (the same options as ``promstat demo``)."""
+    """``python -m promstat.apps.demo [options]`` (the same options as ``promstat demo``)."""
     parser = argparse.ArgumentParser(prog="promstat demo")
     _add_arguments(parser)
     return run_demo_cli(parser.parse_args(argv))

@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .alerts import accelerator_util_matchers
-from .catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind, MetricSpec, NodeCurrent
-from .conventions import SeriesNames
-from .errors import RuleError
-from .expressions import WINDOW_STATS, LiveStatExpressions, RateSource
-from .promql import escape_string, quote_meta, set_matcher
-from .rules import _dump, _version
+from promstat.catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind, MetricSpec, NodeCurrent
+from promstat.conventions import SeriesNames
+from promstat.errors import RuleError
+from promstat.expressions import WINDOW_STATS, LiveStatExpressions, RateSource
+from promstat.generate.alerts import accelerator_util_matchers
+from promstat.generate.rules import _dump, _version
+from promstat.promql import escape_string, quote_meta, set_matcher
 
 __all__ = [
     "DASHBOARD_FILES",

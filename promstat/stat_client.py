@@ -40,9 +40,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .errors import ConfigError, PromstatError
-from .loader import DataLoader
-from .service import LiveStats
+from promstat.errors import ConfigError, PromstatError
+from promstat.loader import DataLoader
+from promstat.service import LiveStats
 
 __all__ = ["PromstatStatClient"]
 
@@ -108,7 +108,7 @@ class PromstatStatClient:
 
     async def get_user_kernel_statistics_batch(self, kernel_ids: list[str]) -> list[bytes | None]:
         """Live stats of many kernels as the raw msgpack values ``MGET`` returned."""
-        from .valkey_publisher import pack
+        from promstat.migration.publisher import pack
 
         payloads = await self.get_session_statistics_batch(kernel_ids)
         return [None if p is None else pack(p) for p in payloads]

@@ -43,11 +43,11 @@ from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 import jinja2
 import yaml
 
-from .catalog import DEFAULT_CATALOG, Catalog
-from .conventions import SeriesNames
-from .errors import BinaryNotFoundError, ConfigError, QueryBuildError, RuleError
-from .expressions import LiveStatExpressions, RateSource
-from .promql import parse_duration, set_matcher
+from promstat.catalog import DEFAULT_CATALOG, Catalog
+from promstat.conventions import SeriesNames
+from promstat.errors import BinaryNotFoundError, ConfigError, QueryBuildError, RuleError
+from promstat.expressions import LiveStatExpressions, RateSource
+from promstat.promql import parse_duration, set_matcher
 
 __all__ = [
     "AGENT_RULES_FILE",
@@ -130,7 +130,7 @@ _R = TypeVar("_R", bound=_Rule)
 class RuleGroup(Generic[_R]):
     """A rule group: its rules run sequentially, every ``interval``.
 
-    Recording rules here, alerting rules in :mod:`promstat.alerts` (``RuleGroup[AlertRule]``).
+    Recording rules here, alerting rules in :mod:`promstat.generate.alerts` .
     """
 
     name: str
@@ -919,7 +919,7 @@ def render_rule_tests(
 
 def _promtool() -> str:
     try:
-        from .lab import require_binary
+        from promstat.testing.lab import require_binary
     except ImportError:  # pragma: no cover - lab ships with promstat
         path = shutil.which("promtool")
         if path is None:

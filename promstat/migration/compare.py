@@ -1,7 +1,7 @@
 """``promstat compare``: diff legacy Valkey live stats against promstat's, field by field.
 
 The shadow comparison an operator runs while a fleet dual-publishes
-(:mod:`promstat.valkey_publisher`): it reads the same kernels (and with ``--agents`` the same
+(:mod:`promstat.migration.publisher`): it reads the same kernels (and with ``--agents`` the same
 agents) from Valkey/redis and from Prometheus through :class:`~promstat.service.LiveStats`,
 compares every field of every metric, and prints per metric and field how many agree, the
 worst difference and examples. Ids missing on one side are counted apart; so are fields whose
@@ -71,12 +71,12 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import yaml
 
-from .catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind
-from .conventions import SeriesNames
-from .errors import ConfigError, TransportError
+from promstat.catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError, TransportError
 
 if TYPE_CHECKING:
-    from .cli import Subparsers
+    from promstat.cli import Subparsers
 
 __all__ = [
     "COMPARE_EXIT_DISAGREE",
@@ -602,9 +602,9 @@ async def run_compare(options: CompareOptions) -> tuple[float, list[Report]]:
     """
     import time
 
-    from .client import PrometheusClient
-    from .planner import PlannerConfig
-    from .service import LiveStats
+    from promstat.client import PrometheusClient
+    from promstat.planner import PlannerConfig
+    from promstat.service import LiveStats
 
     at = time.time() if options.at is None else options.at
     config = PlannerConfig(
@@ -711,7 +711,7 @@ def format_report(report: Report, out: TextIO) -> None:
 
 def add_compare_cli(subparsers: Subparsers) -> None:
     """Register ``promstat compare``."""
-    from .cli import _add_url_option, parse_time
+    from promstat.cli import _add_url_option, parse_time
 
     p = subparsers.add_parser(
         "compare",
@@ -773,7 +773,7 @@ def add_compare_cli(subparsers: Subparsers) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from .cli import resolve_url
+    from promstat.cli import resolve_url
 
     if args.sample is not None and args.sample < 1:
         raise ConfigError(f"--sample must be >= 1, not {args.sample}")

@@ -280,7 +280,7 @@ class PromstatMetrics:
         Raises:
             ConfigError: ``prometheus_client`` is missing (``pip install promstat[prometheus]``).
         """
-        from .errors import ConfigError
+        from promstat.errors import ConfigError
 
         try:
             from prometheus_client import REGISTRY

@@ -55,9 +55,9 @@ from typing import Final, Self
 
 from aiohttp import web
 
-from .catalog import DEFAULT_CATALOG, rated_counters
-from .conventions import SeriesNames
-from .errors import ConfigError
+from promstat.catalog import DEFAULT_CATALOG, rated_counters
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError
 
 __all__ = [
     "CONTAINER_HELP",
@@ -618,7 +618,7 @@ class UtilizationExporter:
         """Call ``listener(Measured(...))`` after every recorded container or device measurement.
 
         Lets a second pipeline consume the same measurements (dual publishing to Valkey during
-        a migration, :mod:`promstat.valkey_publisher`). Listeners run synchronously, in order.
+        a migration, :mod:`promstat.migration.publisher`). Listeners run synchronously, in order.
         """
         self._listeners.append(listener)
 

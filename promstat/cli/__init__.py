@@ -164,37 +164,37 @@ def add_live_stat_command(subparsers: Subparsers) -> None:
 
 
 def _add_rules_command(subparsers: Subparsers) -> None:
-    from promstat.rules import add_cli
+    from promstat.generate.rules import add_cli
 
     add_cli(subparsers)
 
 
 def _add_dashboards_command(subparsers: Subparsers) -> None:
-    from promstat.dashboards import add_cli
+    from promstat.generate.dashboards import add_cli
 
     add_cli(subparsers)
 
 
 def _add_alerts_command(subparsers: Subparsers) -> None:
-    from promstat.alerts import add_cli
+    from promstat.generate.alerts import add_cli
 
     add_cli(subparsers)
 
 
 def _add_serve_command(subparsers: Subparsers) -> None:
-    from promstat.graphql_app import add_serve_cli
+    from promstat.apps.serve import add_serve_cli
 
     add_serve_cli(subparsers)
 
 
 def _add_demo_command(subparsers: Subparsers) -> None:
-    from promstat.demo import add_demo_cli
+    from promstat.apps.demo import add_demo_cli
 
     add_demo_cli(subparsers)
 
 
 def _add_compare_command(subparsers: Subparsers) -> None:
-    from promstat.compare import add_compare_cli
+    from promstat.migration.compare import add_compare_cli
 
     add_compare_cli(subparsers)
 

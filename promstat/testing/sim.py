@@ -1,4 +1,4 @@
-"""A seeded, simulated Backend.AI agent fleet built on :mod:`promstat.exporter`.
+"""A seeded, simulated Backend.AI agent fleet built on :mod:`promstat.agent.exporter`.
 
 Every value is a pure function of ``(seed, kernel or device, time)``, so a live fleet scraped
 by a real Prometheus and a fleet backfilled from :func:`fleet_openmetrics` hold the same numbers
@@ -34,7 +34,7 @@ Measurement timing: like a real agent, each simulated agent *measures* on its ow
 last measurement, so a faster scrape stores each measurement two or more times, as in
 production. A kernel is measured first at its start and last at its end (the values it
 freezes at). With ``publish_rates`` (default) the exporter also publishes each counter's
-``value_type="rate"`` between the last two measurements (see :mod:`promstat.exporter`).
+``value_type="rate"`` between the last two measurements (see :mod:`promstat.agent.exporter`).
 
 Use :meth:`SimulatedFleet.sample`, :meth:`SimulatedFleet.device_sample` (the value measured
 last before a time) and :meth:`SimulatedFleet.expected_rate` to compute expected query results.
@@ -62,9 +62,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from .conventions import SeriesNames
-from .errors import ConfigError
-from .exporter import (
+from promstat.agent.exporter import (
     CONTAINER_HELP,
     DEVICE_HELP,
     RATE_METRICS,
@@ -76,6 +74,8 @@ from .exporter import (
     device_series,
     format_value,
 )
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError
 
 __all__ = [
     "GPU_MEMORY",
@@ -584,7 +584,7 @@ class SimulatedFleet:
         config: fleet shape and seed.
         clock: wall-clock time source (Unix seconds); also the exporters' detention clock.
         listeners: added to every agent's exporter (:meth:`UtilizationExporter.add_listener`),
-            e.g. a :class:`~promstat.valkey_publisher.ValkeyPublisher` for dual publishing.
+            e.g. a :class:`~promstat.migration.publisher.ValkeyPublisher` for dual publishing.
     """
 
     def __init__(

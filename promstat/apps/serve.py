@@ -6,7 +6,7 @@ and a row :class:`~promstat.integrations.Registry`:
 * ``POST /graphql`` — JSON body ``{"query", "variables"?, "operationName"?}``; answers the
   GraphQL response ``{"data", "errors"?}`` (also ``GET /graphql?query=...``);
 * ``GET /`` — a short text page with an example query and ``curl`` command;
-* ``GET /metrics`` — promstat's own counters (:class:`~promstat.metrics.PromstatMetrics`) in
+* ``GET /metrics`` — promstat's own counters (:class:`~promstat.selfmetrics.PromstatMetrics`) in
   the Prometheus text format, when ``prometheus_client`` is installed (extra ``prometheus``).
 
 The schema is the legacy subset of :mod:`promstat.integrations.graphene` or the equivalent
@@ -33,10 +33,10 @@ from typing import Any, Final, Literal, cast
 import yaml
 from aiohttp import web
 
-from .errors import ConfigError, PromstatError
-from .expressions import RateSource
-from .integrations import DEFAULT_MAX_BATCH_SIZE, Registry, SchemaExecutor, StatsSource
-from .metrics import PromstatMetrics
+from promstat.errors import ConfigError, PromstatError
+from promstat.expressions import RateSource
+from promstat.integrations import DEFAULT_MAX_BATCH_SIZE, Registry, SchemaExecutor, StatsSource
+from promstat.selfmetrics import PromstatMetrics
 
 __all__ = [
     "EXAMPLE_QUERY",
@@ -83,11 +83,11 @@ def make_executor(
     """
     try:
         if stack == "graphene":
-            from .integrations.graphene import GrapheneExecutor
+            from promstat.integrations.graphene import GrapheneExecutor
 
             return GrapheneExecutor(stats, registry, max_batch_size=max_batch_size)
         if stack == "strawberry":
-            from .integrations.strawberry import StrawberryExecutor
+            from promstat.integrations.strawberry import StrawberryExecutor
 
             return StrawberryExecutor(stats, registry, max_batch_size=max_batch_size)
     except ImportError as exc:
@@ -365,9 +365,9 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ConfigError: invalid options.
         OSError: the port could not be bound.
     """
-    from .integrations import PrometheusRegistry
-    from .planner import PlannerConfig
-    from .service import LiveStats
+    from promstat.integrations import PrometheusRegistry
+    from promstat.planner import PlannerConfig
+    from promstat.service import LiveStats
 
     metrics = PromstatMetrics()
     config = PlannerConfig(

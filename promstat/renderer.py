@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DecimalException
 from typing import Any, cast
 
-from .catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Capacity, Catalog, MetricSpec
-from .payload import FrozenDict, seal
+from promstat.catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Capacity, Catalog, MetricSpec
+from promstat.payload import FrozenDict, seal
 
 __all__ = [
     "STATS_ORDER",

@@ -7,7 +7,7 @@ from in-memory canned replies, not from a PromQL engine: it exists to test how *
 reacts to what a server (or a proxy in front of it) can do — error envelopes of every
 ``errorType``, delays, dropped connections, HTML and plain-text bodies, 414/431, VictoriaMetrics'
 422 "too long query" — and to assert on what your code sent. Features themselves are best tested
-against a real Prometheus (see :mod:`promstat.lab` and :func:`openmetrics_text`).
+against a real Prometheus (see :mod:`promstat.testing.lab` and :func:`openmetrics_text`).
 
 With pytest-aiohttp::
 

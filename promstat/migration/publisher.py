@@ -1,7 +1,7 @@
 """Dual publishing: write the legacy Valkey live_stat payloads from the exporter's measurements.
 
 During a migration a fleet runs both pipelines side by side: the agent-side
-:class:`~promstat.exporter.UtilizationExporter` publishes the raw series Prometheus scrapes,
+:class:`~promstat.agent.exporter.UtilizationExporter` publishes the raw series Prometheus scrapes,
 and a :class:`ValkeyPublisher` listening to the same exporter writes exactly what the legacy
 agent wrote to the Valkey statistics database (reference sections 1.2-1.10), so
 ``promstat compare`` can diff the two on the real fleet::
@@ -59,14 +59,14 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, DecimalException
 from typing import TYPE_CHECKING, Any, Final
 
-from .catalog import DEFAULT_CATALOG, Catalog, Kind, NodeCurrent
-from .errors import ConfigError, TransportError
-from .exporter import Measured
+from promstat.agent.exporter import Measured
+from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, NodeCurrent
+from promstat.errors import ConfigError, TransportError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from .sim import SimulatedFleet
+    from promstat.testing.sim import SimulatedFleet
 
 __all__ = [
     "AGENT_TTL_FACTOR",
@@ -338,7 +338,7 @@ class LegacyStatContext:
         return spec
 
     def observe(self, m: Measured) -> None:
-        """Take one measurement (a :class:`~promstat.exporter.Measured` from the exporter).
+        """Take one measurement (a :class:`~promstat.agent.exporter.Measured` from the exporter).
 
         Non-finite values are skipped (the agent's Decimal arithmetic cannot hold them).
         """
@@ -452,7 +452,7 @@ class ValkeyPublisher:
     """Writes legacy live_stat payloads to Valkey/redis from exporter measurements.
 
     Use it as an exporter listener (it is callable with a
-    :class:`~promstat.exporter.Measured`).
+    :class:`~promstat.agent.exporter.Measured`).
 
     Args:
         redis: a ``redis.asyncio.Redis`` connected to the statistics database (DB 0). Closed
@@ -589,7 +589,7 @@ async def replay(fleet: SimulatedFleet, publisher: ValkeyPublisher, times: Seque
     """Step a simulated fleet through ``times``, writing the legacy payloads after each step.
 
     With a fleet whose clock the caller controls this is the dual-publishing fleet's history,
-    deterministic: the same values :func:`~promstat.sim.fleet_openmetrics` backfills into
+    deterministic: the same values :func:`~promstat.testing.sim.fleet_openmetrics` backfills into
     Prometheus for the same configuration and times. The fleet must have ``publisher`` among
     its listeners and a clock returning the current step (``clock=lambda: now[0]``).
 

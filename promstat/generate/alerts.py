@@ -35,15 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .catalog import DEFAULT_CATALOG, Catalog, Kind, rated_counters
-from .conventions import SeriesNames
-from .errors import ConfigError, PromstatError, RuleError
-from .expressions import RateSource
-from .promql import duration, escape_string, parse_duration, quote_meta
-from .rules import RuleGroup, _check, _dump, _promtool, _version
+from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, rated_counters
+from promstat.conventions import SeriesNames
+from promstat.errors import ConfigError, PromstatError, RuleError
+from promstat.expressions import RateSource
+from promstat.generate.rules import RuleGroup, _check, _dump, _promtool, _version
+from promstat.promql import duration, escape_string, parse_duration, quote_meta
 
 if TYPE_CHECKING:
-    from .client import PrometheusClient
+    from promstat.client import PrometheusClient
 
 __all__ = [
     "ALERTS_FILE",
