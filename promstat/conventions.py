@@ -66,6 +66,15 @@ class SeriesNames:
     rate_value: str = "rate"
 
     @property
+    def profile_info(self) -> str:
+        """The recorded ``vector(1)`` whose labels describe how the rules were rendered.
+
+        Its labels are a :class:`~promstat.profile.RuleProfile` (``to_labels``); the reader
+        finds the rule in ``/api/v1/rules`` and reads with the same profile.
+        """
+        return f"promstat:{self.container_metric}:rule_profile"
+
+    @property
     def kernel_live_stat(self) -> str:
         """Recorded per-kernel, per-metric family with a ``stat`` label."""
         return f"kernel_metric:{self.container_metric}:live_stat"
