@@ -16,7 +16,7 @@ builtin (``except TimeoutError`` and ``except ValueError`` keep working), the wa
     │   ├── BadDataError(ValueError)             errorType bad_data (400): never retried
     │   ├── ExecutionError                       errorType execution (422), e.g. too many samples
     │   ├── QueryTimeoutError(TimeoutError)      errorType timeout (503): the server gave up
-    │   ├── CanceledError                        errorType canceled (499)
+    │   ├── QueryCanceledError                   errorType canceled (499)
     │   ├── InternalError                        errorType internal (500)
     │   ├── NotFoundError                        errorType not_found (404)
     │   ├── NotAcceptableError                   errorType not_acceptable (406)
@@ -48,7 +48,6 @@ __all__ = [
     "BadDataError",
     "BatchSizeMismatchError",
     "BinaryNotFoundError",
-    "CanceledError",
     "ClosedError",
     "ConfigError",
     "EventLoopMismatchError",
@@ -60,6 +59,7 @@ __all__ = [
     "PageDeadlineError",
     "PromstatError",
     "QueryBuildError",
+    "QueryCanceledError",
     "QueryTimeoutError",
     "QueryTooLargeError",
     "RequestTimeoutError",
@@ -179,8 +179,8 @@ class QueryTimeoutError(APIError, TimeoutError):
     """``timeout``: the server's own query timeout passed."""
 
 
-class CanceledError(APIError):
-    """``canceled``: the server canceled the query."""
+class QueryCanceledError(APIError):
+    """``canceled``: the server canceled the query (not :class:`asyncio.CancelledError`)."""
 
 
 class InternalError(APIError):
@@ -231,7 +231,7 @@ _BY_ERROR_TYPE: dict[str, type[APIError]] = {
     "bad_data": BadDataError,
     "execution": ExecutionError,
     "timeout": QueryTimeoutError,
-    "canceled": CanceledError,
+    "canceled": QueryCanceledError,
     "internal": InternalError,
     "not_found": NotFoundError,
     "not_acceptable": NotAcceptableError,
@@ -246,7 +246,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     414: QueryTooLargeError,
     422: ExecutionError,
     431: QueryTooLargeError,
-    499: CanceledError,
+    499: QueryCanceledError,
     500: InternalError,
     502: UnavailableError,
     503: UnavailableError,

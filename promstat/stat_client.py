@@ -23,10 +23,10 @@ callers share its batches (single-flight) and its cache. A maintainer swaps one 
 
 Values are shaped as the Valkey values decode: ``{metric: {"current", "capacity", "pct",
 "unit_hint", "stats.*"}}`` of strings (agent node/device ``capacity`` may be ``None``); the
-bytes are ``msgpack.packb(payload, use_bin_type=True)``, which Backend.AI's ``msgpack.unpackb``
-reads back to the same dict. Known value differences from what the legacy agent wrote (window
-statistics instead of lifetime ones, the capacity sentinel) are in the README's "What the
-numbers mean" and measured by ``promstat compare``.
+bytes are ``msgpack.packb(payload, use_bin_type=True)`` (:func:`~promstat.renderer.to_msgpack`),
+which Backend.AI's ``msgpack.unpackb`` reads back to the same dict. Known value differences from
+what the legacy agent wrote (window statistics instead of lifetime ones, the capacity
+sentinel) are in ``docs/numbers.md`` and measured by ``promstat compare``.
 
 Errors: ``ValkeyStatClient`` raises when Valkey cannot be read. Here a batch whose query
 failed raises that :class:`~promstat.errors.PromstatError` (``errors="raise"``, default), so a
@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from promstat.errors import ConfigError, PromstatError
 from promstat.loader import DataLoader
+from promstat.renderer import to_msgpack
 from promstat.service import LiveStats
 
 __all__ = ["PromstatStatClient"]
@@ -108,10 +109,8 @@ class PromstatStatClient:
 
     async def get_user_kernel_statistics_batch(self, kernel_ids: list[str]) -> list[bytes | None]:
         """Live stats of many kernels as the raw msgpack values ``MGET`` returned."""
-        from promstat.migration.publisher import pack
-
         payloads = await self.get_session_statistics_batch(kernel_ids)
-        return [None if p is None else pack(p) for p in payloads]
+        return [None if p is None else to_msgpack(p) for p in payloads]
 
     async def get_agent_statistics_batch(self, agent_ids: list[str]) -> list[dict[str, Any] | None]:
         """Live stats of many agents (``{"node", "devices"}``); ``None`` without data."""

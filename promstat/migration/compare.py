@@ -69,6 +69,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+import msgspec
 import yaml
 
 from promstat.catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind
@@ -522,7 +523,6 @@ async def read_legacy(
     Raises:
         TransportError: redis could not be reached.
     """
-    import msgpack
     from redis.asyncio import from_url
     from redis.exceptions import RedisError
 
@@ -545,8 +545,9 @@ async def read_legacy(
                     out.stale.append(key)
                     continue
                 try:
-                    value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-                except (ValueError, msgpack.UnpackException):
+                    # ValkeyStatClient: unpackb(raw=False, strict_map_key=False).
+                    value = msgspec.msgpack.decode(raw)
+                except msgspec.DecodeError:
                     value = None
                 if isinstance(value, dict):
                     out.values[key] = value

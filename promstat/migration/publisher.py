@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Final
 from promstat.agent.exporter import Measured
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, NodeCurrent
 from promstat.errors import ConfigError, TransportError
+from promstat.renderer import to_msgpack
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -441,11 +442,8 @@ class LegacyStatContext:
 
 
 def pack(payload: Mapping[str, Any]) -> bytes:
-    """msgpack as Backend.AI's wrapper packs a stats dict (``use_bin_type=True``)."""
-    import msgpack
-
-    data: bytes = msgpack.packb(payload, use_bin_type=True)
-    return data
+    """msgpack as Backend.AI's wrapper packs a stats dict (:func:`promstat.renderer.to_msgpack`)."""
+    return to_msgpack(payload)
 
 
 class ValkeyPublisher:
