@@ -6,6 +6,7 @@ import asyncio
 import gc
 
 import pytest
+from _support.waiting import loop_turns
 
 from promstat.errors import BatchSizeMismatchError, ClosedError, PromstatError
 from promstat.loader import DataLoader, FetchResult, SharedLoader
@@ -263,12 +264,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def loop_turns(n: int) -> None:
-    """Let the event loop run ``n`` times: what "nothing more happens" is waited for with."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 class Gate:
