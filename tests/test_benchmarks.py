@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.contenders import CONTENDERS, upstream_queries
+from benchmarks.contenders import CONTENDERS
 from benchmarks.fleet import rule_stages
 from benchmarks.run import Settings, parse_args, run
 from promstat.generate.rules import RecordingRule, build_rule_files
@@ -18,29 +18,23 @@ A = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
 B = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"
 
 
-def test_upstream_queries_match_the_reference_text() -> None:
-    """The six upstream queries are byte-identical to reference section 3.5 for two kernels."""
-    k = f"{A}|{B}"
-    m = "backendai_container_utilization"
-    rate_sel = (
-        f'{m}{{kernel_id=~"{k}",container_metric_name=~"cpu_util|net_rx|net_tx",'
-        f'value_type="current"}}'
+def test_the_upstream_contender_is_the_installed_backendai_code() -> None:
+    """`upstream` runs Backend.AI 26.9.6's own client, query builder and converter, not a
+    port: the classes come from the installed manager, and its builder renders six queries."""
+    import uuid
+
+    from benchmarks.upstream import require_backendai
+
+    bai = require_backendai()
+    assert bai.PrometheusClient.__module__ == "ai.backend.manager.clients.prometheus.client"
+    assert bai.LegacyLiveStatConverter.__module__ == (
+        "ai.backend.manager.api.gql_legacy.stat_converter"
     )
-    rate = f"sum by (container_metric_name,kernel_id)(rate({rate_sel}[5m]))"
-    gauge_sel = f'{m}{{kernel_id=~"{k}",value_type="current"}}'
-    gauge = f"sum by (container_metric_name,kernel_id)({gauge_sel})"
-    assert upstream_queries([A, B]) == [
-        (
-            "instant",
-            f"sum by (container_metric_name,kernel_id,value_type)"
-            f'({m}{{kernel_id=~"{k}",value_type=~"current|capacity"}})',
-        ),
-        ("rate_current", rate),
-        ("max", f"max_over_time(({gauge})[5m:])"),
-        ("rate_max", f"max_over_time(({rate})[5m:])"),
-        ("avg", f"avg_over_time(({gauge})[5m:])"),
-        ("rate_avg", f"avg_over_time(({rate})[5m:])"),
-    ]
+    queries = bai.ContainerLiveStatQueryBuilder("5m").get_container_live_stat_queries(
+        [uuid.UUID(A), uuid.UUID(B)]
+    )
+    fields = ("instant", "rate_current", "max", "rate_max", "avg", "rate_avg")
+    assert all(hasattr(queries, name) for name in fields)
 
 
 def test_rule_stages_put_readers_after_the_rules_they_read() -> None:
