@@ -1,6 +1,6 @@
 """The real Backend.AI 26.9 kernel live_stat path, as the benchmark's ``upstream`` contender.
 
-Not a port: the installed ``backend.ai-manager`` (pinned in ``requirements/backendai.txt``)
+Not a port: the installed ``backend.ai-manager`` (pinned in ``requirements/backendai-26.9.txt``)
 does the work, with its own aiohttp client pool::
 
     ClientPool(tcp_client_session_factory)
@@ -36,8 +36,8 @@ UPSTREAM_BATCH = 128
 
 _INSTALL = (
     "the real Backend.AI 26.9 manager is not installed in this interpreter ({error}); "
-    "`./dev setup` installs it into the 3.13 test venv (requirements/backendai.txt), or by "
-    "hand: pip install -r requirements/backendai.txt"
+    "`./dev setup` installs it into the 3.13 test venv (requirements/backendai-26.9.txt), or by "
+    "hand: pip install -r requirements/backendai-26.9.txt"
 )
 
 

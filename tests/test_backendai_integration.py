@@ -36,7 +36,7 @@ def _manager_package() -> Path:
     except ImportError as exc:  # pragma: no cover - the message is the point
         pytest.fail(
             f"Backend.AI 26.9.6 is not installed ({exc}): ./dev setup installs it into the "
-            "3.13 test venv (requirements/backendai.txt)"
+            "3.13 test venv (requirements/backendai-26.9.txt)"
         )
     return Path(manager.__file__).resolve().parent
 
