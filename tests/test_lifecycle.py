@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
-import textwrap
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +19,6 @@ from promstat.testing.fake import FakePrometheus, Reply
 Serve = Callable[[FakePrometheus], Awaitable[str]]
 K = "11111111-1111-4111-8111-111111111111"
 ROW = {"kernel_id": K, "container_metric_name": "mem", "stat": "current"}
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture
@@ -197,28 +193,3 @@ def test_client_options_need_a_url() -> None:
         LiveStats(Idle(), client_options={"timeout": 1})
     with pytest.raises(ConfigError, match="cache_entries"):
         LiveStats(Idle(), cache_entries=0)
-
-
-def _readme_manager_snippet() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Using it in the manager", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None
-    return match.group(1)
-
-
-async def test_the_readme_manager_snippet_closes_what_it_opens(serve: Serve) -> None:
-    """The README's snippet runs as written (URL swapped) and leaves nothing open."""
-    fake = FakePrometheus()
-    fake.set_reply("query", Reply.vector([(ROW, 2048)]))
-    url = await serve(fake)
-    snippet = _readme_manager_snippet().replace("http://prometheus:9090", url)
-    assert "aclose()" in snippet
-    source = "async def _snippet(kernel_id):\n" + textwrap.indent(snippet, "    ")
-    source += "\n    return stats, payload\n"
-    namespace: dict[str, Any] = {}
-    exec(compile(source, str(README), "exec"), namespace)
-    stats, payload = await namespace["_snippet"](K)
-    assert isinstance(payload, dict) and payload["mem"]["current"] == "2048"
-    assert stats.closed
-    assert stats.client._session is None or stats.client._session.closed
