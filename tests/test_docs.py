@@ -329,6 +329,19 @@ def test_static_the_core_imports_no_subpackage_at_module_level() -> None:
     assert not offenders, offenders
 
 
+def test_static_import_promstat_loads_no_subpackage() -> None:
+    """architecture.md: ``import promstat`` loads only the core (in a fresh interpreter)."""
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    probe = "import sys, promstat; print('\\n'.join(sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "promstat.service" in loaded
+    assert [m for m in loaded if m.split(".")[0] == "promstat" and m.split(".")[1:2]
+            and m.split(".")[1] in subpackages] == []  # fmt: skip
+
+
 def test_what_the_docs_test_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """A summary of what runs and what does not (and why), printed with ``-s``."""
     runs = [b for b in _blocks() if not b.skipped and not b.marker("compile-only")]
