@@ -489,7 +489,13 @@ def _environment(live: LiveLab, scratch: Path) -> dict[str, str]:
     promstat = shims / "promstat"
     promstat.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m promstat "$@"\n')
     promstat.chmod(0o755)
-    (scratch / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    if sys.prefix != sys.base_prefix:  # the environment ./dev made: .venv/bin/promstat is real
+        (scratch / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    else:  # not run from a virtualenv: a stand-in with the same two entry points
+        bin_dir = scratch / ".venv" / "bin"
+        bin_dir.mkdir(parents=True)
+        (bin_dir / "promstat").symlink_to(promstat)
+        (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"\nexport PATH\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
     env["PATH"] = os.pathsep.join([str(shims), str(Path(sys.executable).parent), env["PATH"]])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

@@ -318,8 +318,8 @@ def test_recorded_and_raw_agree_on_changing_data(tmp_path: Path) -> None:
     kernel churn with young and terminated kernels, gauges changing every scrape, both
     exporters: at each rule evaluation time the recorded plan (with its raw fallback for
     kernels younger than a rule evaluation) and the raw plan give the same current, capacity,
-    pct and stats.rate. Window statistics may differ on changing data (README, "Known
-    differences"): they are counted and printed (``-s``), not asserted."""
+    pct and stats.rate. Window statistics may differ on changing data (docs/numbers.md,
+    "Known differences"): they are counted and printed (``-s``), not asserted."""
     fleets = [SimulatedFleet(_churny(True, 21)), SimulatedFleet(_churny(False, 22))]
     tags = ("own", "plain")
     om = merge_openmetrics(

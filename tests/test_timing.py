@@ -44,8 +44,8 @@ from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 
 #: (measurement interval C, scrape interval S) in seconds.
 GRID: tuple[tuple[int, int], ...] = ((5, 15), (15, 15), (30, 15), (30, 20), (60, 15))
-#: Documented worst relative error of a steady rate with raw counters only (README,
-#: "How rates are taken"); the issue's target is 20% at (30, 15) and (30, 20).
+#: Documented worst relative error of a steady rate with raw counters only (benchmarks/README.md,
+#: "Rate accuracy"); the issue's target is 20% at (30, 15) and (30, 20).
 PLAIN_BOUND: Mapping[tuple[int, int], float] = {
     (5, 15): 0.05,
     (15, 15): 0.05,
