@@ -304,6 +304,13 @@ def test_static_architecture_names_every_module_and_only_modules() -> None:
     assert flow is not None
     for module in re.findall(r"\b([a-z_]+\.py)\b", flow.group(1)):
         assert module in actual, f"the data flow names {module}, which does not exist"
+    for line in flow.group(1).splitlines():  # `Class.method` and `module.py` on one line
+        modules = re.findall(r"\b([a-z_]+)\.py\b", line)
+        for cls, attr in re.findall(r"\b([A-Z]\w+)\.(\w+)", line):
+            owners = [importlib.import_module(f"promstat.{m}") for m in modules]
+            owners.append(importlib.import_module("promstat.service"))
+            found = [getattr(o, cls) for o in owners if hasattr(o, cls)]
+            assert found and hasattr(found[0], attr), f"the data flow names {cls}.{attr}"
     for path in re.findall(r"`promstat/([\w/.]+)`", text):
         assert (PACKAGE / path).exists(), path
 
@@ -512,10 +519,13 @@ def _needs_dual(doc: Doc) -> bool:
     )
 
 
-RUNNABLE = [
-    d for d in PARSED.values()
-    if any(not b.skipped and b.lang in ("sh", "console", "python", "text") for b in d.blocks)
-]  # fmt: skip
+def _runs(block: Block) -> bool:
+    if block.skipped or block.marker("compile-only"):
+        return False
+    return block.lang in ("sh", "console", "python") or bool(block.marker("output-of"))
+
+
+RUNNABLE = [d for d in PARSED.values() if any(_runs(b) for b in d.blocks)]
 
 
 @pytest.fixture
