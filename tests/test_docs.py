@@ -14,7 +14,8 @@ the lines right before it (CONTRIBUTING.md, "Docs", is the user's guide to them)
 * ``python`` blocks: compiled with top-level ``await`` and run in order in one namespace per
   page, in the test's event loop, against the live lab; :data:`PRELUDE` lists the names a
   block may use without defining them.
-* ``yaml``/``json`` blocks must parse; ``text`` blocks are free-form unless marked.
+* ``yaml``/``json`` blocks must parse; ``text`` blocks are free-form unless marked; ``diff``
+  blocks must be an ``excerpt-of`` a file of the repository.
 * The placeholders ``http://prometheus:9090`` and ``redis://valkey:6379/0`` are replaced by
   the lab's URLs everywhere.
 
@@ -22,7 +23,8 @@ Markers: ``expect EXPR`` (evaluated in the page's namespace after the block, mus
 ``file NAME`` (the block is written to NAME in the scratch directory before any command of
 the page runs), ``output-of COMMAND`` (every line of the block, digits aside, appears in the
 output of that command of the same page), ``cwd repo`` (commands run in the repository),
-``compile-only REASON`` (python: compiled, not run) and ``skip-reason REASON``. A block without
+``excerpt-of FILE`` (every line of the block is a line of FILE, in order), ``compile-only
+REASON`` (python: compiled, not run) and ``skip-reason REASON``. A block without
 a marker runs; the skipped ones are listed by :func:`test_what_the_docs_test_runs`.
 
 The live lab: a simulated fleet (2 agents x 3 kernels, promstat's exporter, measuring every
@@ -71,8 +73,8 @@ DOCS = (
 )
 PROM, REDIS = "http://prometheus:9090", "redis://valkey:6379/0"
 README_LIMIT = 15 * 1024
-LANGUAGES = {"python", "sh", "console", "yaml", "json", "text"}
-MARKERS = {"expect", "file", "output-of", "cwd", "compile-only", "skip-reason"}
+LANGUAGES = {"python", "sh", "console", "yaml", "json", "text", "diff"}
+MARKERS = {"expect", "file", "output-of", "cwd", "compile-only", "skip-reason", "excerpt-of"}
 #: Names a python block may use without defining them (what the manager has at hand).
 PRELUDE = {
     "stats": "the process-wide LiveStats over the lab (closed after the page)",
@@ -204,6 +206,8 @@ def test_static_every_block_is_understood() -> None:
                 problems.append(f"{block.where}: a shell block without commands")
             if block.marker("compile-only") and block.lang != "python":
                 problems.append(f"{block.where}: compile-only is for python blocks")
+            if block.lang == "diff" and not (block.marker("excerpt-of") or block.skipped):
+                problems.append(f"{block.where}: a diff block needs excerpt-of FILE")
     assert not problems, "\n".join(problems)
 
 
@@ -218,6 +222,18 @@ def test_static_data_blocks_parse(block: Block) -> None:
         json.loads(block.body)
     else:
         yaml.safe_load(block.body)
+
+
+@pytest.mark.parametrize(
+    "block", [b for b in _blocks() if b.marker("excerpt-of")], ids=lambda b: b.where
+)
+def test_static_excerpts_are_in_their_file_in_order(block: Block) -> None:
+    source = (ROOT / str(block.marker("excerpt-of"))).read_text(encoding="utf-8").splitlines()
+    at = 0
+    for line in (ln for ln in block.body.splitlines() if ln.strip()):
+        assert line in source[at:], f"{block.where}: not in {block.marker('excerpt-of')} "  \
+            f"(after line {at}): {line!r}"
+        at += source[at:].index(line) + 1
 
 
 @pytest.mark.parametrize("block", _blocks("sh", "console"), ids=lambda b: b.where)
