@@ -162,8 +162,10 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
     polling = on_disk["polling"]
     assert [(x["contender"], x["clients"], x["period_s"]) for x in polling] == [
         ("legacy", 2, 1.0),
+        ("upstream", 2, 1.0),
         ("promstat", 2, 1.0),
         ("legacy", 2, 2.0),
+        ("upstream", 2, 2.0),
         ("promstat", 2, 2.0),
     ]
     for x in polling:
@@ -172,9 +174,17 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
         assert x["p99_ms"] >= x["p95_ms"] >= x["p50_ms"] > 0
     assert all(x["queries"] == 0 for x in polling if x["contender"] == "legacy")
     assert any(x["queries"] > 0 for x in polling if x["contender"] == "promstat")
+    # Backend.AI 26.9 has no cross-request cache: six queries per 128-id batch, every page.
+    for x in polling:
+        if x["contender"] == "upstream":
+            assert x["queries"] == 6 * math.ceil(x["page_size"] / 128) * (
+                x["pages"] + x["warmup_pages"]
+            ), x
+        assert x["prometheus_cpu_s_per_minute"] is None or x["prometheus_cpu_s_per_minute"] >= 0
     names = [g["goal"] for g in on_disk["goals"]]
     assert any(n.startswith("client time added / bare HTTP, 200 kernels") for n in names)
     assert any(n.startswith("polling p95 / legacy p95, 2 clients") for n in names)
+    assert any(n.startswith("polling p95, Backend.AI 26.9 / promstat, 2 clients") for n in names)
     assert on_disk["backends"] is None and on_disk["rules_cost"] == []
 
 
