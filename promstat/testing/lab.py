@@ -781,9 +781,14 @@ def restart_prometheus(
     for attr in ("config_path", "tsdb_path", "scrape_targets", "scrape_interval",
                  "evaluation_interval", "rule_files"):  # fmt: skip
         setattr(proc, attr, getattr(old, attr))
-    proc.wait_ready(
-        lambda: _http_ok(f"{proc.url}/-/ready"), timeout=startup_timeout, what="ready again"
-    )
+    try:
+        proc.wait_ready(
+            lambda: _http_ok(f"{proc.url}/-/ready"), timeout=startup_timeout, what="ready again"
+        )
+    except BaseException:
+        if owned:  # nobody else will remove it now
+            shutil.rmtree(old.data_dir, ignore_errors=True)
+        raise
     # Only a restarted server takes over the removal of a temporary directory.
     proc._owns_data_dir = owned
     old._owns_data_dir = False
