@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -274,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kernels-per-agent", type=int, default=30)
     parser.add_argument("--json", metavar="FILE", default=None)
     args = parser.parse_args(argv)
+    # The table is the output: one WARNING per failed query (tests/test_quiet.py) would bury it.
+    logging.getLogger("promstat").setLevel(logging.ERROR)
     faults = [Fault(f) for f in args.faults.split(",") if f]
     modes = [m for m in args.modes.split(",") if m]
     fleet = start_fleet(args.agents, args.kernels_per_agent)
