@@ -15,6 +15,9 @@ What it does that the usual Python clients do not:
   ``unavailable``, Prometheus' plain-text "starting/stopping" 503) with full-jitter exponential
   backoff inside the deadline; never ``bad_data``, ``execution``, server ``timeout`` or 4xx.
 * Reports each logical call to a :class:`QueryObserver` (``promstat.selfmetrics`` implements it).
+* Bounds the response bytes it holds: per response (``max_response_bytes``, 64 MiB) and across
+  all concurrent responses (``max_buffered_bytes``, a :class:`BodyBudget` of 128 MiB: at most
+  budget + one response, 192 MiB, of bodies at once; reads past it wait within their deadline).
 
 The base URL may carry a path prefix: ``http://vm:8428/prometheus``,
 ``http://vmselect:8481/select/0/prometheus`` or ``http://mimir/prometheus`` all work.
