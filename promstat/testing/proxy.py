@@ -182,13 +182,13 @@ class FaultProxy:
     def set_fault(self, fault: Fault | str) -> None:
         """Switch to ``fault``; requests read from now on get it.
 
-        Switching to or from :attr:`Fault.REFUSED` closes or reopens the listener; use
-        :meth:`switch` to wait for that. Open connections are dropped on every switch, as a
-        restarting server or a reloaded load balancer drops them, so no keep-alive connection
-        carries the previous behaviour over.
+        Every request is answered with the fault in force when it was read, so kept-alive
+        connections see a switch at once and stay usable. Switching to :attr:`Fault.REFUSED`
+        closes the listener and drops the open connections too (nothing listens any more);
+        switching away from it listens again on the same port. Use :meth:`switch` to wait for
+        the listener.
         """
         self.fault = Fault(fault)
-        self._drop_connections()
         previous = self._pending
         self._pending = asyncio.get_running_loop().create_task(self._apply(previous))
 
