@@ -183,11 +183,11 @@ async def test_a_prometheus_restart_heals_on_the_first_page_after_it(
                 # Refused while down; 503 "not ready" and timeouts while it starts.
                 assert_answered(phase, (TransportError, UnavailableError))
             assert any(p.errors == p.ids for p in down), down  # the outage was seen
-            served_before = _query_requests(prom)
             after, _ = await load_phase(stats, None, kernels, agents, reference)
+            # No proxy here: the restarted process' own counter (0 when it started). A page
+            # that met the restart half-way may have answered (and cached) some ids already.
+            after.upstream = _query_requests(prom)
             print(f"\nrestart ({mode}): {len(down)} pages during the outage, after: {after}")
-            assert after.upstream == 0  # no proxy here: the process' own counter below
-            after.upstream = _query_requests(prom) - served_before
             assert_healed(after, len(reference))
     finally:
         prom.stop()
