@@ -1,7 +1,7 @@
 """``promstat demo``: runs the real pipeline, shows real numbers, and leaves nothing behind.
 
-The subprocess tests run ``python -m promstat.apps.demo`` (the same options and handler as
-``promstat demo``) and then check that its temporary directory is gone and that no process
+The subprocess tests run ``python -m promstat demo`` (what the ``promstat demo`` entry point
+runs) and then check that its temporary directory is gone and that no process
 still refers to it (a ``/proc`` scan: the managed Prometheus keeps its data directory inside
 the demo's temporary directory).
 """
@@ -22,7 +22,7 @@ import pytest
 
 import promstat
 from promstat.apps.demo import DemoOptions, PageView, format_bytes, render_view, run_demo
-from promstat.apps.demo import main as demo_main
+from promstat.cli import main as cli_main
 from promstat.testing import lab
 
 REPO = Path(promstat.__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def _env() -> dict[str, str]:
 
 def _start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "promstat.apps.demo", *SMALL, *args],
+        [sys.executable, "-m", "promstat", "demo", *SMALL, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,7 +157,7 @@ def test_demo_runs_for_its_duration_and_cleans_up() -> None:
     The agents measure every 2 s (twice the 1 s scrape interval, on their own timer), so
     Prometheus stores each measurement twice: steady kernels must still show the same
     non-zero CPU and network rates on consecutive pages (not 0, not alternating)."""
-    proc = _start("--duration", "18", "--lifetime", "12")
+    proc = _start("--duration", "18", "--lifetime", "12", "--table-every", "1")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err + out
     assert "agents measure every 2s" in out
@@ -230,7 +230,7 @@ def test_measure_interval_must_be_a_positive_duration(
 ) -> None:
     """``--measure-interval`` is checked by the parser: usage error (exit 2) naming it."""
     with pytest.raises(SystemExit) as exc:
-        demo_main(["--measure-interval", bad])
+        cli_main(["demo", "--measure-interval", bad])
     assert exc.value.code == 2
     assert "--measure-interval" in capsys.readouterr().err
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import pytest
 import yaml
 
 from promstat.catalog import Catalog
+from promstat.cli import build_parser
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, RuleError
 from promstat.generate.rules import (
     SCENARIO,
-    add_cli,
     build_rule_files,
     render_rule_tests,
     render_rules,
@@ -169,8 +168,7 @@ def test_scenario_series_cover_the_required_cases() -> None:
 
 def test_cli_render_and_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`rules render` writes the files; `rules check` parses its directory argument."""
-    parser = argparse.ArgumentParser(prog="promstat")
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["rules", "render", "--output", str(tmp_path)])
     assert args.handler(args) == 0
     assert _tree(tmp_path) == _tree(RULES_DIR)
