@@ -14,7 +14,7 @@ Exit codes: 0 success, 1 any :class:`~promstat.errors.PromstatError` (printed as
 Library log records (e.g. the planner's WARNING when plan detection fails) are held while the
 command runs: a failing command prints its one error line and nothing repeating it; a
 succeeding one prints each warning once, after its output. ``serve`` and ``demo`` run for
-long, so they print warnings as they happen. ``-v`` adds INFO records.
+long, so they print warnings as they happen; so does ``-v``, which adds INFO records.
 """
 
 from __future__ import annotations
@@ -116,14 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
-    capture = LogCapture(stream=sys.stderr if getattr(args, "log_stream", False) else None)
+    streaming = args.verbose or getattr(args, "log_stream", False)
+    capture = LogCapture(stream=sys.stderr if streaming else None)
     remove = capture.install(verbose=args.verbose)
     try:
         try:
             code = handler(args)
             sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
         except PromstatError as exc:
-            capture.flush_to(sys.stderr, failure=exc)
+            capture.drop()
             url, source = _target(args)
             print(error_line(exc, url=url, source=source), file=sys.stderr)
             return 1

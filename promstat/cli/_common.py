@@ -148,12 +148,24 @@ def add_url_option(parser: argparse.ArgumentParser) -> None:
 
 
 def url_source(url: str | None) -> str:
-    """Where the URL :func:`resolve_url` picks comes from, for messages."""
+    """Where the URL :func:`resolve_url` picks comes from: ``--url``, ``$PROMSTAT_URL`` or
+    ``default``."""
     if url:
         return "--url"
     if os.environ.get("PROMSTAT_URL"):
         return "$PROMSTAT_URL"
-    return "the default (neither --url nor $PROMSTAT_URL is set)"
+    return "default"
+
+
+def _check(url: str | None, source: str) -> str:
+    """What to check about the URL, in words."""
+    if not url:
+        return ""
+    if source == "default":
+        return f"set --url or $PROMSTAT_URL (neither is set, so the default {url} was used)"
+    if source:
+        return f"check {source} ({url})"
+    return f"check --url / $PROMSTAT_URL ({url})"
 
 
 _API_SUFFIX = re.compile(r"/api/v1(/(query(_range)?|rules|series|labels?)?)?/*$")
@@ -167,7 +179,7 @@ def resolve_url(url: str | None) -> str:
             ``/api/v1/api/v1/query``), or has no ``http://``/``https://`` scheme.
     """
     chosen = url or os.environ.get("PROMSTAT_URL") or DEFAULT_URL
-    where = url_source(url)
+    where = {"default": "the default"}.get(url_source(url), url_source(url))
     stripped = chosen.split("?", 1)[0]
     match = _API_SUFFIX.search(stripped)
     if match:
@@ -230,15 +242,14 @@ def error_line(exc: PromstatError, *, url: str | None = None, source: str = "") 
         url: the Prometheus URL the command used (``None``: it talked to no Prometheus).
         source: where ``url`` came from (:func:`url_source`).
     """
-    where = f" (from {source})" if source else ""
-    check = f"check --url / $PROMSTAT_URL: {url}{where}" if url else ""
+    check = _check(url, source)
     status, body = _body_of(exc)
     text = str(exc)
     lowered = text.lower()
     if isinstance(exc, RequestTimeoutError):
         message = f"no answer from {url or exc.url} within {exc.timeout or '?'}s"
-        hint = f"is Prometheus up and reachable? Raise --timeout if it is slow; {check}"
-    elif isinstance(exc, TransportError):
+        hint = f"is Prometheus up and reachable? (raise --timeout if it is only slow) {check}"
+    elif isinstance(exc, TransportError) and (url or exc.url):
         target = url or exc.url
         if any(s in lowered for s in _DNS):
             message = f"cannot resolve the host of {target}"
@@ -260,14 +271,18 @@ def error_line(exc: PromstatError, *, url: str | None = None, source: str = "") 
             hint = f"is it Prometheus? (promstat serve's GraphQL port is not); {check}"
     elif status == 404 or (isinstance(exc, ResponseDecodeError) and url):
         detail = one_line(body) if body else one_line(text)
-        message = f"HTTP {status} from {url or getattr(exc, 'url', '')}: {detail}"
+        message = f"HTTP {status} for {getattr(exc, 'url', '') or url}: {detail}"
         hint = (
             "is it Prometheus? (promstat serve's GraphQL port is not; a Prometheus behind a "
             f"path prefix needs the prefix in the URL); {check}"
         )
+    elif isinstance(exc, ConfigError):
+        # promstat's own words about an option: whole (they say what to change), one line.
+        message, hint = one_line(text, 5 * MAX_DETAIL), ""
     else:
         message, hint = one_line(text), ""
-    line = f"promstat: error: {one_line(message, 2 * MAX_DETAIL)}"
+    line = f"promstat: error: {message}"
+    hint = hint.strip().rstrip(";")
     return f"{line}; {hint}" if hint else line
 
 
@@ -280,17 +295,23 @@ class LogCapture(logging.Handler):
     Without it Python's last-resort handler prints a library WARNING such as "kernel plan
     detection failed ... ConnectError" and then the command prints the same failure as its
     error line. With it the command decides: on success :meth:`flush_to` prints each
-    distinct warning once (``promstat: warning: ...``, one line); on failure the records that
-    only repeat the error are dropped.
+    distinct warning once (``promstat: warning: ...``, one line); on failure :meth:`drop`
+    forgets them, because they describe the same failure the error line explains (a failed
+    detection, a failed query: the library logs each failure it survives, the command did not
+    survive it). ``-v`` streams every record as it happens, for the whole story.
 
-    ``stream=True`` prints records as they come instead (long-running commands: serve, demo),
-    still one line each.
+    A ``stream`` prints records as they come instead (long-running commands: serve, demo;
+    and ``-v``), still one line each.
     """
 
     def __init__(self, *, stream: TextIO | None = None, level: int = logging.WARNING) -> None:
         super().__init__(level)
         self.records: list[logging.LogRecord] = []
         self.stream = stream
+
+    def drop(self) -> None:
+        """Forget the kept records (the command failed: its error line says what matters)."""
+        self.records.clear()
 
     def emit(self, record: logging.LogRecord) -> None:
         """Keep the record (or print it at once when streaming)."""
@@ -305,14 +326,10 @@ class LogCapture(logging.Handler):
         level = record.levelname.lower()
         return f"promstat: {level}: {one_line(record.getMessage(), 2 * MAX_DETAIL)}"
 
-    def flush_to(self, out: TextIO, *, failure: PromstatError | None = None) -> None:
-        """Print each distinct kept record once; with ``failure``, skip those repeating it."""
+    def flush_to(self, out: TextIO) -> None:
+        """Print each distinct kept record once, one line each."""
         seen: set[str] = set()
-        repeat = " ".join(str(failure).split()) if failure is not None else None
         for record in self.records:
-            message = " ".join(record.getMessage().split())
-            if repeat is not None and (repeat in message or message in repeat):
-                continue
             line = self._line(record)
             if line not in seen:
                 seen.add(line)

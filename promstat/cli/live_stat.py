@@ -98,13 +98,23 @@ def _read_ids(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def id_problem(value: str, *, agent: bool) -> str | None:
+def id_problem(value: str, *, agent: bool, other_level: bool = False) -> str | None:
     """Why ``value`` does not look like a Backend.AI kernel (or agent) id, or ``None``.
 
     Kernel ids are lowercase, dashed UUIDs (``str(uuid.UUID)``); agent ids are free-form
     (``i-...`` on clouds, host names elsewhere), so only a kernel id passed with ``--agent``
     is flagged for them.
+
+    Args:
+        value: the id as given.
+        agent: the ids were given as agent ids (``--agent``).
+        other_level: Prometheus has series of ``value`` as the other kind of id (an agent's
+            when ``agent`` is false, a kernel's when it is true).
     """
+    if other_level:
+        if agent:
+            return "is a kernel id (Prometheus has kernel series for it): drop --agent"
+        return "is an agent id (Prometheus has agent series for it): add --agent"
     if "," in value:
         return "one argument with commas: give the ids as separate arguments (a b, not a,b)"
     if any(c.isspace() for c in value):
@@ -140,19 +150,28 @@ def run(args: argparse.Namespace) -> int:
     at = as_unix(args.time)
     use_recorded = {"auto": None, "recorded": True, "raw": False}[args.plan]
     url = resolve_url(args.url)
-    result = asyncio.run(_live_stat(url, ids, args.agent, at, use_recorded, args.timeout))
+    result, other = asyncio.run(
+        _live_stat(url, ids, args.agent, at, use_recorded, args.timeout)
+    )
     json.dump(result, sys.stdout, indent=args.indent)
     sys.stdout.write("\n")
-    _report_missing(ids, result, agent=args.agent)
+    sys.stdout.flush()  # the answer first: the notes below are about it
+    _report_missing(ids, result, agent=args.agent, other_level=other)
     return 0
 
 
-def _report_missing(ids: list[str], result: dict[str, Any], *, agent: bool) -> None:
+def _report_missing(
+    ids: list[str], result: dict[str, Any], *, agent: bool, other_level: set[str]
+) -> None:
     missing = [key for key in ids if result.get(key) is None]
     if not missing:
         return
     what = "agent" if agent else "kernel"
-    odd = [(key, why) for key in missing if (why := id_problem(key, agent=agent))]
+    odd = [
+        (key, why)
+        for key in missing
+        if (why := id_problem(key, agent=agent, other_level=key in other_level))
+    ]
     for key, why in odd[:SHOWN_IDS]:
         print(f"promstat: warning: {what} id {key!r} {why}", file=sys.stderr)
     if len(odd) > SHOWN_IDS:
@@ -179,6 +198,38 @@ async def _recorded_series(prom: PrometheusClient, agent: bool, at: float | None
     return None if res.series else family
 
 
+#: Ids without data that are looked up as the other kind of id, at most.
+OTHER_LEVEL_LOOKUPS = 200
+
+
+async def _other_level(
+    prom: PrometheusClient, ids: list[str], agent: bool, at: float | None
+) -> set[str]:
+    """Which of ``ids`` Prometheus knows as the other kind of id (best effort: a failed
+    lookup finds nothing, the answer itself already stands)."""
+    from promstat.conventions import SeriesNames
+    from promstat.promql import set_matcher
+
+    if not ids:
+        return set()
+    n = SeriesNames()
+    if agent:
+        label = n.kernel_label
+        expr = f"group by ({label}) ({n.container_metric}{{{set_matcher(label, ids)}}})"
+    else:
+        label = n.agent_label
+        matcher = set_matcher(label, ids)
+        expr = (
+            f"group by ({label}) ({n.device_metric}{{{matcher}}}) "
+            f"or group by ({label}) ({n.container_metric}{{{matcher}}})"
+        )
+    try:
+        res = await prom.query_vector(expr, time=at)
+    except PromstatError:
+        return set()
+    return {s.metric.get(label, "") for s in res.series} & set(ids)
+
+
 async def _live_stat(
     url: str,
     ids: list[str],
@@ -186,7 +237,9 @@ async def _live_stat(
     at: float | None,
     use_recorded: bool | None,
     deadline: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], set[str]]:
+    """``{id: payload or None}`` in the order of ``ids``, and the ids without data that
+    Prometheus knows as the other kind of id."""
     from promstat.planner import Planner, PlannerConfig
 
     async with PrometheusClient(url, timeout=deadline) as prom:
@@ -201,11 +254,13 @@ async def _live_stat(
                 )
         planner = Planner(prom, PlannerConfig(use_recorded=use_recorded))
         out = await (planner.agents(ids, at=at) if agent else planner.kernels(ids, at=at))
+        for value in out.payloads.values():
+            # Every id is answered or the command fails: no partial output that would
+            # make a failed chunk look like "no data".
+            if isinstance(value, PromstatError):
+                raise value
+        missing = [key for key in ids if out.payloads[key] is None]
+        other = await _other_level(prom, missing[:OTHER_LEVEL_LOOKUPS], agent, at)
     for note in out.warnings:
         print(f"promstat: warning: {note}", file=sys.stderr)
-    for value in out.payloads.values():
-        # Every id is answered or the command fails: no partial output that would
-        # make a failed chunk look like "no data".
-        if isinstance(value, PromstatError):
-            raise value
-    return {key: out.payloads[key] for key in ids}
+    return {key: out.payloads[key] for key in ids}, other
