@@ -237,6 +237,9 @@ class ServeOptions:
         host, port: where the GraphQL service listens.
         stack: ``graphene`` or ``strawberry``.
         interval: scrape interval of the data (cache TTL, rate windows).
+        collect_interval: how often the agents measure (Backend.AI: 30 s); with ``interval``
+            it sizes the window in which a running kernel's values change, which tells it
+            from a terminated kernel whose frozen series the agent still exports.
         lookback, window: planner ranges (must match the recording rules if loaded).
         rates: ``both`` or ``exporter``, as the recording rules were rendered (``promstat
             rules render --rates``); ``exporter`` rules record no kernel current.
@@ -255,6 +258,7 @@ class ServeOptions:
     port: int = 8080
     stack: str = "graphene"
     interval: str = "15s"
+    collect_interval: str = "30s"
     lookback: str = "5m"
     window: str = "5m"
     rates: str = "both"
@@ -267,6 +271,23 @@ class ServeOptions:
         """``url`` with ``path_prefix`` appended."""
         prefix = self.path_prefix.strip("/")
         return self.url.rstrip("/") + (f"/{prefix}" if prefix else "")
+
+    def live_window(self) -> float:
+        """Seconds within which a running kernel's values change: one measurement interval
+        plus two scrape intervals (:class:`~promstat.integrations.PrometheusRegistry`).
+
+        Raises:
+            ConfigError: ``interval`` or ``collect_interval`` is not a positive duration.
+        """
+        from promstat.promql import parse_duration
+
+        seconds = []
+        for name in ("interval", "collect_interval"):
+            value = parse_duration(getattr(self, name))
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, not {getattr(self, name)!r}")
+            seconds.append(value)
+        return seconds[1] + 2 * seconds[0]
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~promstat.client.PrometheusClient` (auth, headers).
@@ -352,6 +373,7 @@ def load_serve_options(
     if not isinstance(options.port, int) or not 0 <= options.port <= 65535:
         raise ConfigError(f"port must be 0..65535, not {options.port!r}")
     RateSource.parse(options.rates)  # a ConfigError naming the choices
+    options.live_window()  # a ConfigError naming a bad interval
     return options
 
 
@@ -388,7 +410,12 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
             options.base_url, config, metrics=metrics, client_options=options.client_kwargs()
         ) as stats:
             client = stats.client
-            registry = PrometheusRegistry(client, names=config.names, ttl=options.registry_ttl)
+            registry = PrometheusRegistry(
+                client,
+                names=config.names,
+                ttl=options.registry_ttl,
+                live_window=options.live_window(),
+            )
             app = make_app(
                 stats, registry, stack=options.stack, max_batch_size=options.max_batch_size
             )

@@ -42,6 +42,12 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument("--stack", choices=_STACKS, help="GraphQL library (default: graphene)")
     parser.add_argument("--interval", help="scrape interval of the data (default: 15s)")
     parser.add_argument(
+        "--collect-interval",
+        help="how often the agents measure (default: 30s, Backend.AI's); a kernel whose "
+        "values did not change within it plus two --interval is a terminated one the agent "
+        "still exports, not listed as RUNNING",
+    )
+    parser.add_argument(
         "--rates",
         choices=[r.value for r in RateSource],
         help="as the recording rules were rendered (promstat rules render --rates; "
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "port": args.port,
         "stack": args.stack,
         "interval": args.interval,
+        "collect_interval": args.collect_interval,
         "rates": args.rates,
     }
     try:
