@@ -224,6 +224,33 @@ async def test_demo_in_process_terminal_view() -> None:
     assert not _temp_dir(text).exists()
 
 
+@pytest.mark.slow
+async def test_demo_not_a_terminal_prints_one_line_between_tables() -> None:
+    """Into a file or a pipe the demo prints the table on the first refresh (and every
+    PLAIN_TABLE_EVERY-th), and one summary line for each refresh in between."""
+    from promstat.apps.demo import PLAIN_TABLE_EVERY
+
+    stop = asyncio.Event()
+
+    class Log(io.StringIO):
+        def write(self, text: str) -> int:
+            if text.startswith("[4] "):  # three refreshes after the first: enough seen
+                stop.set()
+            return super().write(text)
+
+    out = Log()
+    options = DemoOptions(agents=1, kernels_per_agent=3, interval="1s", refresh=0.2)
+    assert await run_demo(options, out, stop=stop) == 0
+    lines = out.getvalue().splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"^\[\d+\] ", line)]
+    assert len(starts) >= 4 and PLAIN_TABLE_EVERY > 3, lines
+    first, second, third, fourth = starts[:4]
+    assert lines[first + 1].split()[:2] == ["KERNEL", "AGENT"]  # the first refresh: a table
+    assert second - first > 4
+    assert third == second + 1 and fourth == third + 1  # in between: one line per refresh
+    assert all("page of 3/3 kernels" in lines[i] for i in (second, third, fourth))
+
+
 @pytest.mark.parametrize("bad", ["0s", "soon", "-1s"])
 def test_measure_interval_must_be_a_positive_duration(
     bad: str, capsys: pytest.CaptureFixture[str]
