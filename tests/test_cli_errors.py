@@ -285,3 +285,44 @@ def test_every_command_is_in_the_parser() -> None:
         ["compare", "--redis", "redis://x"],
     ):
         assert callable(parser.parse_args(argv).handler), argv
+
+
+@pytest.fixture
+def empty_prometheus() -> Iterator[Server]:
+    """Answers every instant query with an empty vector, as a Prometheus without data."""
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "vector", "result": []}}
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/api/v1/query", empty)
+    yield from _serve(app)
+
+
+def test_library_warnings_show_once_when_the_command_succeeds(
+    empty_prometheus: Server,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WARNING the library logs during a successful command is printed once, as one line,
+    after the answer (here: a planner that warns twice about the same thing)."""
+    from promstat.planner import Planner
+
+    original = Planner.kernels
+
+    async def warn_then_load(self: Planner, ids: Any, *, at: Any = None) -> Any:
+        for _ in range(2):
+            logging.getLogger("promstat.planner").warning("rules rendered\n  differently")
+        return await original(self, ids, at=at)
+
+    monkeypatch.setattr(Planner, "kernels", warn_then_load)
+    code = main(["live-stat", "--url", empty_prometheus.url, K1])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out == f'{{"{K1}": null}}\n'
+    assert captured.err.splitlines() == [
+        f"promstat: note: 1 of 1 kernel ids had no data (null): {K1} (not running at that "
+        "time, or not exported to this Prometheus)",
+        "promstat: warning: rules rendered differently",
+    ]
