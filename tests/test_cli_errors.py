@@ -326,3 +326,15 @@ def test_library_warnings_show_once_when_the_command_succeeds(
         "time, or not exported to this Prometheus)",
         "promstat: warning: rules rendered differently",
     ]
+
+
+def test_compare_names_valkey_not_prometheus_when_valkey_is_down(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """compare's --redis address refusing connections is named as itself, not as Prometheus."""
+    redis_url = f"redis://127.0.0.1:{lab.free_port()}"
+    prom_url = f"http://127.0.0.1:{lab.free_port()}"
+    code, line = _run(capsys, "compare", "--redis", redis_url, "--url", prom_url, K1)
+    assert code == 1
+    assert f"nothing is listening at {redis_url} (connection refused)" in line
+    assert "check that address" in line and prom_url not in line

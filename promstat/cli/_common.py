@@ -246,17 +246,21 @@ def error_line(exc: PromstatError, *, url: str | None = None, source: str = "") 
     status, body = _body_of(exc)
     text = str(exc)
     lowered = text.lower()
-    if isinstance(exc, RequestTimeoutError):
-        message = f"no answer from {url or exc.url} within {exc.timeout or '?'}s"
-        hint = f"is Prometheus up and reachable? (raise --timeout if it is only slow) {check}"
-    elif isinstance(exc, TransportError) and (url or exc.url):
-        target = url or exc.url
-        if any(s in lowered for s in _DNS):
+    if isinstance(exc, TransportError) and (url or exc.url):
+        # Another server's address (compare's --redis) is named as it is, not as Prometheus.
+        elsewhere = bool(exc.url) and not (url and exc.url.startswith(url.rstrip("/")))
+        target, what = (exc.url, "the server") if elsewhere else (url, "Prometheus")
+        if elsewhere:
+            check = "check that address"
+        if isinstance(exc, RequestTimeoutError):
+            message = f"no answer from {target} within {exc.timeout or '?'}s"
+            hint = f"is {what} up and reachable? (raise --timeout if it is only slow) {check}"
+        elif any(s in lowered for s in _DNS):
             message = f"cannot resolve the host of {target}"
             hint = f"is the host name right? {check}"
         elif any(s in lowered for s in _REFUSED):
             message = f"nothing is listening at {target} (connection refused)"
-            hint = f"is Prometheus running there, on that port? {check}"
+            hint = f"is {what} running there, on that port? {check}"
         else:
             message = f"cannot reach {target}: {one_line(text)}"
             hint = check
