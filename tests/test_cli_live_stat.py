@@ -122,14 +122,14 @@ def test_wrong_ids_are_named_with_the_reason(
     assert json.loads(captured.out) == dict.fromkeys(ids)
     err = captured.err.splitlines()
     assert err == [
-        f"promstat: warning: kernel id {other[:8]!r} an 8-character prefix (as the demo's table "
+        f"promstat: warning: kernel id {other[:8]!r} is an 8-character prefix (as the demo's table "
         "shows): give the whole kernel id, 36 characters like "
         "3467e9c9-0c47-4825-af52-bd94bb872211",
-        f"promstat: warning: kernel id {other.upper()!r} an uppercase UUID: kernel ids are "
+        f"promstat: warning: kernel id {other.upper()!r} is an uppercase UUID: kernel ids are "
         f"lowercase and dashed, try {other}",
-        f"promstat: warning: kernel id {undashed!r} an undashed UUID: kernel ids are lowercase "
+        f"promstat: warning: kernel id {undashed!r} is an undashed UUID: kernel ids are lowercase "
         f"and dashed, try {other}",
-        f"promstat: warning: kernel id {K1 + ',' + K2!r} one argument with commas: give the ids "
+        f"promstat: warning: kernel id {K1 + ',' + K2!r} is one argument with commas: give the ids "
         "as separate arguments (a b, not a,b)",
         "promstat: warning: kernel id 'agent-1' is an agent id (Prometheus has agent series "
         "for it): add --agent",
@@ -147,7 +147,7 @@ def test_kernel_id_given_with_agent_is_named(
     err = capsys.readouterr().err
     assert code == 0
     assert "kernel id (Prometheus has kernel series for it): drop --agent" in err
-    assert "1 of 1 agent ids had no data" in err
+    assert "1 of 1 agent ids had no data" in err and "1 of them looks wrong" in err
     assert main(["live-stat", "--agent", "--url", prom.url, "--time", str(AT), "agent-1"]) == 0
     assert capsys.readouterr().err == ""
 

@@ -116,7 +116,7 @@ def id_problem(value: str, *, agent: bool, other_level: bool = False) -> str | N
             return "is a kernel id (Prometheus has kernel series for it): drop --agent"
         return "is an agent id (Prometheus has agent series for it): add --agent"
     if "," in value:
-        return "one argument with commas: give the ids as separate arguments (a b, not a,b)"
+        return "is one argument with commas: give the ids as separate arguments (a b, not a,b)"
     if any(c.isspace() for c in value):
         return "contains whitespace: quote one id per argument"
     try:
@@ -131,16 +131,16 @@ def id_problem(value: str, *, agent: bool, other_level: bool = False) -> str | N
         return "looks like an agent id (i-...): add --agent"
     if _HEX8.fullmatch(value):
         return (
-            "an 8-character prefix (as the demo's table shows): give the whole kernel id, "
+            "is an 8-character prefix (as the demo's table shows): give the whole kernel id, "
             "36 characters like 3467e9c9-0c47-4825-af52-bd94bb872211"
         )
     if parsed is not None and str(parsed) != value:
         kind = "undashed" if _HEX32.fullmatch(value) else "uppercase"
         if _HEX32.fullmatch(value) and value != value.lower():
             kind = "uppercase, undashed"
-        return f"an {kind} UUID: kernel ids are lowercase and dashed, try {parsed}"
+        return f"is an {kind} UUID: kernel ids are lowercase and dashed, try {parsed}"
     if parsed is None:
-        return "not a UUID: kernel ids look like 3467e9c9-0c47-4825-af52-bd94bb872211"
+        return "is not a UUID: kernel ids look like 3467e9c9-0c47-4825-af52-bd94bb872211"
     return None
 
 
@@ -180,7 +180,8 @@ def _report_missing(
               file=sys.stderr)  # fmt: skip
     print(
         f"promstat: note: {len(missing)} of {len(ids)} {what} ids had no data (null): "
-        f"{first(missing, 3)}; {len(odd)} of them look wrong (above)"
+        f"{first(missing, 3)}; {len(odd)} of them {'looks' if len(odd) == 1 else 'look'} wrong "
+        "(above)"
         if odd
         else f"promstat: note: {len(missing)} of {len(ids)} {what} ids had no data (null): "
         f"{first(missing, 3)} (not running at that time, or not exported to this Prometheus)",
