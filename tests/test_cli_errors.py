@@ -21,7 +21,7 @@ from aiohttp import web
 
 from promstat.cli import _common, build_parser, main
 from promstat.cli._common import LogCapture, error_line, one_line
-from promstat.errors import UnavailableError
+from promstat.errors import RuleError, UnavailableError
 from promstat.testing import lab
 
 K1 = "3467e9c9-0c47-4825-af52-bd94bb872211"
@@ -248,6 +248,10 @@ def test_error_line_collapses_and_cuts_long_messages() -> None:
     line = error_line(exc)
     assert "\n" not in line and line.endswith("...") and len(line) < 250
     assert one_line("a\n  b\tc") == "a b c"
+    # promstat's own advice and promtool's verdicts are kept whole (up to 1,000 characters).
+    advice = RuleError("promtool test rules failed (exit 1):\n" + "  FAILED: " * 40)
+    assert error_line(advice) == "promstat: error: " + one_line(str(advice), 1000)
+    assert not error_line(advice).endswith("...")
 
 
 def test_warnings_print_once_after_success(capsys: pytest.CaptureFixture[str]) -> None:

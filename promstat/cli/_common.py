@@ -29,6 +29,7 @@ from promstat.errors import (
     PromstatError,
     RequestTimeoutError,
     ResponseDecodeError,
+    RuleError,
     TransportError,
 )
 
@@ -280,8 +281,9 @@ def error_line(exc: PromstatError, *, url: str | None = None, source: str = "") 
             "is it Prometheus? (promstat serve's GraphQL port is not; a Prometheus behind a "
             f"path prefix needs the prefix in the URL); {check}"
         )
-    elif isinstance(exc, ConfigError):
-        # promstat's own words about an option: whole (they say what to change), one line.
+    elif isinstance(exc, ConfigError | RuleError):
+        # promstat's own words about an option, or promtool's verdict on a rule file: they
+        # say what to change, so they are kept (up to 1,000 characters), on one line.
         message, hint = one_line(text, 5 * MAX_DETAIL), ""
     else:
         message, hint = one_line(text), ""
