@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backend.AI live statistics served from Prometheus.",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="also print the library's INFO log lines"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the library's log lines (INFO and up) as they happen, failures too",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:
