@@ -1,6 +1,6 @@
 """Cold-path cost against bare HTTP, and polling clients against legacy, on the benchmark fleet.
 
-Two measurements for issue 10 (reported, never asserted):
+Two measurements for the design goals (reported, never asserted):
 
 * :func:`measure_cold_path` — for a cold recorded page of 1,000 and 5,000 kernels, the time
   promstat adds on top of the bare HTTP time of *the same queries* (sent concurrently with a

@@ -66,19 +66,14 @@ Exit status: 0 when every field and the missing ids are within their thresholds,
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import math
 import random
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal, DecimalException
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import Any, Final, TextIO
 
 import msgspec
 import yaml
@@ -86,9 +81,6 @@ import yaml
 from promstat.catalog import DEFAULT_CATALOG, Capacity, Catalog, Kind
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, TransportError
-
-if TYPE_CHECKING:
-    from promstat.cli import Subparsers
 
 __all__ = [
     "COMPARE_EXIT_DISAGREE",
@@ -100,7 +92,6 @@ __all__ = [
     "Report",
     "Tolerance",
     "Tolerances",
-    "add_compare_cli",
     "classify",
     "compare_payloads",
     "failing_fields",
@@ -798,114 +789,3 @@ def failing_fields(reports: Sequence[Report]) -> list[str]:
             out.append(f"{report.level} missing ids")
         out += [f"{report.level} {f.path}" for f in report.failing]
     return out
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_compare_cli(subparsers: Subparsers) -> None:
-    """Register ``promstat compare``."""
-    from promstat.cli import _add_url_option, parse_time
-
-    p = subparsers.add_parser(
-        "compare",
-        help="diff legacy Valkey live stats against Prometheus, field by field",
-        description="Read the same kernels (and agents) from Valkey/redis and Prometheus, "
-        "compare every field and report agreement per metric and field. Exit 3 when "
-        "any field is below its own threshold.",
-    )
-    p.add_argument("ids", metavar="ID", nargs="*", help="kernel ids (default: the live fleet)")
-    p.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db of Valkey")
-    _add_url_option(p)
-    p.add_argument(
-        "--time",
-        type=parse_time,
-        default=None,
-        help="Prometheus evaluation time (default: now; Valkey is always now)",
-    )
-    p.add_argument(
-        "--sample",
-        type=int,
-        default=None,
-        metavar="N",
-        help="compare N kernels (and agents) chosen at random from the live fleet",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
-    p.add_argument("--agents", action="store_true", help="compare agents too")
-    p.add_argument(
-        "--agent-id",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="compare this agent (repeatable; default: all live agents)",
-    )
-    p.add_argument("--json", action="store_true", help="print the reports as JSON")
-    p.add_argument(
-        "--tolerance",
-        metavar="FILE",
-        default=None,
-        help="YAML/JSON tolerances and thresholds (see the docs)",
-    )
-    p.add_argument("--interval", default="15s", help="scrape/rule interval (default 15s)")
-    p.add_argument("--window", default="5m", help="stats.max/avg window (default 5m)")
-    p.add_argument(
-        "--plan",
-        choices=("auto", "recorded", "raw"),
-        default="auto",
-        help="recorded series, raw fallback, or detect (default)",
-    )
-    p.add_argument("--timeout", type=float, default=30.0, help="query deadline in seconds")
-    p.add_argument(
-        "--stale-after",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="a kernel key written more than S seconds ago is stale: reported "
-        "apart, not compared (default 120 = 4 x the 30 s collection interval)",
-    )
-    p.set_defaults(handler=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    from promstat.cli import resolve_url
-
-    if args.sample is not None and args.sample < 1:
-        raise ConfigError(f"--sample must be >= 1, not {args.sample}")
-    at: float | None = None
-    if args.time is not None:
-        at = args.time.timestamp() if isinstance(args.time, datetime) else float(args.time)
-    tolerances = Tolerances.from_file(args.tolerance) if args.tolerance else Tolerances()
-    options = CompareOptions(
-        redis_url=args.redis,
-        prom_url=resolve_url(args.url),
-        ids=tuple(args.ids),
-        agent_ids=tuple(args.agent_id),
-        sample=args.sample,
-        agents=args.agents or bool(args.agent_id),
-        at=at,
-        seed=args.seed,
-        interval=args.interval,
-        window=args.window,
-        use_recorded={"auto": None, "recorded": True, "raw": False}[args.plan],
-        timeout=args.timeout,
-        tolerances=tolerances,
-        stale_after=args.stale_after,
-    )
-    evaluated, reports = asyncio.run(run_compare(options))
-    if args.json:
-        json.dump(
-            {"time": evaluated, "reports": [r.to_json() for r in reports]}, sys.stdout, indent=2
-        )
-        sys.stdout.write("\n")
-    else:
-        stamp = datetime.fromtimestamp(evaluated, UTC).isoformat().replace("+00:00", "Z")
-        sys.stdout.write(
-            f"promstat compare at {stamp} ({options.redis_url} vs {options.prom_url})\n"
-        )
-        for report in reports:
-            sys.stdout.write("\n")
-            format_report(report, sys.stdout)
-    failing = failing_fields(reports)
-    if failing:
-        sys.stderr.write(f"promstat compare: below threshold: {', '.join(failing)}\n")
-    return COMPARE_EXIT_DISAGREE if failing else 0
