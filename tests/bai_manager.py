@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 import pathlib
 import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +26,18 @@ INSTALL_HINT = (
     f"{BACKENDAI_VERSION}' 'backend.ai-agent=={BACKENDAI_VERSION}' -e '.[dev]'` and run pytest "
     "with V/bin/python"
 )
+
+
+@contextmanager
+def upstream_deprecations() -> Iterator[None]:
+    """Ignore DeprecationWarning inside Backend.AI code that triggers its dependencies' ones.
+
+    (``ClientPool()`` walks ``inspect.stack()``, which touches glide's deprecated module
+    aliases.) Scoped to the call, so promstat's own warnings stay errors.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def require(module: str) -> ModuleType:
