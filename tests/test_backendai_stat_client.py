@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import typing
 import uuid
 from collections.abc import AsyncIterator
@@ -285,3 +288,52 @@ async def test_delegated_reads_return_the_real_clients_answers(
         assert isinstance(last_used, float)
         assert await client.get_inference_app_statistics_batch([endpoint]) == [app]
         await client.ping()
+
+
+PROTOCOL_CHECK = """
+from ai.backend.common.clients.valkey_client.valkey_stat.client import ValkeyStatClient
+from ai.backend.manager.clients.prometheus.client import PrometheusClient
+
+from promstat.integrations.backendai import UpstreamPrometheusClient
+from promstat.stat_delegate import ValkeyStatFallback
+
+
+def fallback(client: ValkeyStatClient) -> ValkeyStatFallback:
+    return client
+
+
+def upstream(client: PrometheusClient) -> UpstreamPrometheusClient:
+    return client
+
+
+def control(client: ValkeyStatClient) -> int:
+    return client  # must be reported: proves mypy sees the real class
+"""
+
+
+@pytest.mark.slow
+def test_the_real_classes_satisfy_the_protocols(tmp_path: pathlib.Path) -> None:
+    """mypy: the manager's ValkeyStatClient is a valid ``fallback=`` and its PrometheusClient a
+    valid upstream, so the one-line swap type-checks in the manager's code too."""
+    source = tmp_path / "protocols.py"
+    source.write_text(PROTOCOL_CHECK)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--follow-imports=silent",
+            "--ignore-missing-imports",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-error-summary",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])},
+    )
+    errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and '"ValkeyStatClient", expected "int"' in errors[0], proc.stdout
