@@ -55,6 +55,7 @@ from promstat.wire import vector_decoder
 __all__ = [
     "CONTENDERS",
     "DESCRIPTIONS",
+    "OPTIONAL_CONTENDERS",
     "Contender",
     "LegacyValkey",
     "PageResult",
@@ -78,6 +79,10 @@ CONTENDERS: tuple[str, ...] = (
     "promstat_warm",
 )
 
+#: Contenders run only when asked for (``--contenders``): ``upstream_real`` needs the
+#: installed Backend.AI 26.9 manager (Python 3.13), see :mod:`benchmarks.upstream_real`.
+OPTIONAL_CONTENDERS: tuple[str, ...] = ("upstream_real",)
+
 DESCRIPTIONS: Mapping[str, str] = {
     "legacy": "redis MGET of bare kernel-id keys + msgpack decode (pre-migration Valkey path)",
     "per_kernel": "one instant query per kernel (N+1), 16 concurrent",
@@ -86,6 +91,8 @@ DESCRIPTIONS: Mapping[str, str] = {
     "promstat_raw": "promstat, raw-series plan (use_recorded=False), no cache",
     "promstat_rec": "promstat, recorded-series plan (use_recorded=True), no cache",
     "promstat_warm": "promstat, recorded plan, second load from the shared cache",
+    "upstream_real": "the installed Backend.AI 26.9 fetch_container_live_stats + "
+    "LegacyLiveStatConverter (its own client pool), per 128-id batch",
 }
 
 
@@ -716,6 +723,10 @@ def make_contender(
         return PromstatCold(prom_url, at, recorded=True)
     if name == "promstat_warm":
         return PromstatWarm(prom_url, at)
+    if name == "upstream_real":
+        from .upstream_real import RealUpstream  # needs Backend.AI: imported only when asked
+
+        return RealUpstream(prom_url, at)
     raise ValueError(f"unknown contender {name!r}; choose from {', '.join(CONTENDERS)}")
 
 

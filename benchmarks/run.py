@@ -51,6 +51,7 @@ from promstat.service import LiveStats
 from . import report
 from .contenders import (
     CONTENDERS,
+    OPTIONAL_CONTENDERS,
     Contender,
     PageResult,
     PinnedClient,
@@ -177,9 +178,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         s.per_kernel_cap = a.per_kernel_cap or None
     if a.contenders:
         names = tuple(n.strip() for n in a.contenders.split(",") if n.strip())
-        unknown = [n for n in names if n not in CONTENDERS]
+        known = (*CONTENDERS, *OPTIONAL_CONTENDERS)
+        unknown = [n for n in names if n not in known]
         if unknown:
-            p.error(f"unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
+            p.error(f"unknown contender(s) {unknown}; choose from {', '.join(known)}")
         s.contenders = names
     if a.decode_series is not None:
         s.decode_series = a.decode_series
