@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,7 +48,7 @@ import msgspec
 
 from promstat.errors import ConfigError, PromstatError
 from promstat.final import FinalStats
-from promstat.planner import ID_PLACEHOLDER, PlannerConfig, QueryExecutor, chunk_ids
+from promstat.planner import ID_PLACEHOLDER, chunk_ids
 from promstat.promql import duration, parse_duration, set_matcher
 
 __all__ = ["DEFAULT_WINDOW", "RecentlyTerminated"]
@@ -65,30 +64,28 @@ class RecentlyTerminated:
     """Last values of kernels whose series ended within ``window`` seconds, by id.
 
     Args:
-        client: anything with ``query_vector`` (the ``LiveStats``' client).
-        config: the planner config (names, scrape interval, lookback, query budgets).
-        final: the ``LiveStats``' :class:`~promstat.final.FinalStats` (its cache is shared).
+        final: the ``LiveStats``' :class:`~promstat.final.FinalStats`: its client, planner
+            config (names, scrape interval, lookback, query budgets) and cache are shared.
         window: how far back a kernel is looked for (default 24 h, the Valkey TTL).
         detention: seconds between a kernel's termination and its series' last sample (the
             agents' detention); 0 (default) answers the frozen values of the last sample.
         step: subquery step in seconds; default the scrape interval (``config.interval``),
             so the step after the last sample falls before its staleness marker.
         max_entries: bound of the last-seen cache.
-        clock: wall clock (Unix seconds); replays pin it.
+        clock: wall clock (Unix seconds); default the final stats' (the ``LiveStats``' clock).
     """
 
     def __init__(
         self,
-        client: QueryExecutor,
-        config: PlannerConfig,
         final: FinalStats,
         *,
         window: float = DEFAULT_WINDOW,
         detention: float = 0.0,
         step: float | None = None,
         max_entries: int = 100_000,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        client, config = final.client, final.config
         step = parse_duration(config.interval) if step is None else step
         if not (window > 0 and step > 0 and detention >= 0 and max_entries >= 1):
             raise ConfigError(
@@ -101,7 +98,7 @@ class RecentlyTerminated:
         self.window = window
         self.detention = detention
         self.max_entries = max_entries
-        self._clock = clock
+        self._clock = final.clock if clock is None else clock
         self._settled_age = parse_duration(config.lookback) + _SETTLED
         self._seen: OrderedDict[str, float] = OrderedDict()
         n = config.names

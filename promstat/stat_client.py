@@ -47,7 +47,6 @@ failed ids instead, which is what the legacy client did for values it could not 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -77,7 +76,7 @@ class PromstatStatClient(ValkeyStatDelegate):
             last values (default 24 h, the Valkey key's TTL); ``None`` answers ``None``.
         terminated_detention: the agents' detention, so those values are the ones at the
             termination rather than the frozen ones (see :mod:`promstat.recent`).
-        clock: wall clock for the terminated-kernel lookups (pin it with ``LiveStats``').
+        clock: wall clock for the terminated-kernel lookups; default the ``LiveStats``' own.
     """
 
     def __init__(
@@ -88,7 +87,7 @@ class PromstatStatClient(ValkeyStatDelegate):
         errors: Literal["raise", "none"] = "raise",
         terminated_window: float | None = DEFAULT_WINDOW,
         terminated_detention: float = 0.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if errors not in ("raise", "none"):
             raise ConfigError(f"errors must be 'raise' or 'none', not {errors!r}")
@@ -99,8 +98,6 @@ class PromstatStatClient(ValkeyStatDelegate):
             None
             if terminated_window is None
             else RecentlyTerminated(
-                stats.client,
-                stats.config,
                 stats.final,
                 window=terminated_window,
                 detention=terminated_detention,

@@ -60,7 +60,7 @@ async def both(fleet: DualFleet) -> AsyncIterator[Clients]:
         real_valkey_stat(fleet.redis.url) as valkey,
         LiveStats(fleet.prometheus.url, clock=lambda: fleet.at, refresh_ahead=False) as stats,
     ):
-        yield Clients(valkey, PromstatStatClient(stats, valkey, clock=lambda: fleet.at), fleet)
+        yield Clients(valkey, PromstatStatClient(stats, valkey), fleet)
 
 
 @pytest.fixture

@@ -130,9 +130,8 @@ async def test_usage_statistics_of_terminated_kernels_agree(churned: Churned) ->
     ):
         counting = CountingClient(prom)
         async with LiveStats(counting, clock=lambda: AT, refresh_ahead=False) as stats:
-            client = PromstatStatClient(
-                stats, valkey, terminated_window=WINDOW, clock=lambda: float(AT)
-            )
+            # The terminated lookups use the LiveStats' clock (pinned to AT here).
+            client = PromstatStatClient(stats, valkey, terminated_window=WINDOW)
             ids = list(churned.kernels)
             # The raw reads first: every kernel redis has is answered the same, except those
             # gone from Prometheus for longer than the window.

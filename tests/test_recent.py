@@ -38,7 +38,7 @@ class LastSeenClient:
 def recent(client: Any, **kwargs: Any) -> RecentlyTerminated:
     config = PlannerConfig()
     final = FinalStats(client, Planner(client, config), clock=lambda: NOW)
-    return RecentlyTerminated(client, config, final, clock=lambda: NOW, **kwargs)
+    return RecentlyTerminated(final, **kwargs)  # the final stats' clock
 
 
 def test_bad_settings_are_config_errors() -> None:
