@@ -214,3 +214,77 @@ async def test_session_utilization_in_chunks_answers_every_session(
         assert expected[ids[7]] == Decimal(7)
     finally:
         await pool.close()
+
+
+# -- behind the processor's permission check ------------------------------------------------
+
+
+class AskedClient(PromstatPrometheusClient):
+    """Records the ids each live-stat call was asked for."""
+
+    def __init__(self, stats: LiveStats) -> None:
+        super().__init__(stats, Recorder())  # type: ignore[arg-type]
+        self.asked: list[list[Any]] = []
+
+    async def fetch_container_live_stats(self, kernel_ids: Any) -> Any:
+        self.asked.append(list(kernel_ids))
+        return await super().fetch_container_live_stats(kernel_ids)
+
+
+class Denied(Exception):
+    pass
+
+
+def processor(service: Any, owners: dict[Any, Any], *, deny: bool) -> Any:
+    """26.9's ``atomic_bulk_field`` processor for the action: owner lookup, then validators.
+
+    The owner lookup (a database read of each kernel's session) and the permission
+    validator are the stubs; the processor itself is the real ``BulkFieldActionProcessor``.
+    """
+    bulk = require("ai.backend.manager.actions.v2.field.bulk_processor")
+    validator = require("ai.backend.manager.actions.v2.bulk.validator.base")
+
+    class Lookup:
+        async def run(self, action: Any) -> Any:
+            wanted = set(action.kernel_ids)
+            return SimpleNamespace(owners={k: v for k, v in owners.items() if k in wanted})
+
+    class Permission(validator.AtomicBulkActionValidator):  # type: ignore[misc]
+        async def validate(self, meta: Any) -> None:
+            if deny:
+                raise Denied(f"not allowed to read {meta.entity_ids}")
+
+    return bulk.BulkFieldActionProcessor(
+        service.batch_get_kernel_live_stats,
+        Lookup(),
+        bulk.AtomicFieldResultJudge(),
+        validators=[Permission()],
+    )
+
+
+async def test_promstat_answers_only_what_the_processor_let_through(
+    fleet: DualFleet, stats: LiveStats
+) -> None:
+    actions = require("ai.backend.manager.services.metric.actions.batch_get_kernel_live_stats")
+    field_errors = require("ai.backend.manager.errors.base.field")
+    kernel_entity = require("ai.backend.common.data.entity.kernel")
+    # as the resolver builds them: KernelID (a UUID subclass naming a field row)
+    ids = [kernel_entity.KernelID(uuid.UUID(k)) for k in fleet.fleet.kernel_ids(fleet.at)]
+    await stats.load_kernels([str(k) for k in ids])  # another caller warmed the shared cache
+    client = AskedClient(stats)
+    _, service = metric_chain(client)
+    session = uuid.UUID(int=99)
+    action = actions.BatchGetKernelLiveStatsAction(kernel_ids=ids[:2])
+
+    # No kernel row: FieldNotFoundError from the processor, promstat never asked.
+    with pytest.raises(field_errors.FieldNotFoundError):
+        await processor(service, {}, deny=False).run(action)
+    # Denied: the validator's error, promstat never asked, though its cache holds the answer.
+    with pytest.raises(Denied):
+        await processor(service, {k: session for k in ids}, deny=True).run(action)
+    assert client.asked == []
+    # Allowed: asked for exactly the action's ids, answered for exactly those.
+    result = await processor(service, {k: session for k in ids}, deny=False).run(action)
+    assert client.asked == [ids[:2]]
+    assert set(result.stats.by_kernel) == set(ids[:2])
+    assert set(convert_live_stats(ids[:2], result.stats)) == set(ids[:2])
