@@ -20,7 +20,7 @@ import subprocess
 import sys
 import typing
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from decimal import Decimal
 from typing import Any
 
@@ -70,36 +70,53 @@ def _holders(trees: list[ast.Module]) -> tuple[set[str], set[str]]:
 def scan_manager(root: pathlib.Path) -> dict[str, set[str]]:
     """Method name -> files of the manager that use it on a stat-client holder.
 
-    A holder is ``name.method`` for a parameter/local annotated ``ValkeyStatClient`` and
-    ``x.name.method`` for an attribute/field annotated so. Only the attribute form counts for
-    fields (``ValkeyClients.stat``): a bare ``stat`` elsewhere is an unrelated local.
-    Files are parsed only when their text can contain what is looked for (parsing all of the
-    manager takes half a minute); the text filter is looser than the ``ast`` match.
+    Holders: ``name.method`` for a parameter/local annotated ``ValkeyStatClient``;
+    ``x.name.method`` for an attribute/field annotated so (only that form for fields:
+    ``ValkeyClients.stat``, while a bare ``stat`` elsewhere is an unrelated local);
+    ``x["key"].method`` for a mapping key a holder is stored under (``app["_valkey_stat"]``);
+    and ``alias.method`` for an unannotated local assigned from any of these. Files are parsed
+    only when their text mentions a holder (parsing all of the manager takes half a minute);
+    that text filter is looser than the ``ast`` match.
     """
     sources = {p: p.read_text() for p in sorted(root.rglob("*.py"))}
     annotated = [ast.parse(t, str(p)) for p, t in sources.items() if "ValkeyStatClient" in t]
     params, attrs = _holders(annotated)
     params -= {"stat"}  # ValkeyClients.stat is a field; bare `stat` locals are other things
     assert {"valkey_stat", "valkey_stat_client", "_valkey_stat", "stat"} <= params | attrs
-    mention = re.compile(
-        "|".join(
-            [
-                *(rf"\b{re.escape(n)}\s*\." for n in params),
-                *(rf"\.{re.escape(n)}\s*\." for n in attrs),
-            ]
-        )
-    )
+    words = sorted((params | attrs) - {"stat"})
+    mention = re.compile("|".join([*(rf"\b{re.escape(n)}\b" for n in words), r"\.stat\s*\."]))
+    trees = {
+        path: ast.parse(text, str(path)) for path, text in sources.items() if mention.search(text)
+    }
+    keys: set[str] = set()
+
+    def holds(node: ast.expr, aliases: Collection[str] = ()) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id in params or node.id in aliases
+        if isinstance(node, ast.Attribute):
+            return node.attr in attrs
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            return node.slice.value in keys
+        return False
+
+    for tree in trees.values():  # mapping keys a holder is stored under
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and holds(node.value):
+                for target in node.targets:
+                    if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+                        keys.add(str(target.slice.value))
+    assert "_valkey_stat" in keys  # server.py: root_app["_valkey_stat"] = ...valkey.stat
     used: dict[str, set[str]] = {}
-    for path, text in sources.items():
-        if not mention.search(text):
-            continue
-        for node in ast.walk(ast.parse(text, str(path))):
-            if not isinstance(node, ast.Attribute):
-                continue
-            holder = node.value
-            if (isinstance(holder, ast.Name) and holder.id in params) or (
-                isinstance(holder, ast.Attribute) and holder.attr in attrs
-            ):
+    for path, tree in trees.items():
+        aliases = {
+            target.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and holds(node.value)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and holds(node.value, aliases):
                 used.setdefault(node.attr, set()).add(str(path.relative_to(root)))
     return used
 
