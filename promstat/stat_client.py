@@ -111,7 +111,7 @@ class PromstatStatClient(ValkeyStatDelegate):
     ) -> list[Payload | BaseException | None]:
         # The live path first (shared cache); only the ids it has nothing for are looked up
         # among the recently terminated, as the Valkey key still answered them.
-        values = await self.stats.load_kernels(kernel_ids)
+        values = list(await self.stats.load_kernels(kernel_ids))  # ours to fill in
         missing = [i for i, v in enumerate(values) if v is None]
         if missing and self.terminated is not None:
             found = await self.terminated.load([kernel_ids[i] for i in missing])
