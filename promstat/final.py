@@ -203,6 +203,11 @@ class FinalStats:
     def __len__(self) -> int:
         return len(self._cache)
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock (Unix seconds) of ``settle``: the ``LiveStats``' clock."""
+        return self._clock
+
     def invalidate(self) -> None:
         """Forget every cached answer."""
         self._cache.invalidate()

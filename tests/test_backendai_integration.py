@@ -1,155 +1,290 @@
-"""promstat behind Backend.AI 26.9.6's own seams: the patch, applied to the installed manager.
+"""promstat.integrations.backendai with the real 26.9.6 manager classes (no database).
 
-``contrib/backendai-26.9.6.patch`` is applied to a copy of the installed ``ai.backend.manager``
-and a child interpreter runs the patched resolver, service, repository and dependency
-provider over a real Prometheus (kernel live_stat) and a real VictoriaMetrics (the new idle
-checker's session utilization): see ``_support/backendai_patched.py``.
+* kernel live_stat: the real ``MetricService`` -> ``MetricRepository`` with
+  :class:`PromstatPrometheusClient` as its client, then the real ``LegacyLiveStatConverter``
+  (the resolvers' last step), on a dual-publishing fleet;
+* the new idle checker's ``MetricRepository.query_session_utilization_metrics`` against
+  VictoriaMetrics with more sessions than one query can carry, 26.9 as shipped and chunked;
+* the lifecycle: one ``LiveStats`` per process, closed with it.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from _support.backendai_patched import session_openmetrics
-from planner_data import AT, EXPECTED_KERNELS, K1, K2, K3, scenario_openmetrics
+from bai_manager import require, upstream_deprecations
+from dual_fleet import DualFleet, dual_fleet, fleet_config
 
+from promstat.integrations.backendai import (
+    BackendAI,
+    PromstatPrometheusClient,
+    chunk_session_utilization,
+    convert_live_stats,
+)
+from promstat.service import LiveStats
+from promstat.stat_client import PromstatStatClient
 from promstat.testing import lab
-
-REPO = Path(__file__).resolve().parents[1]
-TESTS = REPO / "tests"
-PATCH = REPO / "contrib" / "backendai-26.9.6.patch"
 
 pytestmark = pytest.mark.slow
 
 
-def _manager_package() -> Path:
-    try:
-        import ai.backend.manager as manager
-    except ImportError as exc:  # pragma: no cover - the message is the point
-        pytest.fail(
-            f"Backend.AI 26.9.6 is not installed ({exc}): ./dev setup installs it into the "
-            "3.13 test venv (requirements/backendai-26.9.txt)"
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[DualFleet]:
+    with dual_fleet(fleet_config(2, 3, gpu_agent_ratio=0.5)) as running:
+        yield running
+
+
+class Recorder:
+    """Stands in for the manager's PrometheusClient: records forwarded calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            return name
+
+        return method
+
+
+def metric_chain(client: Any) -> tuple[Any, Any]:
+    """The real repository (database-less) and service over ``client``."""
+    repository_mod = require("ai.backend.manager.repositories.metric.repository")
+    service_mod = require("ai.backend.manager.services.metric.service")
+    repository = repository_mod.MetricRepository.__new__(repository_mod.MetricRepository)
+    repository._prometheus_client = client
+    repository._default_timewindow = "5m"
+    return repository, service_mod.MetricService(metric_repository=repository)
+
+
+@pytest.fixture
+async def stats(fleet: DualFleet) -> AsyncIterator[LiveStats]:
+    async with LiveStats(fleet.prometheus.url, clock=lambda: fleet.at, refresh_ahead=False) as s:
+        yield s
+
+
+async def test_kernel_live_stat_through_the_real_service_and_converter(
+    fleet: DualFleet, stats: LiveStats
+) -> None:
+    actions = require("ai.backend.manager.services.metric.actions.batch_get_kernel_live_stats")
+    converter = require("ai.backend.manager.api.gql_legacy.stat_converter")
+    ids = fleet.fleet.kernel_ids(fleet.at)
+    expected = dict(zip(ids, await stats.load_kernels(ids), strict=True))
+    _, service = metric_chain(PromstatPrometheusClient(stats, Recorder()))
+    asked = [uuid.UUID(k) for k in ids[:4]] + [uuid.UUID(int=1)]
+    result = await service.batch_get_kernel_live_stats(
+        actions.BatchGetKernelLiveStatsAction(kernel_ids=asked)
+    )
+    # Exactly the ids the processor passed, though the shared cache holds more.
+    assert set(result.stats.by_kernel) == set(asked)
+    converted = converter.LegacyLiveStatConverter.convert(asked, result.stats)
+    assert converted[asked[-1]] is None  # no data -> null, as 26.9
+    for kid in asked[:-1]:
+        mine, theirs = expected[str(kid)], converted[kid]
+        assert isinstance(mine, dict) and theirs is not None
+        assert set(theirs) == set(mine)
+        for metric, fields in mine.items():
+            # The converter's superset shape carries promstat's numbers.
+            assert theirs[metric]["current"] == fields["current"]
+            for stat in ("stats.max", "stats.avg"):
+                if stat in fields:
+                    assert theirs[metric][stat] == fields[stat]
+            if metric in ("net_rx", "net_tx"):
+                assert theirs[metric]["stats.rate"] == fields["current"]
+            if metric.startswith("io_") and "stats.rate" in fields:
+                # ... except what the converter drops: it never fills io_* stats.rate.
+                assert theirs[metric]["stats.rate"] == "0" != fields["stats.rate"]
+    # The Valkey shape, io_* stats.rate included: convert_live_stats on promstat's result.
+    shaped = convert_live_stats(asked, result.stats)
+    assert shaped == {kid: expected.get(str(kid)) for kid in asked}
+    # Any other result goes to the real converter.
+    metric_types = require("ai.backend.manager.clients.prometheus.metric_types")
+    empty = metric_types.KernelLiveStatBatchResult.empty(asked)
+    assert convert_live_stats(asked, empty) == {kid: None for kid in asked}
+
+
+async def test_errors_become_nulls_and_other_methods_are_forwarded() -> None:
+    recorder = Recorder()
+    async with LiveStats("http://127.0.0.1:9", refresh_ahead=False) as unreachable:
+        client = PromstatPrometheusClient(unreachable, recorder)
+        repository, _ = metric_chain(client)
+        kid = uuid.UUID(int=2)
+        result = await repository.query_container_live_stats([kid])
+        assert convert_live_stats([kid], result) == {kid: None}
+        assert await client.execute_preset("p", time_range=None, time="1") == "execute_preset"
+        assert await client.fetch_container_metric("m", "l", "r") == "fetch_container_metric"
+        assert await client.fetch_available_container_metric_names() == (
+            "fetch_available_container_metric_names"
         )
-    return Path(manager.__file__).resolve().parent
+    assert [c[0] for c in recorder.calls] == [
+        "execute_preset",
+        "fetch_container_metric",
+        "fetch_available_container_metric_names",
+    ]
 
 
-def _changed_lines(patch: str) -> int:
-    return sum(
-        1
-        for line in patch.splitlines()
-        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+async def test_one_live_stats_per_process_closed_with_it(fleet: DualFleet) -> None:
+    async with BackendAI.from_url(fleet.prometheus.url, refresh_ahead=False) as promstat:
+        assert isinstance(promstat.stat_client(Recorder()), PromstatStatClient)  # type: ignore[arg-type]
+        assert promstat.prometheus_client(Recorder()).stats is promstat.stats  # type: ignore[arg-type]
+    assert promstat.stats.closed
+
+
+# -- the new idle checker's session utilization ---------------------------------------------
+
+SESSIONS = 600  # past ~440 one regex of UUIDs exceeds VictoriaMetrics' 16 KiB query limit
+METRIC = "promstat_bai_session_util"
+T = 1_700_100_000
+TEMPLATE = (
+    f"max by (${{{{group_by}}}}) (last_over_time({METRIC}{{${{{{labels}}}}}}[${{{{window}}}}]))"
+)
+
+
+@pytest.fixture(scope="module")
+def sessions() -> Iterator[tuple[lab.VictoriaMetricsProcess, list[uuid.UUID]]]:
+    ids = [uuid.UUID(int=0xABC0000 + i) for i in range(SESSIONS)]
+    lines = [f"# TYPE {METRIC} gauge"]
+    for i, sid in enumerate(ids):
+        for t in (T - 60, T - 30):
+            lines.append(f'{METRIC}{{session_id="{sid}",kernel_id="k{i}"}} {i % 100} {t}')
+    with lab.start_victoria_metrics() as vm:
+        vm.import_openmetrics("\n".join([*lines, "# EOF"]) + "\n")
+        yield vm, ids
+
+
+def utilization_repository(url: str) -> tuple[Any, Any, Any]:
+    """The real MetricRepository with its real client; the preset table stubbed."""
+    repository_mod = require("ai.backend.manager.repositories.metric.repository")
+    prom = require("ai.backend.manager.clients.prometheus.client")
+    builders = require("ai.backend.manager.clients.prometheus.fixed_query_builder")
+    http = require("ai.backend.common.clients.http_client")
+    idle_types = require("ai.backend.manager.data.idle_checker.types")
+    with upstream_deprecations():
+        pool = http.ClientPool(http.tcp_client_session_factory)
+    client = prom.PrometheusClient(
+        endpoint=f"{url}/api/v1/",
+        client_pool=pool,
+        container_metric_query_builder=builders.ContainerMetricQueryBuilder("5m"),
+        container_live_stat_query_builder=builders.ContainerLiveStatQueryBuilder("5m"),
+    )
+    preset_id = uuid.UUID(int=42)
+    preset = SimpleNamespace(
+        id=preset_id, query_template=TEMPLATE, time_window="5m", filter_labels=[], group_labels=[]
+    )
+
+    async def search(searcher: Any) -> Any:
+        return SimpleNamespace(items=[preset])
+
+    repository = repository_mod.MetricRepository.__new__(repository_mod.MetricRepository)
+    repository._prometheus_client = client
+    repository._default_timewindow = "5m"
+    repository._prometheus_query_preset_db_source = SimpleNamespace(search=search)
+    query = idle_types.SessionUtilizationQuery(
+        preset_id=preset_id, filter_labels=(), group_labels=("session_id",)
+    )
+    return repository, pool, query
+
+
+async def test_session_utilization_in_chunks_answers_every_session(
+    sessions: tuple[lab.VictoriaMetricsProcess, list[uuid.UUID]],
+) -> None:
+    vm, ids = sessions
+    at = dt.datetime.fromtimestamp(T, dt.UTC)
+    repository, pool, query = utilization_repository(vm.url)
+    try:
+        # 26.9 as shipped: one regex of 600 ids, rejected; the idle check gets nothing.
+        shipped = await repository.query_session_utilization_metrics({query: ids}, at)
+        assert shipped == {query: {}}
+        # Its answers for small batches are the oracle.
+        expected: dict[Any, Decimal] = {}
+        for i in range(0, SESSIONS, 100):
+            part = await repository.query_session_utilization_metrics({query: ids[i : i + 100]}, at)
+            expected.update(part[query])
+        assert len(expected) == SESSIONS
+        chunk_session_utilization(repository)
+        chunked = await repository.query_session_utilization_metrics({query: ids}, at)
+        assert chunked == {query: expected}
+        assert expected[ids[7]] == Decimal(7)
+    finally:
+        await pool.close()
+
+
+# -- behind the processor's permission check ------------------------------------------------
+
+
+class AskedClient(PromstatPrometheusClient):
+    """Records the ids each live-stat call was asked for."""
+
+    def __init__(self, stats: LiveStats) -> None:
+        super().__init__(stats, Recorder())  # type: ignore[arg-type]
+        self.asked: list[list[Any]] = []
+
+    async def fetch_container_live_stats(self, kernel_ids: Any) -> Any:
+        self.asked.append(list(kernel_ids))
+        return await super().fetch_container_live_stats(kernel_ids)
+
+
+class Denied(Exception):
+    pass
+
+
+def processor(service: Any, owners: dict[Any, Any], *, deny: bool) -> Any:
+    """26.9's ``atomic_bulk_field`` processor for the action: owner lookup, then validators.
+
+    The owner lookup (a database read of each kernel's session) and the permission
+    validator are the stubs; the processor itself is the real ``BulkFieldActionProcessor``.
+    """
+    bulk = require("ai.backend.manager.actions.v2.field.bulk_processor")
+    validator = require("ai.backend.manager.actions.v2.bulk.validator.base")
+
+    class Lookup:
+        async def run(self, action: Any) -> Any:
+            wanted = set(action.kernel_ids)
+            return SimpleNamespace(owners={k: v for k, v in owners.items() if k in wanted})
+
+    class Permission(validator.AtomicBulkActionValidator):  # type: ignore[misc]
+        async def validate(self, meta: Any) -> None:
+            if deny:
+                raise Denied(f"not allowed to read {meta.entity_ids}")
+
+    return bulk.BulkFieldActionProcessor(
+        service.batch_get_kernel_live_stats,
+        Lookup(),
+        bulk.AtomicFieldResultJudge(),
+        validators=[Permission()],
     )
 
 
-def test_the_patch_is_small() -> None:
-    """The maintainer's diff against 26.9.6 changes fewer than 30 lines."""
-    assert 0 < _changed_lines(PATCH.read_text()) < 30
-
-
-@pytest.fixture(scope="module")
-def patched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the installed manager package with the patch applied (``patch -p1``)."""
-    root = tmp_path_factory.mktemp("patched")
-    target = root / "ai" / "backend" / "manager"
-    shutil.copytree(
-        _manager_package(), target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    done = subprocess.run(
-        ["patch", "-p1", "--forward", "--batch", "-i", str(PATCH)],
-        cwd=root, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "promstat" in (target / "api" / "gql_legacy" / "kernel.py").read_text()
-    return root
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[str, str]]:
-    """A Prometheus with the planner scenario and a VictoriaMetrics with 1,000 sessions."""
-    with lab.start_prometheus(openmetrics=scenario_openmetrics()) as prom:
-        vm = lab.start_victoria_metrics(openmetrics=session_openmetrics(AT))
-        try:
-            yield prom.url, vm.url
-        finally:
-            vm.stop()
-
-
-@pytest.fixture(scope="module")
-def seen(patched: Path, servers: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """What the patched manager's code answered, from a child interpreter."""
-    prom_url, vm_url = servers
-    out = tmp_path_factory.mktemp("seen") / "seen.json"
-    env = dict(os.environ)
-    # The patched copy first, so its ai.backend.manager shadows the installed one (ai and
-    # ai.backend are namespace packages); then the repository and the test helpers.
-    env["PYTHONPATH"] = os.pathsep.join([str(patched), str(REPO), str(TESTS)])
-    done = subprocess.run(
-        [sys.executable, "-m", "_support.backendai_patched", prom_url, vm_url, repr(AT),
-         str(out), f"{K1},{K2}", f"{K1},{K2},{K3}"],
-        env=env, capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(out.read_text())
-
-
-def test_the_child_runs_the_patched_manager(seen: Any, patched: Path) -> None:
-    """The resolver that ran is the patched copy's, not the installed one."""
-    assert seen["kernel"]["module"].startswith(str(patched))
-
-
-def test_the_resolver_answers_the_agents_payloads_for_the_ids_the_check_passed(
-    seen: Any,
+async def test_promstat_answers_only_what_the_processor_let_through(
+    fleet: DualFleet, stats: LiveStats
 ) -> None:
-    """The patched legacy resolver returns the agent's Valkey shape from promstat for the ids
-    the processor passed, and nothing for an id it did not pass, though that id is cached."""
-    kernel = seen["kernel"]
-    assert kernel["passed"] == [[K1, K2]]
-    assert kernel["resolver"] == [EXPECTED_KERNELS[K1], EXPECTED_KERNELS[K2], None]
+    actions = require("ai.backend.manager.services.metric.actions.batch_get_kernel_live_stats")
+    field_errors = require("ai.backend.manager.errors.base.field")
+    kernel_entity = require("ai.backend.common.data.entity.kernel")
+    # as the resolver builds them: KernelID (a UUID subclass naming a field row)
+    ids = [kernel_entity.KernelID(uuid.UUID(k)) for k in fleet.fleet.kernel_ids(fleet.at)]
+    await stats.load_kernels([str(k) for k in ids])  # another caller warmed the shared cache
+    client = AskedClient(stats)
+    _, service = metric_chain(client)
+    session = uuid.UUID(int=99)
+    action = actions.BatchGetKernelLiveStatsAction(kernel_ids=ids[:2])
 
-
-def test_the_unpatched_converter_still_works_on_promstats_result(seen: Any) -> None:
-    """26.9's LegacyLiveStatConverter builds its superset shape from promstat's values."""
-    converted = seen["kernel"]["converter"][K1]
-    for metric in ("mem", "cpu_util"):
-        assert converted[metric]["current"] == EXPECTED_KERNELS[K1][metric]["current"]
-        assert "stats.version" in converted[metric]  # the converter's keys, not the agent's
-
-
-def test_the_stat_client_reads_live_stats_from_promstat_and_the_rest_from_valkey(
-    seen: Any,
-) -> None:
-    """While promstat runs, live-stat reads are promstat's; other reads and every read after
-    shut-down are Valkey's."""
-    kernel = seen["kernel"]
-    assert kernel["stat_batch"] == [EXPECTED_KERNELS[K1], EXPECTED_KERNELS[K2]]
-    assert kernel["stat_other"] == "valkey:AKIA"
-    assert kernel["stat_batch_after"] == ["valkey", "valkey"]
-    assert kernel["current_started"] and not kernel["current_after"]
-
-
-def test_promstat_starts_and_stops_with_the_managers_prometheus_client(
-    seen: Any, servers: tuple[str, str]
-) -> None:
-    """The patched dependency provider starts one LiveStats on the manager's Prometheus and
-    closes it when the manager shuts down."""
-    life = seen["lifecycle"]
-    assert life["wrapped"] == "PromstatPrometheusClient"
-    assert life["started"] and life["url"] == servers[0]
-    assert life["stopped"] and life["closed"]
-
-
-def test_session_utilization_is_answered_in_chunks_where_26_9_fails(seen: Any) -> None:
-    """1,000 sessions in one regex are rejected by VictoriaMetrics (26.9 answers nothing);
-    chunked, as the patched repository runs it, every session gets its value."""
-    util = seen["utilization"]
-    assert util["unchunked"] == 0
-    assert util["chunked"] == util["patched"] == 1000
-    assert util["chunked_values"] == [str(v) for v in range(7)]
+    # No kernel row: FieldNotFoundError from the processor, promstat never asked.
+    with pytest.raises(field_errors.FieldNotFoundError):
+        await processor(service, {}, deny=False).run(action)
+    # Denied: the validator's error, promstat never asked, though its cache holds the answer.
+    with pytest.raises(Denied):
+        await processor(service, {k: session for k in ids}, deny=True).run(action)
+    assert client.asked == []
+    # Allowed: asked for exactly the action's ids, answered for exactly those.
+    result = await processor(service, {k: session for k in ids}, deny=False).run(action)
+    assert client.asked == [ids[:2]]
+    assert set(result.stats.by_kernel) == set(ids[:2])
+    assert set(convert_live_stats(ids[:2], result.stats)) == set(ids[:2])

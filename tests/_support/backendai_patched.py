@@ -149,8 +149,8 @@ async def lifecycle(prom_url: str) -> Any:
         started = backendai.current()
         out["wrapped"] = type(client).__name__
         out["started"] = started is not None
-        out["url"] = None if started is None else str(started.live_stats.planner.client.url)
-        live = None if started is None else started.live_stats
+        out["url"] = None if started is None else str(started.stats.planner.client.url)
+        live = None if started is None else started.stats
     out["stopped"] = backendai.current() is None
     out["closed"] = live is not None and live.closed
     return out
