@@ -234,13 +234,10 @@ class FinalStats:
         keys = [k for k in keys if k not in out.values]
         if not keys:
             return out
-        try:
-            # Detected at *now* (cached for detect_ttl, shared with live pages), never at a
-            # historical time that would then be cached for the live path.
-            recorded, _ = await self.planner.detect("kernel", at=self._clock())
-        except PromstatError as exc:
-            out.values.update(dict.fromkeys(keys, exc))
-            return out
+        # Detected at *now* (cached for detect_ttl, shared with live pages), never at a
+        # historical time that would then be cached for the live path. A failed detection
+        # gives the fallback plan: these kernels' queries are still sent.
+        recorded, _ = await self.planner.choose("kernel", at=self._clock())
         # rates=exporter rules record only the window stats: the raw plan (the exporter's
         # series; windows as subqueries, a cost paid once per termination) has the rest.
         recorded = recorded and self.config.expressions.records_kernel_values

@@ -28,10 +28,14 @@ their values.
 Faults and deadlines: every load has one **page deadline** (``PlannerConfig.page_deadline``,
 default a little above the client's own deadline) covering plan detection, waiting for one of
 the ``concurrency`` query slots, the client's retries and every split; what is not answered by
-then gets :class:`~promstat.errors.PageDeadlineError`. Detection is single-flight per level and a
-failed detection is remembered for ``detect_failure_ttl`` seconds, so an outage costs one
-detection query, not one per waiting page. Each failed query logs one line (logger
-``promstat.planner``, WARNING) naming its plan shape, never one line per id.
+then gets :class:`~promstat.errors.PageDeadlineError`. Detection is single-flight per level, and a
+load waits for it at most half its page deadline. A detection that fails (or takes longer) never
+answers a load: the load takes the last plan that worked (the raw plan, which needs no
+detection, when none has) and sends its own queries, so the first load after the server heals
+gets data. For ``detect_backoff`` seconds after a failed detection, loads skip detection (an
+outage costs one detection query, not one per page); nothing that was an error is kept. Each
+failed query logs one line (logger ``promstat.planner``, WARNING) naming its plan shape, never
+one line per id.
 """
 
 from __future__ import annotations
@@ -100,6 +104,10 @@ def background_work() -> None:
     _BACKGROUND.set(True)
 
 
+#: Share of a load's page deadline it waits for a plan detection: the rest is left for its
+#: own queries (a hung detection must not leave a load no time to ask).
+_DETECT_SHARE = 0.5
+
 #: PrometheusClient's default deadline, assumed for clients that do not say theirs.
 _DEFAULT_CLIENT_TIMEOUT = 30.0
 
@@ -158,8 +166,9 @@ class PlannerConfig:
         page_deadline: seconds one load may take in all: detection, waiting for a query slot,
             retries and splits. ``None``: :func:`default_page_deadline` of the client (its own
             deadline plus 20%, at least 0.5 s more).
-        detect_failure_ttl: seconds a failed detection is remembered: loads in that window get
-            the same error at once instead of asking a failing server again.
+        detect_backoff: seconds after a failed detection during which loads do not detect
+            again: they take the last plan that worked (or the raw plan) and send their own
+            queries. The error itself is never kept.
     """
 
     names: SeriesNames = SeriesNames()  # noqa: RUF009 - frozen, immutable default
@@ -179,7 +188,7 @@ class PlannerConfig:
     max_split_depth: int = 6
     raw_fallback: bool = True
     page_deadline: float | None = None
-    detect_failure_ttl: float = 2.0
+    detect_backoff: float = 2.0
 
     def __post_init__(self) -> None:
         # A plain string ("exporter", from a command line or a config file) is accepted too.
@@ -194,8 +203,8 @@ class PlannerConfig:
             raise ConfigError(f"fleet_fraction must be in (0, 1], not {self.fleet_fraction}")
         if self.page_deadline is not None and not self.page_deadline > 0:
             raise ConfigError(f"page_deadline must be > 0 or None, not {self.page_deadline}")
-        if not self.detect_failure_ttl >= 0:
-            raise ConfigError(f"detect_failure_ttl must be >= 0, not {self.detect_failure_ttl}")
+        if not self.detect_backoff >= 0:
+            raise ConfigError(f"detect_backoff must be >= 0, not {self.detect_backoff}")
 
     @property
     def expressions(self) -> LiveStatExpressions:
@@ -221,6 +230,7 @@ class BatchOutcome:
         uncacheable: ids whose data came with warnings (a partial answer): never cache them.
         warnings: the warnings and infos the server returned, de-duplicated.
         queries: HTTP queries sent (after splits).
+        answered: of those, how many the server answered with data (no error).
         plan: ``recorded``/``raw`` + ``/filtered``/``/fleet``, ``+raw`` when the raw fallback
             answered ids the recorded series lacked.
         at: the pinned evaluation time (Unix seconds).
@@ -230,6 +240,7 @@ class BatchOutcome:
     uncacheable: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     queries: int = 0
+    answered: int = 0
     plan: str = ""
     at: float = 0.0
 
@@ -517,9 +528,10 @@ class Planner:
         )
         # No query is sent with less than this left of its page deadline (see _run).
         self._send_floor = min(0.25, 0.1 * self.page_deadline)
-        # single-flight detection per level, and the last failure per level (negative cache)
+        # single-flight detection per level, and when it last failed (only the time: an error
+        # is never kept, see _detect)
         self._detecting: dict[str, asyncio.Future[tuple[bool, int] | PromstatError]] = {}
-        self._detect_failed: dict[str, tuple[float, PromstatError]] = {}
+        self._detect_failed: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # The chunking of the last few batches and their chunks' query texts (see _CHUNKINGS_KEPT)
         self._chunkings: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, ...]]]
@@ -731,11 +743,12 @@ class Planner:
 
         One cheap ``count(count by (id) (...))`` query (for kernels, counted per ``stat``,
         which also tells the loaded rules' ``--rates`` layout: one that differs from
-        ``rates`` is logged once); the answer is cached for
-        ``detect_ttl`` seconds (``refresh=True`` asks again) and a failure for
-        ``detect_failure_ttl``. Concurrent callers share one detection. ``at`` is the
+        ``rates`` is logged once); the answer is cached for ``detect_ttl`` seconds
+        (``refresh=True`` asks again). Concurrent callers share one detection. ``at`` is the
         evaluation time (default: now). With a forced plan (``use_recorded`` True/False) and
-        no fleet-wide choice (``fleet_fraction=None``) there is nothing to ask.
+        no fleet-wide choice (``fleet_fraction=None``) there is nothing to ask. Unlike a load,
+        this call asks even within ``detect_backoff`` of a failure, and waits up to the whole
+        page deadline.
 
         Returns:
             ``(recorded_available, live_ids)``; ``live_ids`` counts ids in the series the
@@ -750,10 +763,55 @@ class Planner:
             raise found
         return found
 
+    async def choose(
+        self, level: str, *, at: float | None = None, deadline: float | None = None
+    ) -> tuple[bool, int]:
+        """The plan a load takes now: ``(recorded, live_ids)``, never an error.
+
+        The cached detection when fresh; else the shared detection, waited for at most half
+        the page deadline (or until ``deadline``, a loop time, if sooner). When detection
+        fails, takes longer, or failed less than ``detect_backoff`` seconds ago, the load
+        gets :meth:`fallback` instead: it still sends its own queries, so a server that
+        healed answers it at once.
+
+        Args:
+            level: ``"kernel"`` or ``"agent"``.
+            at: evaluation time of the detection (default: now).
+            deadline: the load's page deadline (``loop.time()`` seconds), if it has one.
+        """
+        loop = self._enter()
+        now = loop.time()
+        budget = self.page_deadline if deadline is None else min(self.page_deadline, deadline - now)
+        failed_at = self._detect_failed.get(level)
+        if failed_at is not None and _time.monotonic() - failed_at < self.config.detect_backoff:
+            cached = self._detected.get(level)
+            if cached is None or _time.monotonic() - cached[0] >= self.config.detect_ttl:
+                return self.fallback(level)  # skip detection: it failed a moment ago
+        found = await self._detect(level, at, False, now + budget * _DETECT_SHARE)
+        if isinstance(found, PromstatError):
+            return self.fallback(level)
+        return found
+
+    def fallback(self, level: str) -> tuple[bool, int]:
+        """The plan taken without a detection: the last one that worked, else the raw plan.
+
+        A forced plan (``use_recorded``) is kept; the raw plan needs no rules, so its answers
+        are right whatever is loaded (slower when the rules are there).
+        """
+        self._select(level, True)  # an unknown level is the caller's bug: raise ConfigError
+        forced = self.config.use_recorded
+        last = self._detected.get(level)
+        if forced is not None:
+            return forced, last[2] if last is not None else 0
+        if last is not None:
+            return last[1], last[2]
+        return False, 0
+
     async def _detect(
-        self, level: str, at: float | None, refresh: bool, deadline: float
+        self, level: str, at: float | None, refresh: bool, until: float
     ) -> tuple[bool, int] | PromstatError:
-        """Detection for one load: cached answer, cached failure, or the shared detection."""
+        """Detection for one caller: the cached answer or the shared detection (waited for
+        until the loop time ``until``). A failure is returned, never cached."""
         self._select(level, True)  # an unknown level is the caller's bug: raise ConfigError
         cfg = self.config
         if cfg.use_recorded is not None and cfg.fleet_fraction is None:
@@ -763,9 +821,6 @@ class Planner:
             cached = self._detected.get(level)
             if cached is not None and now - cached[0] < cfg.detect_ttl:
                 return cached[1], cached[2]
-            failed = self._detect_failed.get(level)
-            if failed is not None and now - failed[0] < cfg.detect_failure_ttl:
-                return failed[1]
         loop = asyncio.get_running_loop()
         fut = self._detecting.get(level)
         if fut is None:
@@ -774,9 +829,9 @@ class Planner:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not fut.done():
-            remaining = deadline - loop.time()
+            remaining = until - loop.time()
             if remaining > 0:
-                # asyncio.wait leaves the shared detection running when this load gives up
+                # asyncio.wait leaves the shared detection running when this caller gives up
                 await asyncio.wait({fut}, timeout=remaining)
         if not fut.done():
             return PageDeadlineError(
@@ -814,12 +869,18 @@ class Planner:
                 del self._detecting[level]
         stamp = _time.monotonic()
         if isinstance(outcome, PromstatError):
-            self._detect_failed[level] = (stamp, outcome)
+            # Only the time: loads skip detection for detect_backoff seconds, and send their
+            # own queries meanwhile (see choose); the error answers no one but its waiters.
+            self._detect_failed[level] = stamp
+            recorded, _ = self.fallback(level)
             log.warning(
-                "%s plan detection failed (remembered for %gs): %s",
+                "%s plan detection failed: %s; loads take the %s plan (%s) and detect again "
+                "in %gs",
                 level,
-                self.config.detect_failure_ttl,
                 _describe(outcome),
+                "recorded" if recorded else "raw",
+                "the last that worked" if level in self._detected else "it needs no detection",
+                self.config.detect_backoff,
             )
         else:
             self._detect_failed.pop(level, None)
@@ -914,12 +975,14 @@ class Planner:
             return outcome
         # One deadline for the whole load: detection, query slots, retries, splits, fallback.
         deadline = loop.time() + self.page_deadline
-        found = await self._detect(level, at, False, deadline)
-        if isinstance(found, PromstatError):
-            outcome.payloads = dict.fromkeys(wanted, found)
-            return outcome
-        recorded, live = found
+        # Never an error: a failed detection gives the fallback plan, and this load still
+        # sends its queries (a server that just healed answers them).
+        recorded, live = await self.choose(level, at=at, deadline=deadline)
         plan, payloads = await self._execute(level, recorded, live, wanted, at, outcome, deadline)
+        if level in self._detect_failed and outcome.answered:
+            # The server answers again: the next load detects instead of waiting out the
+            # backoff on the fallback plan.
+            del self._detect_failed[level]
         missing = {i: None for i, p in payloads.items() if p is None}
         fallback_applies = level != "kernel" or self.config.rates is RateSource.BOTH
         if (
@@ -1081,6 +1144,7 @@ class Planner:
         # An id chunk's matcher selected exactly its ids: no per-row membership test.
         rows_of = job.wanted if chunk is None else None
         outcome = job.outcome
+        outcome.answered += 1
         notes = (*res.warnings, *res.infos)
         if res.warnings:
             outcome.uncacheable.update(chunk if chunk is not None else job.wanted)

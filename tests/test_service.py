@@ -79,7 +79,7 @@ async def test_unreachable_server_errors_every_key_and_caches_nothing() -> None:
     metrics = PromstatMetrics()
     url = f"http://127.0.0.1:{lab.free_port()}"
     async with PrometheusClient(url, observer=metrics, timeout=2) as client:
-        config = PlannerConfig(use_recorded=False, detect_failure_ttl=0)
+        config = PlannerConfig(use_recorded=False, detect_backoff=0)
         stats = LiveStats(client, config, metrics=metrics)
         first = await stats.load_kernels([K1, K2])
         assert all(isinstance(v, TransportError) for v in first)
@@ -89,19 +89,22 @@ async def test_unreachable_server_errors_every_key_and_caches_nothing() -> None:
         assert metrics.snapshot().queries > calls
 
 
-async def test_a_failed_detection_is_shared_for_a_short_while() -> None:
-    """Within detect_failure_ttl a failed detection answers every load without a new query."""
+async def test_a_failed_detection_is_skipped_but_loads_still_ask() -> None:
+    """Within detect_backoff a load skips detection, yet sends its own queries: a failure
+    is never the answer of a load that did not ask the server."""
     metrics = PromstatMetrics()
     url = f"http://127.0.0.1:{lab.free_port()}"
     async with LiveStats(
-        url, PlannerConfig(detect_failure_ttl=60), metrics=metrics, client_options={"timeout": 2}
+        url, PlannerConfig(detect_backoff=60), metrics=metrics, client_options={"timeout": 2}
     ) as stats:
         first = await stats.load_kernels([K1, K2])
         calls = metrics.snapshot().queries
         second = await stats.load_kernels([K3])
+        shapes = len(stats.planner.shapes("kernel", recorded=False))
     assert all(isinstance(v, TransportError) for v in first + second)
-    assert second[0] is first[0]  # the remembered failure
-    assert metrics.snapshot().queries == calls == 1
+    assert second[0] is not first[0]  # its own query's error, not a remembered one
+    # The second load: no detection, one query per raw shape.
+    assert metrics.snapshot().queries == calls + shapes
 
 
 def test_negative_cache_ttl_is_a_config_error() -> None:

@@ -1,0 +1,115 @@
+"""Faults that heal, heal at once: the first load after a server recovers gets data.
+
+A failed plan detection used to be remembered for two seconds, and every load in that window
+got the remembered error without a query being sent: a Prometheus restart cost every page two
+seconds more than the outage. Now a failed detection only makes later loads skip detection (they
+take the last plan that worked, or the raw plan) and every load sends its own queries. Each test
+here loads a page while the server fails, makes it healthy, and requires the very next load to
+get data from queries that reached the server, cold (the fault from the start) and warm (after
+loads that worked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from promstat.client import RetryPolicy
+from promstat.errors import PromstatError
+from promstat.service import LiveStats
+from promstat.testing import lab
+from promstat.testing.fake import FakePrometheus, Reply
+
+K = "11111111-1111-4111-8111-111111111111"
+IDS = [K, "22222222-2222-4222-8222-222222222222"]
+ROW = {"kernel_id": K, "container_metric_name": "mem", "stat": "current"}
+HEALTHY = Reply.vector([(ROW, 1024)])
+FAULTS: dict[str, Reply] = {
+    "html_502": Reply.bad_gateway(),
+    "starting_503": Reply.prometheus_starting(),
+    "unavailable": Reply.api_error("unavailable"),
+    "truncated_json": Reply(status=200, body=b'{"status":"success","data":'),
+    "wrong_shape": Reply.matrix([({"kernel_id": K}, [(1, 1)])]),
+    "dropped": Reply.dropped(),
+}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakePrometheus, str]]:
+    """A FakePrometheus listening on a free loopback port, and its URL."""
+    server = FakePrometheus()
+    url = await server.start()
+    try:
+        yield server, url
+    finally:
+        await server.stop()
+
+
+def stats_for(url: str) -> LiveStats:
+    """A LiveStats that caches nothing (every load asks) and retries nothing (fast faults)."""
+    return LiveStats(
+        url,
+        cache_ttl=0,
+        client_options={"timeout": 2.0, "retry": RetryPolicy(attempts=1)},
+    )
+
+
+async def assert_heals(stats: LiveStats, fake: FakePrometheus) -> None:
+    """Make ``fake`` healthy; the next load must get data from queries sent to it."""
+    fake.set_reply("query", HEALTHY)
+    before = len(fake.requests)
+    first, second = await stats.load_kernels(IDS)
+    assert isinstance(first, dict), first
+    assert first["mem"]["current"] == "1024"
+    assert second is None  # no data for it, and no error either
+    assert len(fake.requests) > before  # answered by the server, not from memory
+
+
+@pytest.mark.parametrize("fault", list(FAULTS), ids=list(FAULTS))
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_the_load_after_a_fault_gets_data(
+    fake: tuple[FakePrometheus, str], fault: str, warm: bool
+) -> None:
+    """Each fault, then healthy: the next load has data."""
+    server, url = fake
+    async with stats_for(url) as stats:
+        if warm:
+            server.set_reply("query", HEALTHY)
+            assert isinstance((await stats.load_kernels(IDS))[0], dict)
+        server.set_reply("query", FAULTS[fault])
+        during = await stats.load_kernels(IDS)
+        assert all(isinstance(a, PromstatError) for a in during)
+        again = await stats.load_kernels(IDS)  # still failing, within the detection backoff
+        assert all(isinstance(a, PromstatError) for a in again)
+        await assert_heals(stats, server)
+
+
+async def test_a_server_that_starts_late_answers_at_once() -> None:
+    """Nothing listening (connection refused), then the server starts on that port."""
+    port = lab.free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = FakePrometheus()
+    async with stats_for(url) as stats:
+        during = await stats.load_kernels(IDS)
+        assert all(isinstance(a, PromstatError) for a in during)
+        await server.start(port=port)
+        try:
+            await assert_heals(stats, server)
+        finally:
+            await server.stop()
+
+
+async def test_a_restarted_server_answers_at_once(fake: tuple[FakePrometheus, str]) -> None:
+    """Healthy, stopped (refused), started again on the same port: the next load has data."""
+    server, url = fake
+    port = int(url.rsplit(":", 1)[1])
+    async with stats_for(url) as stats:
+        server.set_reply("query", HEALTHY)
+        assert isinstance((await stats.load_kernels(IDS))[0], dict)
+        await server.stop()
+        during = await stats.load_kernels(IDS)
+        assert all(isinstance(a, PromstatError) for a in during)
+        await server.start(port=port)
+        await assert_heals(stats, server)
+
