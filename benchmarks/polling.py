@@ -42,8 +42,9 @@ import msgpack
 import redis.asyncio as aioredis
 
 from promstat.client import PrometheusClient
-from promstat.loader import DataLoader
+from promstat.loader import CacheConfig, DataLoader
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 
@@ -87,7 +88,10 @@ async def _cold_one(
     client = PrometheusClient(fleet.prometheus.url, observer=metrics, compress=compress)
     pinned = PinnedClient(client, fleet.at)
     stats = LiveStats(
-        pinned, PlannerConfig(use_recorded=True, detect_ttl=1e9), cache_ttl=0, metrics=metrics
+        pinned,
+        planner=PlannerConfig(use_recorded=True, detect_ttl=1e9),
+        cache=CacheConfig(ttl=0),
+        metrics=metrics,
     )
     prom_pid = fleet.prometheus.pid
     http_s: list[float] = []
@@ -263,9 +267,10 @@ async def run_polling(
         legacy = _Legacy(fleet.redis.url)
     else:
         client = PrometheusClient(fleet.prometheus.url, observer=metrics)
-        config = PlannerConfig(use_recorded=True, detect_ttl=1e9, interval=f"{interval:g}s")
-        stats = LiveStats(PinnedClient(client, fleet.at), config, cache_ttl=interval,
-                          metrics=metrics)
+        config = PlannerConfig(use_recorded=True, detect_ttl=1e9)
+        stats = LiveStats(PinnedClient(client, fleet.at), planner=config,
+                          profile=RuleProfile(interval=float(interval)),
+                          cache=CacheConfig(ttl=interval), metrics=metrics)
         await stats.planner.detect("kernel")
     latencies: list[float] = []
     warmup: list[float] = []

@@ -51,10 +51,10 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
+from promstat.client import PrometheusAPI
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
-from promstat.planner import QueryExecutor
 from promstat.promql import chunk_values, parse_duration, set_matcher
 
 __all__ = [
@@ -88,7 +88,7 @@ class Utilization:
     """Batched utilization queries over the recorded (or raw) series.
 
     Args:
-        client: a :class:`~promstat.client.PrometheusClient` (or any ``query_vector``).
+        client: the :class:`~promstat.client.PrometheusAPI` to query.
         names: metric and label names.
         use_recorded: read the recorded families (default); ``False`` computes current and
             capacity from the raw series with :class:`~promstat.expressions.LiveStatExpressions`
@@ -106,7 +106,7 @@ class Utilization:
 
     def __init__(
         self,
-        client: QueryExecutor,
+        client: PrometheusAPI,
         *,
         names: SeriesNames = SeriesNames(),  # noqa: B008 - frozen, immutable default
         use_recorded: bool = True,

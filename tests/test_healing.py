@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from promstat.client import RetryPolicy
+from promstat.client import ClientConfig, RetryPolicy
 from promstat.errors import PromstatError
+from promstat.loader import CacheConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.fake import FakePrometheus, Reply
@@ -50,8 +51,8 @@ def stats_for(url: str) -> LiveStats:
     """A LiveStats that caches nothing (every load asks) and retries nothing (fast faults)."""
     return LiveStats(
         url,
-        cache_ttl=0,
-        client_options={"timeout": 2.0, "retry": RetryPolicy(attempts=1)},
+        cache=CacheConfig(ttl=0),
+        client=ClientConfig(timeout=2.0, retry=RetryPolicy(attempts=1)),
     )
 
 

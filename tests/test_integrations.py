@@ -174,7 +174,7 @@ async def live_stats(backfilled: Backfilled) -> AsyncIterator[LiveStats]:
     """A LiveStats over the backfilled Prometheus whose client reports to its metrics."""
     metrics = PromstatMetrics()
     async with PrometheusClient(backfilled.prom.url, observer=metrics) as client:
-        yield LiveStats(client, PlannerConfig(), metrics=metrics)
+        yield LiveStats(client, planner=PlannerConfig(), metrics=metrics)
 
 
 def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:

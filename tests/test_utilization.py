@@ -20,7 +20,7 @@ from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
 from promstat.generate.rules import write_rules
-from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.renderer import format_pct
 from promstat.service import LiveStats
 from promstat.testing import lab
@@ -288,7 +288,7 @@ async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
             expressions = LiveStatExpressions(interval="1s", window="4s")
             raw_util = Utilization(client, use_recorded=False, expressions=expressions)
             raw = await raw_util.sessions(slots, RESOURCES, at=at)
-            stats = LiveStats(client, PlannerConfig(interval="1s", window="4s"))
+            stats = LiveStats(client, profile=RuleProfile(interval=1.0, window=4.0))
             payloads = await stats.load_kernels(kernel_ids, at=at)
     for kernel_id, payload in zip(kernel_ids, payloads, strict=True):
         session = fleet.kernel(kernel_id).session_id
