@@ -209,7 +209,6 @@ class LiveStats:
     def _use_profile(self, profile: RuleProfile) -> None:
         """Read with ``profile`` from now on (the loaded rules were read)."""
         self.planner.use_profile(profile)
-        self.planner.warn_layout = False  # the layout watch reports the rules' layout
         self.history.profile = profile
         if self.cache_config.ttl is None:
             self._kernels.ttl = self._agents.ttl = profile.interval
@@ -227,6 +226,10 @@ class LiveStats:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.planner.page_deadline
         await self.layout.ensure(loop.time() + _LAYOUT_SHARE * self.planner.page_deadline)
+        if self.layout.loaded is not None and self.layout.loaded.found:
+            # The layout watch compares the loaded rules with the profile (one WARNING per
+            # LiveStats); the planner's own layout check would say it a second time.
+            self.planner.warn_layout = False
         return deadline
 
     # -- lifecycle --------------------------------------------------------------------------
