@@ -11,16 +11,23 @@ loads that worked).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from promstat.client import ClientConfig, RetryPolicy
+from promstat.conventions import SeriesNames
 from promstat.errors import PromstatError
 from promstat.loader import CacheConfig
+from promstat.planner import PlannerConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.fake import FakePrometheus, Reply
+from promstat.testing.sim import FleetConfig, SimulatedFleet
 
 K = "11111111-1111-4111-8111-111111111111"
 IDS = [K, "22222222-2222-4222-8222-222222222222"]
@@ -114,3 +121,66 @@ async def test_a_restarted_server_answers_at_once(fake: tuple[FakePrometheus, st
         await server.start(port=port)
         await assert_heals(stats, server)
 
+
+
+async def test_a_restarted_real_prometheus_answers_the_next_load(
+    start_prometheus: Callable[..., lab.PrometheusProcess], tmp_path: Path
+) -> None:
+    """A real Prometheus stopped (connection refused) and started again on its port and data:
+    the first load after it is ready has data, though the last detection failed a moment ago
+    and detection is backed off for a minute."""
+    async with SimulatedFleet(
+        FleetConfig(agents=1, kernels_per_agent=2, gpu_agent_ratio=0.0, churn=None)
+    ) as fleet:
+        prom = await asyncio.to_thread(
+            start_prometheus,
+            scrape_targets=fleet.targets,
+            scrape_interval="1s",
+            data_dir=tmp_path / "prometheus",
+        )
+        ids = fleet.kernel_ids()
+        await _wait_for(prom, f'count({SeriesNames().container_metric}{{value_type="current"}})')
+        config = PlannerConfig(detect_ttl=0, detect_backoff=60)  # detect at every load
+        async with LiveStats(
+            prom.url,
+            planner=config,
+            cache=CacheConfig(ttl=0),
+            client=ClientConfig(timeout=2.0, retry=RetryPolicy(attempts=1)),
+        ) as stats:
+            assert all(isinstance(p, dict) for p in await stats.load_kernels(ids))
+            await asyncio.to_thread(prom.stop)
+            during = await stats.load_kernels(ids)
+            assert all(isinstance(a, PromstatError) for a in during)
+            again = await asyncio.to_thread(_restart, prom)
+            try:
+                before = stats.metrics.snapshot().queries
+                after = await stats.load_kernels(ids)
+                assert all(isinstance(p, dict) and "mem" in p for p in after), after
+                assert stats.metrics.snapshot().queries > before
+            finally:
+                await asyncio.to_thread(again.stop)
+
+
+def _restart(old: lab.PrometheusProcess) -> lab.PrometheusProcess:
+    """Start ``old``'s command line again: the same port, config and TSDB."""
+    proc = lab.PrometheusProcess(
+        name=old.name, argv=old.argv, port=old.port, data_dir=old.data_dir, owns_data_dir=True
+    )
+    proc.wait_ready(lambda: _ready(proc.url), timeout=60.0, what="ready")
+    return proc
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2.0) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+async def _wait_for(prom: lab.PrometheusProcess, query: str) -> None:
+    """Poll until ``query`` has a non-empty answer (a condition, not a fixed delay)."""
+    deadline = time.monotonic() + 60
+    while not await asyncio.to_thread(prom.query, query):
+        assert time.monotonic() < deadline, prom.log_tail(20)
+        await asyncio.sleep(0.2)
