@@ -30,6 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -108,13 +109,13 @@ class LiveStats:
         self.refresh_config = refresh or RefreshConfig()
         self.final_config = final or FinalConfig()
         self.metrics = metrics or PromstatMetrics()
+        #: What aclose() runs, last registered first. A background component joins with
+        #: ``self._closers.append(component.aclose)`` when it starts.
         self._closers: list[Callable[[], Awaitable[object]]] = []
         api: PrometheusAPI
         if isinstance(client_or_url, str):
             api = (client or ClientConfig()).build(client_or_url, observer=self.metrics)
-            #: What aclose() runs, last registered first. A background component joins with
-            #: ``self._closers.append(component.aclose)`` when it starts.
-            self._closers.append(api.aclose)  # built here, so closed here
+            self._closers.append(api.aclose)  # built here, so closed here (closed last)
         elif client is not None:
             raise ConfigError(
                 "client= (a ClientConfig) applies only when LiveStats is given a URL; "
@@ -141,15 +142,7 @@ class LiveStats:
         refresh_cfg = self.refresh_config
         self._refresh_follows_profile = refresh_cfg.interval is None
         if refresh_cfg.interval is None:
-            refresh_cfg = RefreshConfig(
-                enabled=refresh_cfg.enabled,
-                interval=start.interval,
-                watch_intervals=refresh_cfg.watch_intervals,
-                max_staleness=refresh_cfg.max_staleness,
-                max_watched=refresh_cfg.max_watched,
-                jitter=refresh_cfg.jitter,
-                relearn_intervals=refresh_cfg.relearn_intervals,
-            )
+            refresh_cfg = replace(refresh_cfg, interval=start.interval)  # follows the profile
         self.refresher = Refresher(
             refresh_cfg,
             enabled=ttl > 0,  # nothing may be kept with a TTL of 0
@@ -180,11 +173,8 @@ class LiveStats:
         self.history = History(api, self.planner_config, profile=start, metrics=self.metrics)
         # Terminated kernels: answers at their termination times, cached without expiry.
         if self.final_config.max_entries is None:
-            self.final_config = FinalConfig(
-                offset=self.final_config.offset,
-                settle=self.final_config.settle,
-                silent_window=self.final_config.silent_window,
-                max_entries=self.cache_config.kernel_entries,
+            self.final_config = replace(
+                self.final_config, max_entries=self.cache_config.kernel_entries
             )
         self.final = FinalStats(
             api, self.planner, config=self.final_config, metrics=self.metrics, clock=clock
