@@ -558,6 +558,7 @@ class PromstatCold:
 
     async def start(self) -> None:
         """Detect the plan once (and open the session)."""
+        await self.stats.learn_profile()  # the rules read, once: outside the timings
         await self.stats.planner.detect("kernel")
 
     async def prepare(self, ids: Sequence[str]) -> None:
@@ -640,6 +641,7 @@ async def promstat_breakdown(
     )
     page = list(ids)
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         await stats.load_kernels(page)
         pinned.sent = []

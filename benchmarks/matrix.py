@@ -75,6 +75,7 @@ async def _cold_pages(url: str, at: float, ids: list[str], reps: int) -> list[Pa
     )
     out = []
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         await stats.load_kernels(ids)  # warm-up
         for _ in range(reps):

