@@ -59,6 +59,7 @@ from promstat.errors import (
     TransportError,
     UnavailableError,
     api_error_for,
+    check_seconds,
 )
 from promstat.wire import (
     BuildInfo,
@@ -249,13 +250,10 @@ class ClientConfig:
     max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout, bool) or not self.timeout > 0:
-            raise ConfigError(f"ClientConfig.timeout must be > 0 seconds, not {self.timeout!r}")
-        if self.server_timeout is not None and not self.server_timeout > 0:
-            raise ConfigError(
-                f"ClientConfig.server_timeout must be > 0 seconds or None, "
-                f"not {self.server_timeout!r}"
-            )
+        check_seconds("ClientConfig.timeout", self.timeout, positive=True)
+        check_seconds(
+            "ClientConfig.server_timeout", self.server_timeout, positive=True, optional=True
+        )
         if self.auth is not None and self.bearer_token is not None:
             raise ConfigError("ClientConfig: pass either auth or bearer_token, not both")
         if self.method not in ("POST", "GET"):

@@ -204,6 +204,8 @@ def test_a_client_config_needs_a_url() -> None:
         LiveStats(Idle(), client=ClientConfig(timeout=1))
     with pytest.raises(ConfigError, match=r"ClientConfig.timeout"):
         ClientConfig(timeout=0)
+    with pytest.raises(ConfigError, match=r"ClientConfig.timeout must be > 0 seconds.*number"):
+        ClientConfig(timeout="30s")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"ClientConfig: pass either auth or bearer_token"):
         ClientConfig(auth=("u", "p"), bearer_token="t")
     with pytest.raises(ConfigError, match=r"CacheConfig.kernel_entries"):
@@ -243,3 +245,19 @@ async def test_the_readme_manager_snippet_closes_what_it_opens(serve: Serve) -> 
     assert isinstance(payload, dict) and payload["mem"]["current"] == "2048"
     assert stats.closed
     assert stats.client._session is None or stats.client._session.closed
+
+
+async def test_a_client_config_reaches_the_client_it_builds() -> None:
+    """Every ClientConfig field is the PrometheusClient argument of its name; the page
+    deadline follows the built client's timeout; headers cannot change behind its back."""
+    headers = {"X-Scope-OrgID": "team-a"}
+    config = ClientConfig(timeout=3.0, bearer_token="secret", headers=headers, compress=True)
+    headers["X-Scope-OrgID"] = "changed"
+    async with LiveStats("http://prom.test", client=config) as stats:
+        client = stats.client
+        assert isinstance(client, PrometheusClient)
+        assert client.timeout == 3.0 and stats.planner.page_deadline == pytest.approx(3.6)
+        assert client._headers["X-Scope-OrgID"] == "team-a"
+        assert client._headers["Authorization"] == "Bearer secret"
+        assert client._headers["Accept-Encoding"] == "gzip"
+    assert "secret" not in repr(config)
