@@ -217,6 +217,7 @@ async def test_one_batch_per_128_kernels_and_bounded_queries(
     """A 150-kernel page is two batches (128 + 22) and a query count set by the plan, not N."""
     spy = Spy(live_stats)
     executor = make_executor(spy, StaticRegistry(backfilled.kernels), stack=stack)
+    await live_stats.learn_profile()  # the rules read, once at startup: not the page's cost
     before = live_stats.metrics.snapshot().queries
     result = await executor.execute(KERNEL_PAGE, {"limit": 1000, "offset": 0}, at=T0)
     queries = live_stats.metrics.snapshot().queries - before
