@@ -239,10 +239,11 @@ class ClientConfig:
     server_timeout: float | None = None
     auth: tuple[str, str] | None = None
     bearer_token: str | None = field(default=None, repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # hash=False: read-only mappings do not hash; the config still compares by them.
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     ca_file: str | None = None
     verify_tls: bool = True
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_connections: int = 32
     method: Literal["POST", "GET"] = "POST"

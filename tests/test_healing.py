@@ -16,18 +16,22 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from promstat.client import ClientConfig, RetryPolicy
+from promstat.client import ClientConfig, RetryPolicy, VectorResult
 from promstat.conventions import SeriesNames
-from promstat.errors import PromstatError
+from promstat.errors import PromstatError, UnavailableError
 from promstat.loader import CacheConfig
-from promstat.planner import PlannerConfig
+from promstat.planner import Planner, PlannerConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.fake import FakePrometheus, Reply
 from promstat.testing.sim import FleetConfig, SimulatedFleet
+from promstat.testing.stub import StubAPI
+from promstat.wire import VectorSeries
 
 K = "11111111-1111-4111-8111-111111111111"
 IDS = [K, "22222222-2222-4222-8222-222222222222"]
@@ -184,3 +188,44 @@ async def _wait_for(prom: lab.PrometheusProcess, query: str) -> None:
     while not await asyncio.to_thread(prom.query, query):
         assert time.monotonic() < deadline, prom.log_tail(20)
         await asyncio.sleep(0.2)
+
+
+class Scripted(StubAPI):
+    """Detection answers come from ``detections`` (an exception is raised); data queries
+    answer one memory row for kernel ``K``."""
+
+    def __init__(self, *detections: BaseException | list[dict[str, str]]) -> None:
+        self.detections = list(detections)
+        self.sent: list[str] = []
+
+    async def query_vector(self, query: str, *, labels: type[Any], time: Any = None) -> Any:
+        self.sent.append(query)
+        if query.startswith("count("):
+            answer = self.detections.pop(0) if self.detections else []
+            if isinstance(answer, BaseException):
+                raise answer
+            rows = [VectorSeries(msgspec.convert(r, labels), (0.0, "3")) for r in answer]
+            return VectorResult(rows)
+        row = msgspec.convert({"kernel_id": K, "container_metric_name": "mem", "stat": "current"},
+                              labels)
+        return VectorResult([VectorSeries(row, (0.0, "1024"))])
+
+
+async def test_a_failed_detection_takes_the_last_plan_that_worked() -> None:
+    """Warm: a detection found the recorded series, the next one fails: the load takes the
+    recorded plan it knew (not the 5-shape raw plan), sends its query and has data."""
+    outage = UnavailableError(status=503, error="restarting")
+    api = Scripted([{"stat": "current"}], outage)
+    planner = Planner(api, PlannerConfig(detect_ttl=0, detect_backoff=60))
+    first = await planner.kernels([K])
+    assert first.plan == "recorded/filtered"
+    sent = len(api.sent)
+    second = await planner.kernels([K])
+    assert second.plan == "recorded/filtered" and second.queries == 1
+    assert len(api.sent) == sent + 2  # the failed detection, then the page's own query
+    assert isinstance(second.payloads[K], dict)
+    # Answered: the backoff ended, the next load detects again.
+    sent = len(api.sent)
+    await planner.kernels([K])
+    assert api.sent[sent].startswith("count(")
+    await planner.aclose()
