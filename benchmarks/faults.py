@@ -43,9 +43,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from promstat.client import RetryPolicy
+from promstat.client import ClientConfig, RetryPolicy
 from promstat.errors import PromstatError
+from promstat.loader import CacheConfig
 from promstat.planner import PlannerConfig
+from promstat.refresh import RefreshConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.proxy import FAULTS, Fault, FaultProxy
@@ -104,19 +106,18 @@ def start_fleet(agents: int = 10, kernels_per_agent: int = 30) -> FaultFleet:
     return FaultFleet(prom, tuple(fleet.kernel_ids(AT)), tuple(fleet.agent_ids()))
 
 
-def make_stats(url: str, **kwargs: Any) -> LiveStats:
+def make_stats(url: str, *, cache_ttl: float = CACHE_TTL, **kwargs: Any) -> LiveStats:
     """The matrix's LiveStats over ``url``: plan detection on, refresh-ahead off.
 
     Refresh-ahead is off so every request the proxy counts comes from the loads themselves.
     """
-    options: dict[str, Any] = {"timeout": CLIENT_TIMEOUT, "retry": _RETRY}
     return LiveStats(
         url,
-        PlannerConfig(),
-        cache_ttl=kwargs.pop("cache_ttl", CACHE_TTL),
+        planner=PlannerConfig(),
+        cache=CacheConfig(ttl=cache_ttl),
+        refresh=RefreshConfig(enabled=False),
+        client=ClientConfig(timeout=CLIENT_TIMEOUT, retry=_RETRY),
         clock=lambda: AT,
-        refresh_ahead=False,
-        client_options=options,
         **kwargs,
     )
 

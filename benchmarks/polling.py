@@ -46,8 +46,9 @@ import msgpack
 import redis.asyncio as aioredis
 
 from promstat.client import PrometheusClient
-from promstat.loader import DataLoader
+from promstat.loader import CacheConfig, DataLoader
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 
@@ -92,7 +93,10 @@ async def _cold_one(
     client = PrometheusClient(fleet.prometheus.url, observer=metrics, compress=compress)
     pinned = PinnedClient(client, fleet.at)
     stats = LiveStats(
-        pinned, PlannerConfig(use_recorded=True, detect_ttl=1e9), cache_ttl=0, metrics=metrics
+        pinned,
+        planner=PlannerConfig(use_recorded=True, detect_ttl=1e9),
+        cache=CacheConfig(ttl=0),
+        metrics=metrics,
     )
     prom_pid = fleet.prometheus.pid
     http_s: list[float] = []
@@ -110,6 +114,7 @@ async def _cold_one(
     url = f"{fleet.prometheus.url}/api/v1/query"
     headers = {"Accept-Encoding": "gzip" if compress else "identity"}
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         pinned.sent = []
         bytes0 = metrics.snapshot().response_bytes
@@ -272,9 +277,11 @@ async def run_polling(
         await upstream.start()
     else:
         client = PrometheusClient(fleet.prometheus.url, observer=metrics)
-        config = PlannerConfig(use_recorded=True, detect_ttl=1e9, interval=f"{interval:g}s")
-        stats = LiveStats(PinnedClient(client, fleet.at), config, cache_ttl=interval,
-                          metrics=metrics)
+        config = PlannerConfig(use_recorded=True, detect_ttl=1e9)
+        stats = LiveStats(PinnedClient(client, fleet.at), planner=config,
+                          profile=RuleProfile(interval=float(interval)),
+                          cache=CacheConfig(ttl=interval), metrics=metrics)
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
     latencies: list[float] = []
     warmup: list[float] = []

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from promstat.client import PrometheusClient
+from promstat.loader import CacheConfig
 from promstat.payload import untrack_payloads
 from promstat.planner import PlannerConfig
 from promstat.selfmetrics import PromstatMetrics
@@ -290,7 +291,9 @@ async def run_load(
     # a few seconds span several intervals, so "queries per interval" is an average over
     # many refreshes rather than the first one only.
     ttl = LOAD_INTERVAL
-    stats = LiveStats(PinnedClient(client, fleet.at), config, cache_ttl=ttl, metrics=metrics)
+    stats = LiveStats(
+        PinnedClient(client, fleet.at), planner=config, cache=CacheConfig(ttl=ttl), metrics=metrics
+    )
     ids = fleet.kernel_ids[: max(page_size, min(hot, len(fleet.kernel_ids)))]
     half = max(1, page_size // 2)
     offsets = list(range(0, max(1, len(ids) - page_size + 1), half))
@@ -298,6 +301,7 @@ async def run_load(
     errors = 0
     missing = 0
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         before = metrics.snapshot()
         loop = asyncio.get_running_loop()

@@ -45,6 +45,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import aiohttp
@@ -63,6 +64,7 @@ from promstat.errors import (
     TransportError,
     UnavailableError,
     api_error_for,
+    check_seconds,
 )
 from promstat.wire import (
     BuildInfo,
@@ -92,7 +94,9 @@ __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "BodyBudget",
+    "ClientConfig",
     "MatrixResult",
+    "PrometheusAPI",
     "PrometheusClient",
     "QueryObserver",
     "QueryResult",
@@ -295,6 +299,131 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How :class:`~promstat.service.LiveStats` builds its client from a URL.
+
+    Every field is the :class:`PrometheusClient` argument of the same name (see there);
+    durations are seconds. A client built elsewhere is passed to ``LiveStats`` itself
+    instead (it is then borrowed: never closed by ``LiveStats``).
+
+    Attributes:
+        timeout: client deadline per logical call (retries included), seconds.
+        server_timeout: server-side ``timeout`` to request (capped at 90% of ``timeout``).
+        auth: HTTP basic auth ``(login, password)``.
+        bearer_token: sent as ``Authorization: Bearer ...`` (not together with ``auth``).
+        headers: extra headers on every request (``X-Scope-OrgID`` for Mimir/Cortex).
+        ca_file: PEM bundle to verify the server certificate with.
+        verify_tls: ``False`` disables certificate verification.
+        params: extra parameters on every request (``dedup``, ``partial_response``).
+        retry: retry policy.
+        max_connections: connection pool size.
+        method: ``"POST"`` (form bodies) or ``"GET"``.
+        compress: ask for gzip (``None``: off for loopback hosts, on otherwise).
+        max_response_bytes: cap of one response body after decompression (``None``: none).
+
+    Raises:
+        ConfigError: a field is invalid (the message names it).
+    """
+
+    timeout: float = 30.0
+    server_timeout: float | None = None
+    auth: tuple[str, str] | None = None
+    bearer_token: str | None = field(default=None, repr=False)
+    # hash=False: read-only mappings do not hash; the config still compares by them.
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    ca_file: str | None = None
+    verify_tls: bool = True
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_connections: int = 32
+    method: Literal["POST", "GET"] = "POST"
+    compress: bool | None = None
+    max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES
+
+    def __post_init__(self) -> None:
+        check_seconds("ClientConfig.timeout", self.timeout, positive=True)
+        check_seconds(
+            "ClientConfig.server_timeout", self.server_timeout, positive=True, optional=True
+        )
+        if self.auth is not None and self.bearer_token is not None:
+            raise ConfigError("ClientConfig: pass either auth or bearer_token, not both")
+        if self.method not in ("POST", "GET"):
+            raise ConfigError(f"ClientConfig.method must be 'POST' or 'GET', not {self.method!r}")
+        if self.max_connections < 1:
+            raise ConfigError(
+                f"ClientConfig.max_connections must be >= 1, not {self.max_connections}"
+            )
+        if self.max_response_bytes is not None and self.max_response_bytes < 1:
+            raise ConfigError(
+                "ClientConfig.max_response_bytes must be >= 1 or None, "
+                f"not {self.max_response_bytes}"
+            )
+        # Read-only copies: a frozen config must not change through the caller's dict.
+        object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def build(
+        self, url: str | yarl.URL, *, observer: QueryObserver | None = None
+    ) -> PrometheusClient:
+        """A new :class:`PrometheusClient` for ``url`` with these settings (the caller owns it).
+
+        Raises:
+            ConfigError: a bad URL or an unreadable CA file.
+        """
+        return PrometheusClient(
+            url,
+            timeout=self.timeout,
+            server_timeout=self.server_timeout,
+            auth=self.auth,
+            bearer_token=self.bearer_token,
+            headers=self.headers,
+            ca_file=self.ca_file,
+            verify_tls=self.verify_tls,
+            params=self.params,
+            retry=self.retry,
+            max_connections=self.max_connections,
+            method=self.method,
+            observer=observer,
+            compress=self.compress,
+            max_response_bytes=self.max_response_bytes,
+        )
+
+
+class PrometheusAPI(Protocol):
+    """Everything promstat's readers (planner, history, refresh-ahead, final stats,
+    utilization, :class:`~promstat.service.LiveStats`) need of a client.
+
+    :class:`PrometheusClient` is the implementation; a wrapper (pinning the evaluation time,
+    counting queries) or a test double implements the same five members.
+    """
+
+    @property
+    def timeout(self) -> float:
+        """The client's deadline per call, in seconds (sizes the planner's page deadline)."""
+        ...
+
+    async def query_vector(
+        self, query: str, *, labels: type[L], time: TimeArg | None = None
+    ) -> VectorResult[L]:
+        """Run an instant query and decode a vector with typed labels."""
+        ...
+
+    async def query_range(
+        self, query: str, *, start: TimeArg, end: TimeArg, step: float | str, labels: type[L]
+    ) -> MatrixResult[L]:
+        """Run a range query and decode a matrix with typed labels."""
+        ...
+
+    async def rules(self, type: Literal["record", "alert"] | None = None) -> list[RuleGroup]:
+        """The rule groups the server evaluates (``/api/v1/rules``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class VectorResult(Generic[L]):
     """An instant vector with its annotations.
 
@@ -455,7 +584,7 @@ class PrometheusClient:
     """Async client for one Prometheus-compatible HTTP API endpoint.
 
     Use as an async context manager (``async with PrometheusClient(url) as prom:``) or call
-    :meth:`close`. A session passed in is borrowed and never closed; otherwise the client owns
+    :meth:`aclose`. A session passed in is borrowed and never closed; otherwise the client owns
     one with a connection limit of ``max_connections``.
 
     Args:
@@ -580,23 +709,32 @@ class PrometheusClient:
         """The base URL (with its path prefix, without a trailing slash)."""
         return self._base
 
+    @property
+    def timeout(self) -> float:
+        """The deadline of one logical call (retries included), in seconds."""
+        return self._timeout
+
     async def __aenter__(self) -> PrometheusClient:
         self._get_session()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.aclose()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the owned session (a borrowed session is left open). Idempotent.
 
-        A call after ``close()`` raises :class:`ClosedError`: opening a new session there
+        A call after ``aclose()`` raises :class:`ClosedError`: opening a new session there
         would leave one nobody closes (aiohttp's "Unclosed client session").
         """
         self._closed = True
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose` (aiohttp's spelling)."""
+        await self.aclose()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:

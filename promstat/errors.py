@@ -69,6 +69,7 @@ __all__ = [
     "TransportError",
     "UnavailableError",
     "api_error_for",
+    "check_seconds",
 ]
 
 
@@ -375,3 +376,28 @@ class BatchSizeMismatchError(PromstatError):
             f"batch function returned {received} results for {expected} keys; "
             "it must return exactly one value, None or exception per key, in key order"
         )
+
+
+def check_seconds(
+    where: str, value: object, *, positive: bool = False, optional: bool = False
+) -> None:
+    """Raise :class:`ConfigError` naming ``where`` unless ``value`` is a number of seconds.
+
+    Args:
+        where: the setting, as the message names it (``"PlannerConfig.page_deadline"``).
+        value: what was given.
+        positive: require ``> 0`` (else ``>= 0``).
+        optional: ``None`` is allowed.
+
+    Raises:
+        ConfigError: a string (``"15s"``: every duration in promstat's API is seconds), a
+            bool, a negative, zero when ``positive``, or a NaN.
+    """
+    if value is None and optional:
+        return
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        hint = " (durations are seconds, a number)" if isinstance(value, str) else ""
+        raise ConfigError(f"{where} must be {bound} seconds, not {value!r}{hint}")
+    if not (value > 0 if positive else value >= 0):
+        raise ConfigError(f"{where} must be {bound} seconds, not {value!r}")

@@ -49,7 +49,7 @@ import msgspec
 from promstat.errors import ConfigError, PromstatError
 from promstat.final import FinalStats
 from promstat.planner import ID_PLACEHOLDER, chunk_ids
-from promstat.promql import duration, parse_duration, set_matcher
+from promstat.promql import duration, set_matcher
 
 __all__ = ["DEFAULT_WINDOW", "RecentlyTerminated"]
 
@@ -69,8 +69,10 @@ class RecentlyTerminated:
         window: how far back a kernel is looked for (default 24 h, the Valkey TTL).
         detention: seconds between a kernel's termination and its series' last sample (the
             agents' detention); 0 (default) answers the frozen values of the last sample.
-        step: subquery step in seconds; default the scrape interval (``config.interval``),
-            so the step after the last sample falls before its staleness marker.
+        step: subquery step in seconds; default the scrape interval (the profile's),
+            so the step after the last sample falls before its staleness marker. Names, the
+            scrape interval and the lookback are the planner's
+            :class:`~promstat.profile.RuleProfile`'s.
         max_entries: bound of the last-seen cache.
         clock: wall clock (Unix seconds); default the final stats' (the ``LiveStats``' clock).
     """
@@ -86,7 +88,8 @@ class RecentlyTerminated:
         clock: Callable[[], float] | None = None,
     ) -> None:
         client, config = final.client, final.config
-        step = parse_duration(config.interval) if step is None else step
+        profile = final.planner.profile
+        step = profile.interval if step is None else step
         if not (window > 0 and step > 0 and detention >= 0 and max_entries >= 1):
             raise ConfigError(
                 f"window and step must be > 0, detention >= 0, max_entries >= 1; not "
@@ -99,10 +102,10 @@ class RecentlyTerminated:
         self.detention = detention
         self.max_entries = max_entries
         self._clock = final.clock if clock is None else clock
-        self._settled_age = parse_duration(config.lookback) + _SETTLED
+        self._settled_age = profile.lookback + _SETTLED
         self._seen: OrderedDict[str, float] = OrderedDict()
-        n = config.names
-        self._row = msgspec.defstruct(
+        n = self.names = profile.names
+        self._row: Any = msgspec.defstruct(
             "LastSeenRow", [("id", str, "")], rename={"id": n.kernel_label}, frozen=True, gc=False
         )
         selector = (
@@ -116,7 +119,7 @@ class RecentlyTerminated:
 
     def queries(self, kernel_ids: Sequence[str]) -> list[str]:
         """The last-seen queries for ``kernel_ids`` (for inspection and cost checks)."""
-        label = self.config.names.kernel_label
+        label = self.names.kernel_label
         return [
             self._template.replace(ID_PLACEHOLDER, set_matcher(label, chunk))
             for chunk in chunk_ids(self._template, label, sorted(set(kernel_ids)), self.config)
@@ -139,7 +142,7 @@ class RecentlyTerminated:
                 wanted.append(kernel_id)
         if not wanted:
             return out
-        label = self.config.names.kernel_label
+        label = self.names.kernel_label
 
         async def run(chunk: tuple[str, ...]) -> None:
             query = self._template.replace(ID_PLACEHOLDER, set_matcher(label, chunk))

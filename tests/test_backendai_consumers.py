@@ -25,8 +25,12 @@ from bai_consumers import kernel_row, monthly_stats, project_stats, usage_groups
 from bai_manager import real_valkey_stat, require
 from dual_fleet import DualFleet, dual_fleet, fleet_config
 
+from promstat import RefreshConfig
 from promstat.service import LiveStats
 from promstat.stat_client import PromstatStatClient
+
+#: Every request the tests count comes from their own loads.
+NO_REFRESH = RefreshConfig(enabled=False)
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +62,9 @@ class Clients:
 async def both(fleet: DualFleet) -> AsyncIterator[Clients]:
     async with (
         real_valkey_stat(fleet.redis.url) as valkey,
-        LiveStats(fleet.prometheus.url, clock=lambda: fleet.at, refresh_ahead=False) as stats,
+        LiveStats(
+            fleet.prometheus.url, clock=lambda: fleet.at, refresh=NO_REFRESH
+        ) as stats,
     ):
         yield Clients(valkey, PromstatStatClient(stats, valkey), fleet)
 

@@ -21,6 +21,7 @@ import pytest
 from bai_manager import require, upstream_deprecations
 from dual_fleet import DualFleet, dual_fleet, fleet_config
 
+from promstat import RefreshConfig
 from promstat.integrations.backendai import (
     BackendAI,
     PromstatPrometheusClient,
@@ -30,6 +31,9 @@ from promstat.integrations.backendai import (
 from promstat.service import LiveStats
 from promstat.stat_client import PromstatStatClient
 from promstat.testing import lab
+
+#: Every request the tests count comes from their own loads.
+NO_REFRESH = RefreshConfig(enabled=False)
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +70,9 @@ def metric_chain(client: Any) -> tuple[Any, Any]:
 
 @pytest.fixture
 async def stats(fleet: DualFleet) -> AsyncIterator[LiveStats]:
-    async with LiveStats(fleet.prometheus.url, clock=lambda: fleet.at, refresh_ahead=False) as s:
+    async with LiveStats(
+        fleet.prometheus.url, clock=lambda: fleet.at, refresh=NO_REFRESH
+    ) as s:
         yield s
 
 
@@ -112,7 +118,7 @@ async def test_kernel_live_stat_through_the_real_service_and_converter(
 
 async def test_errors_become_nulls_and_other_methods_are_forwarded() -> None:
     recorder = Recorder()
-    async with LiveStats("http://127.0.0.1:9", refresh_ahead=False) as unreachable:
+    async with LiveStats("http://127.0.0.1:9", refresh=NO_REFRESH) as unreachable:
         client = PromstatPrometheusClient(unreachable, recorder)
         repository, _ = metric_chain(client)
         kid = uuid.UUID(int=2)
@@ -131,7 +137,9 @@ async def test_errors_become_nulls_and_other_methods_are_forwarded() -> None:
 
 
 async def test_one_live_stats_per_process_closed_with_it(fleet: DualFleet) -> None:
-    async with BackendAI.from_url(fleet.prometheus.url, refresh_ahead=False) as promstat:
+    async with BackendAI.from_url(
+        fleet.prometheus.url, refresh=NO_REFRESH
+    ) as promstat:
         assert isinstance(promstat.stat_client(Recorder()), PromstatStatClient)  # type: ignore[arg-type]
         assert promstat.prometheus_client(Recorder()).stats is promstat.stats  # type: ignore[arg-type]
     assert promstat.stats.closed

@@ -22,12 +22,16 @@ import pytest
 from bai_consumers import kernel_row, monthly_stats, project_stats, usage_groups
 from bai_manager import real_valkey_stat
 
+from promstat import RefreshConfig
 from promstat.client import PrometheusClient
 from promstat.migration.publisher import ValkeyPublisher, replay
 from promstat.service import LiveStats
 from promstat.stat_client import PromstatStatClient
 from promstat.testing import lab
 from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
+
+#: Every request the tests count comes from their own loads.
+NO_REFRESH = RefreshConfig(enabled=False)
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +133,9 @@ async def test_usage_statistics_of_terminated_kernels_agree(churned: Churned) ->
         PrometheusClient(churned.prometheus.url) as prom,
     ):
         counting = CountingClient(prom)
-        async with LiveStats(counting, clock=lambda: AT, refresh_ahead=False) as stats:
+        async with LiveStats(
+            counting, clock=lambda: AT, refresh=NO_REFRESH
+        ) as stats:
             # The terminated lookups use the LiveStats' clock (pinned to AT here).
             client = PromstatStatClient(stats, valkey, terminated_window=WINDOW)
             ids = list(churned.kernels)
@@ -190,7 +196,9 @@ async def test_usage_statistics_of_terminated_kernels_agree(churned: Churned) ->
 
 async def test_without_a_window_a_gone_kernel_is_none(churned: Churned) -> None:
     recent = [k for k, (_, kind) in churned.kernels.items() if kind == "recent"]
-    async with LiveStats(churned.prometheus.url, clock=lambda: AT, refresh_ahead=False) as stats:
+    async with LiveStats(
+        churned.prometheus.url, clock=lambda: AT, refresh=NO_REFRESH
+    ) as stats:
         client = PromstatStatClient(stats, terminated_window=None)
         assert await client.get_user_kernel_statistics_batch(recent) == [None] * len(recent)
         with_window = PromstatStatClient(stats, terminated_window=WINDOW, clock=lambda: float(AT))

@@ -36,6 +36,7 @@ from promstat.payload import (
     untrack_payloads,
 )
 from promstat.planner import PlannerConfig
+from promstat.refresh import RefreshConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 
@@ -276,7 +277,12 @@ async def stats(
     """LiveStats on the scenario, with and without refresh-ahead (both caches hand out)."""
     async with PrometheusClient(prom.url) as client:
         config = PlannerConfig(use_recorded=False, fleet_fraction=None)
-        live = LiveStats(client, config, clock=lambda: AT, refresh_ahead=request.param)
+        live = LiveStats(
+            client,
+            planner=config,
+            clock=lambda: AT,
+            refresh=RefreshConfig(enabled=request.param),
+        )
         yield live
         await live.aclose()
 

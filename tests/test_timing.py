@@ -38,6 +38,7 @@ from promstat.conventions import SeriesNames
 from promstat.expressions import LiveStatExpressions
 from promstat.generate.rules import write_rules
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.promql import duration
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
@@ -271,10 +272,8 @@ async def _worst_errors(
     worst: dict[str, dict[str, float]] = {}
     async with PrometheusClient(url) as client:
         for plan, use_recorded in (("raw", False), ("recorded", True)):
-            config = PlannerConfig(
-                interval=f"{s}s", collect_interval=f"{c}s", use_recorded=use_recorded
-            )
-            planner = Planner(client, config)
+            profile = RuleProfile(interval=float(s), collect_interval=float(c))
+            planner = Planner(client, PlannerConfig(use_recorded=use_recorded), profile=profile)
             for f in fleets:
                 w = worst.setdefault(f"{plan}/{f.exporter}", {})
                 kernels = f.sim.kernel_ids(at=T0)

@@ -431,6 +431,7 @@ async def run_demo(
     from promstat.generate.rules import write_rules
     from promstat.integrations import FleetRegistry
     from promstat.planner import PlannerConfig
+    from promstat.profile import RuleProfile
     from promstat.service import LiveStats
     from promstat.testing import lab
     from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet
@@ -495,15 +496,15 @@ async def run_demo(
             prom_starts,
         )
         metrics = PromstatMetrics()
-        config = PlannerConfig(
+        config = PlannerConfig(detect_ttl=interval_s)
+        profile = RuleProfile.parse(
             interval=options.interval,
             lookback=lookback,
             window=window,
             collect_interval=collect_interval,
-            detect_ttl=interval_s,
         )
         async with PrometheusClient(prom.url, observer=metrics) as client:
-            stats = LiveStats(client, config, metrics=metrics)
+            stats = LiveStats(client, profile=profile, planner=config, metrics=metrics)
             app = make_app(stats, FleetRegistry(fleet), stack=options.stack)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -532,7 +533,7 @@ async def run_demo(
             scrape_limit = time.monotonic() + 60.0
             until = scrape_limit if deadline is None else min(scrape_limit, deadline)
             ready = await _wait_for_data(
-                client, config.names, len(fleet.targets), interval_s, stop_event, until
+                client, profile.names, len(fleet.targets), interval_s, stop_event, until
             )
             if not ready and not stop_event.is_set():
                 if time.monotonic() >= scrape_limit:

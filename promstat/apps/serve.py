@@ -384,12 +384,18 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ConfigError: invalid options.
         OSError: the port could not be bound.
     """
+    from promstat.client import ClientConfig
     from promstat.integrations import PrometheusRegistry
-    from promstat.planner import PlannerConfig
+    from promstat.profile import RuleProfile
     from promstat.service import LiveStats
 
     metrics = PromstatMetrics()
-    config = PlannerConfig(
+    given = (options.interval, options.lookback, options.window, options.rates)
+    default = ServeOptions()
+    defaults = (default.interval, default.lookback, default.window, default.rates)
+    # Settings left at their defaults: read with the loaded rules' profile (LiveStats learns
+    # it from /api/v1/rules); settings given: read with them (a mismatch is logged once).
+    profile = None if given == defaults else RuleProfile.parse(
         interval=options.interval,
         lookback=options.lookback,
         window=options.window,
@@ -407,12 +413,15 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         # LiveStats owns the client it builds from the URL: leaving the block stops the
         # background refresh first, then closes the client.
         async with LiveStats(
-            options.base_url, config, metrics=metrics, client_options=options.client_kwargs()
+            options.base_url,
+            profile=profile,
+            metrics=metrics,
+            client=ClientConfig(**options.client_kwargs()),
         ) as stats:
             client = stats.client
             registry = PrometheusRegistry(
                 client,
-                names=config.names,
+                names=stats.profile.names,
                 ttl=options.registry_ttl,
                 live_window=options.live_window(),
             )

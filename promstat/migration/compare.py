@@ -664,24 +664,24 @@ async def run_compare(options: CompareOptions) -> tuple[float, list[Report]]:
     import time
 
     from promstat.client import PrometheusClient
+    from promstat.loader import CacheConfig
     from promstat.planner import PlannerConfig
+    from promstat.profile import RuleProfile
     from promstat.service import LiveStats
 
     at = time.time() if options.at is None else options.at
-    config = PlannerConfig(
-        catalog=options.catalog,
-        interval=options.interval,
-        window=options.window,
-        use_recorded=options.use_recorded,
+    config = PlannerConfig(use_recorded=options.use_recorded)
+    profile = RuleProfile.parse(
+        catalog=options.catalog, interval=options.interval, window=options.window
     )
     reports: list[Report] = []
     async with PrometheusClient(options.prom_url, timeout=options.timeout) as prom:
-        stats = LiveStats(prom, config, cache_ttl=0)
+        stats = LiveStats(prom, profile=profile, planner=config, cache=CacheConfig(ttl=0))
         levels = [("kernel", options.ids)]
         if options.agents:
             levels.append(("agent", options.agent_ids))
         for level, given in levels:
-            ids = list(dict.fromkeys(given)) or await _live_ids(prom, config.names, level, at)
+            ids = list(dict.fromkeys(given)) or await _live_ids(prom, profile.names, level, at)
             if options.sample is not None and not given and options.sample < len(ids):
                 ids = sorted(random.Random(options.seed).sample(ids, options.sample))
             # Legacy first: Valkey only has "now", Prometheus can be asked for any time.

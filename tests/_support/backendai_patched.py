@@ -68,7 +68,7 @@ async def kernel_live_stat(prom_url: str, at: float, allowed: list[str], asked: 
         container_metric_query_builder=ContainerMetricQueryBuilder("5m"),
         container_live_stat_query_builder=ContainerLiveStatQueryBuilder("5m"),
     )
-    live = LiveStats(prom_url, PlannerConfig(use_recorded=False), clock=lambda: at)
+    live = LiveStats(prom_url, planner=PlannerConfig(use_recorded=False), clock=lambda: at)
     out: dict[str, Any] = {"module": gql_kernel.__file__}
     try:
         async with backendai.manager_promstat(client, live_stats=live) as wrapped:
