@@ -11,11 +11,12 @@ from promstat.errors import ConfigError, TransportError
 from promstat.final import FinalStats
 from promstat.planner import Planner, PlannerConfig
 from promstat.recent import RecentlyTerminated
+from promstat.testing.stub import StubAPI
 
 NOW = 1_700_000_000.0
 
 
-class LastSeenClient:
+class LastSeenClient(StubAPI):
     """Answers last-seen queries with fixed times; counts what it is asked."""
 
     def __init__(self, seen: dict[str, float], *, fail: bool = False) -> None:
@@ -23,7 +24,7 @@ class LastSeenClient:
         self.fail = fail
         self.queries: list[str] = []
 
-    async def query_vector(self, query: str, **kwargs: Any) -> Any:
+    async def query_vector(self, query: str, **kwargs: Any) -> Any:  # type: ignore[override]
         self.queries.append(query)
         if self.fail:
             raise TransportError("connection refused", url="http://prometheus:9090")
