@@ -292,7 +292,7 @@ _SENTINEL_METRICS = frozenset({"cpu_used", "net_rx", "net_tx", "io_read", "io_wr
 _SENTINEL = "9223372036854775807"
 _UNIT_HINTS = {
     "cpu_used": "msec",
-    "cpu_util": "percent",
+    "cpu_util": "millicores",  # 26.9 CONTAINER_METRIC_UNIT_HINTS (PR #14642)
     "mem": "bytes",
     "net_rx": "bps",
     "net_tx": "bps",

@@ -27,7 +27,9 @@ from promstat.agent.exporter import (
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+ClientFactory = Callable[
+    [web.Application], Awaitable["TestClient[web.Request, web.Application]"]
+]  # quoted: TestClient is generic only from aiohttp 3.11 (the floor is 3.10.10)
 
 K1 = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 K2 = "6fa459ea-ee8a-3ca4-894e-db77e160355e"

@@ -69,7 +69,7 @@ def test_kernel_payload_follows_the_agents_stat_context() -> None:
         "current": "0",
         "capacity": "1000",
         "pct": "0",
-        "unit_hint": "percent",
+        "unit_hint": "millicores",
         "stats.max": "1290.608",
         "stats.avg": "1290.608",
     }
@@ -89,7 +89,7 @@ def test_kernel_payload_follows_the_agents_stat_context() -> None:
         "current": "500",
         "capacity": "1000",
         "pct": "50",
-        "unit_hint": "percent",
+        "unit_hint": "millicores",
         "stats.max": "16290.608",
         "stats.avg": "8790.608",
     }
