@@ -41,11 +41,14 @@ def _how_to_install(problem: str) -> str:
 @pytest.fixture(scope="session")
 def backendai() -> ModuleType:
     """``ai.backend.agent`` at the pinned version, or a failure with install instructions."""
+    problem = None
     try:
         agent = importlib.import_module("ai.backend.agent")
         importlib.import_module("ai.backend.agent.stats")
     except ImportError as exc:
-        pytest.fail(_how_to_install(f"cannot import Backend.AI: {exc}"), pytrace=False)
+        problem = f"cannot import Backend.AI: {exc}"
+    if problem is not None:  # outside the except block: the message alone, no traceback chain
+        pytest.fail(_how_to_install(problem), pytrace=False)
     version = getattr(agent, "__version__", "?")
     if version != pinned_version():
         pytest.fail(
