@@ -359,8 +359,13 @@ def test_process_payloads_are_per_container_with_integer_pids() -> None:
         "stats.avg": "850",
     }
     assert msgpack.unpackb(pack(payload), strict_map_key=False) == payload
-    # An exited process is forgotten after the detention (measurement time), as the agent.
-    ctx.observe(Measured("i-a", "cpu_util", "1700", "1000", 140.0, "k1", container_id="c1", pid=7))
-    ctx.observe(device("mem", "root", 1, 2, 140.0))
+    # An exited process stays until forget_after past the first collection that missed it
+    # (the agent's lazy_remove_process_metric starts there), then leaves.
+    for at in (60.0, 159.0, 160.0):
+        ctx.observe(Measured("i-a", "cpu_util", "1700", "1000", at, "k1", container_id="c1", pid=7))
+        kept = list(ctx.process_payload("c1", "i-a"))
+        assert kept == ([7, 8] if at < 160 else [7]), at
+    # A container no longer measured at all leaves after forget_after (its kernel ended).
+    ctx.observe(device("mem", "root", 1, 2, 261.0))
     ctx.end_collection("i-a")
-    assert list(ctx.process_payload("c1", "i-a")) == [7]
+    assert ctx.process_payload("c1", "i-a") == {}

@@ -303,12 +303,14 @@ class _Agent:
     """One agent's legacy state: per-kernel, per-process, per-device and node metrics."""
 
     __slots__ = (
+        "container_at",
         "device_round",
         "devices",
         "kernel_seen",
         "kernels",
         "node",
         "node_round",
+        "process_missing",
         "process_seen",
         "processes",
         "round_at",
@@ -320,6 +322,10 @@ class _Agent:
         # container id -> pid -> metric (the agent's process_metrics).
         self.processes: dict[str, dict[int, dict[str, LegacyMetric]]] = {}
         self.process_seen: dict[tuple[str, int], float] = {}
+        # container id -> its latest process collection; (container, pid) -> the collection
+        # that first missed the pid (the agent's lazy_remove_process_metric starts there).
+        self.container_at: dict[str, float] = {}
+        self.process_missing: dict[tuple[str, int], float] = {}
         self.devices: dict[str, dict[str, LegacyMetric]] = {}
         self.node: dict[str, LegacyMetric] = {}
         # Device measurements of the current collection: metric -> device -> (value, capacity).
@@ -384,6 +390,10 @@ class LegacyStatContext:
             else:
                 proc_metric.update(value, capacity, m.at)
             agent.process_seen[m.container_id, m.pid] = m.at
+            agent.process_missing.pop((m.container_id, m.pid), None)
+            agent.container_at[m.container_id] = max(
+                m.at, agent.container_at.get(m.container_id, m.at)
+            )
             self.dirty_containers[m.container_id] = m.agent_id
             return
         if m.kernel_id is not None:
@@ -461,13 +471,30 @@ class LegacyStatContext:
             if seen < horizon:
                 del agent.kernel_seen[kernel_id]
                 agent.kernels.pop(kernel_id, None)
-        for (container_id, pid), seen in list(agent.process_seen.items()):
+        # A container no longer measured at all (its kernel ended): its processes go after
+        # the detention, as remove_kernel_metric's lazy process removal.
+        for container_id, seen in list(agent.container_at.items()):
             if seen < horizon:
-                del agent.process_seen[container_id, pid]
-                per_pid = agent.processes.get(container_id, {})
-                per_pid.pop(pid, None)
-                if not per_pid:
-                    agent.processes.pop(container_id, None)
+                del agent.container_at[container_id]
+                for pid in agent.processes.pop(container_id, {}):
+                    agent.process_seen.pop((container_id, pid), None)
+                    agent.process_missing.pop((container_id, pid), None)
+
+    def _prune_processes(self, agent: _Agent, container_id: str) -> None:
+        """The agent keeps an exited process in its payload until the removal it scheduled
+        at the first collection that missed it runs, ``forget_after`` later."""
+        latest = agent.container_at.get(container_id)
+        per_pid = agent.processes.get(container_id)
+        if latest is None or not per_pid:
+            return
+        for pid in list(per_pid):
+            if agent.process_seen.get((container_id, pid), latest) >= latest:
+                continue
+            missing_at = agent.process_missing.setdefault((container_id, pid), latest)
+            if latest - missing_at >= self.forget_after:
+                del per_pid[pid]
+                agent.process_seen.pop((container_id, pid), None)
+                del agent.process_missing[container_id, pid]
 
     def _combine(
         self, name: str, per_device: Mapping[str, tuple[Decimal, Decimal | None]]
@@ -494,9 +521,13 @@ class LegacyStatContext:
         self, container_id: str, agent_id: str
     ) -> dict[int, dict[str, dict[str, str | None]]]:
         """The legacy process value of one container: ``{pid: {metric: MetricValue}}``
-        (pids and metrics in first-measurement order, as the agent)."""
+        (pids and metrics in first-measurement order, as the agent). An exited process stays
+        until ``forget_after`` after the first collection that missed it, then leaves."""
         agent = self._agents.get(agent_id)
-        per_pid = agent.processes.get(container_id, {}) if agent is not None else {}
+        if agent is None:
+            return {}
+        self._prune_processes(agent, container_id)
+        per_pid = agent.processes.get(container_id, {})
         return {
             pid: {name: metric.to_serializable_dict() for name, metric in metrics.items()}
             for pid, metrics in per_pid.items()

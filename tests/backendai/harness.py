@@ -190,6 +190,9 @@ class AgentRig:
         catalog: promstat's catalog (its unit hints must be 26.9's to match).
         node_interval / container_interval / process_interval: the agent's configured
             intervals (``[agent.utilization-metric]``); TTLs derive from them.
+        detention: promstat's detention (exporter) and ``forget_after`` (publisher), in
+            measurement time; the agent's own removal sleeps its ``UTILIZATION_METRIC_DETENTION``
+            in wall time (a test shortening both patches that).
     """
 
     def __init__(
@@ -201,6 +204,7 @@ class AgentRig:
         container_interval: float = 30.0,
         process_interval: float = 30.0,
         agent_id: str = "i-real-agent",
+        detention: float = 600.0,
     ) -> None:
         self.now = 1000.0
         self.host = Host()
@@ -257,10 +261,15 @@ class AgentRig:
             catalog=catalog,
             node_interval=node_interval,
             process_interval=process_interval,
+            forget_after=detention,
             auto_flush=False,
         )
-        self.exporter = UtilizationExporter(agent_id, publish_rates=False, clock=lambda: self.now)
-        self.rate_exporter = UtilizationExporter(agent_id, clock=lambda: self.now)
+        self.exporter = UtilizationExporter(
+            agent_id, publish_rates=False, clock=lambda: self.now, detention=detention
+        )
+        self.rate_exporter = UtilizationExporter(
+            agent_id, clock=lambda: self.now, detention=detention
+        )
         self.exporter.add_listener(self.publisher)
         self._tee()
 
@@ -436,11 +445,16 @@ class AgentRig:
         return str(kernel_id)
 
     async def stop_kernel(self, container_id: str) -> None:
-        """The kernel terminated: the agent's remove_kernel_metric, promstat's terminate."""
+        """The kernel terminated: the agent's remove_kernel_metric, promstat's terminate.
+
+        In the agent's order (``_handle_clean_event``): the metrics removal is scheduled while
+        the kernel is still registered (it reads the ownership labels from the registry), then
+        the kernel leaves the registry.
+        """
         kernel_id = self._kernel_of.pop(container_id)
+        await self.ctx.remove_kernel_metric(kernel_id, ContainerId(container_id))
         del self.agent.kernel_registry[kernel_id]
         del self.containers[container_id]
-        await self.ctx.remove_kernel_metric(kernel_id, ContainerId(container_id))
         for exp in (self.exporter, self.rate_exporter):
             exp.terminate_kernel(str(kernel_id))
 

@@ -151,3 +151,33 @@ async def test_unit_hints_of_other_versions_are_one_setting(
             assert ours == real
     finally:
         await rig.close()
+
+
+async def test_exited_processes_and_stopped_kernels_leave_as_the_agent_removes_them(
+    backendai: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent removes an exited process (payload entry and series) and a stopped kernel's
+    series when its detention task has slept; with that sleep shortened to 0 (so it runs before
+    the next collection) promstat with a detention of one interval does the same."""
+    import ai.backend.agent.metrics.metric as bai_metric
+
+    from backendai.harness import AgentRig, Container, unpack
+
+    monkeypatch.setattr(bai_metric, "UTILIZATION_METRIC_DETENTION", 0.0)
+    rig = AgentRig(monkeypatch, detention=30.0)
+    try:
+        procs = {201: (10.0, 1 << 20, 0, 0), 202: (20.0, 2 << 20, 0, 0)}
+        rig.start_kernel("a" * 64, Container(cpu_ns=10**9, processes=procs))
+        rig.start_kernel("b" * 64, Container(cpu_ns=10**9))
+        await collect_and_compare(rig, 1000.0)
+        rig.containers["a" * 64].processes = {201: (40.0, 1 << 20, 0, 0)}  # 202 exits
+        await collect_and_compare(rig, 1030.0)
+        assert set(unpack(rig.valkey.store["a" * 64][0])) == {201, 202}  # still there
+        await rig.stop_kernel("b" * 64)
+        await collect_and_compare(rig, 1060.0)
+        assert set(unpack(rig.valkey.store["a" * 64][0])) == {201}  # removed
+        await collect_and_compare(rig, 1090.0)
+        kernels = {dict(labels).get("kernel_id") for _, labels in rig.real_series()}
+        assert len(kernels - {None}) == 1  # the stopped kernel's series are gone
+    finally:
+        await rig.close()
