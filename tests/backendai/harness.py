@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -396,23 +396,32 @@ class AgentRig:
         ctx.observe_process_metric = process  # type: ignore[method-assign]
 
         for plugin in (self.cpu, self.mem):
-            real_gather = plugin.gather_node_measures
+            self._tee_node(plugin)
 
-            async def gather(ctx: Any, real_gather: Callable[..., Any] = real_gather) -> Any:
-                measures = await real_gather(ctx)
-                # The per-node values, as an agent integration passes them (scale factor 1).
-                for m in measures:
-                    value, capacity = m.per_node.value, m.per_node.capacity
-                    for exp in (rig.exporter, rig.rate_exporter):
-                        exp.observe_node(
-                            m.key,
-                            str(value),
-                            None if capacity is None else str(capacity),
-                            at=rig.now,
-                        )
-                return measures
+    def _tee_node(self, plugin: Any) -> None:
+        rig = self
+        real_gather = plugin.gather_node_measures
 
-            plugin.gather_node_measures = gather  # type: ignore[method-assign]
+        async def gather(ctx: Any) -> Any:
+            measures = await real_gather(ctx)
+            # The per-node values, as an agent integration passes them (scale factor 1).
+            for m in measures:
+                value, capacity = m.per_node.value, m.per_node.capacity
+                for exp in (rig.exporter, rig.rate_exporter):
+                    exp.observe_node(
+                        m.key,
+                        str(value),
+                        None if capacity is None else str(capacity),
+                        at=rig.now,
+                    )
+            return measures
+
+        plugin.gather_node_measures = gather
+
+    def add_computer(self, name: str, plugin: Any) -> None:
+        """Install another compute plugin (an accelerator) after the intrinsic ones."""
+        self.agent.computers[name] = SimpleNamespace(instance=plugin)
+        self._tee_node(plugin)
 
     # -- the fleet ------------------------------------------------------------------------------
 
@@ -463,7 +472,12 @@ class AgentRig:
         then promstat's publisher writes what it was told."""
         self.now = at
         cids = [ContainerId(c) for c in self.containers]
-        await self.ctx.collect_node_stat({SlotName("cpu"): Decimal(1), SlotName("mem"): Decimal(1)})
+        scaling = {
+            SlotName(slot): Decimal(1)
+            for computer in self.agent.computers.values()
+            for slot, _ in computer.instance.slot_types
+        }
+        await self.ctx.collect_node_stat(scaling)
         await self.ctx.collect_container_stat(cids)
         await self.ctx.collect_per_container_process_stat(cids)
         for cid, kernel_id in self._kernel_of.items():
