@@ -8,10 +8,10 @@ page cost: wall time, Prometheus HTTP requests, response bytes, and how many ids
 ``legacy``         redis ``MGET`` of the page's bare kernel-id keys + msgpack decode (the
                    Valkey path before the migration; 0 Prometheus queries)
 ``per_kernel``     one instant query per kernel (the N+1 shape), 16 in flight
-``upstream``       today's Backend.AI plan: per 128-id DataLoader batch six *sequential*
-                   POSTs with the exact PromQL of ``ContainerLiveStatQueryBuilder`` (``sum by``,
-                   ``[5m:]`` subqueries, ``regex_union`` escaping), JSON parsing and the
-                   ``LegacyLiveStatConverter`` dict-of-strings rebuild (approximated)
+``upstream``       the installed Backend.AI 26.9 manager's own code: per 128-id DataLoader batch
+                   ``PrometheusClient.fetch_container_live_stats`` (six *sequential* instant
+                   queries, its own client pool, pydantic validation) and
+                   ``LegacyLiveStatConverter.convert`` (:mod:`benchmarks.upstream`)
 ``promstat_raw``   promstat without recording rules (``use_recorded=False``), no cache
 ``promstat_rec``   promstat reading the recorded series (``use_recorded=True``), no cache
 ``promstat_warm``  promstat with its cross-request cache: a second load within one interval
@@ -28,16 +28,13 @@ import asyncio
 import gc
 import json
 import math
-import re
 import resource
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import msgpack
@@ -45,12 +42,16 @@ import msgspec
 import redis.asyncio as aioredis
 
 from promstat.client import PrometheusClient
+from promstat.loader import CacheConfig
 from promstat.planner import PlannerConfig
 from promstat.promql import eq
+from promstat.refresh import RefreshConfig
 from promstat.renderer import render_kernel
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
-from promstat.wire import vector_decoder
+from promstat.wire import RuleGroup, vector_decoder
+
+from .upstream import Upstream
 
 __all__ = [
     "CONTENDERS",
@@ -65,7 +66,6 @@ __all__ = [
     "Upstream",
     "make_contender",
     "promstat_breakdown",
-    "upstream_queries",
 ]
 
 #: Contender names in report order.
@@ -81,8 +81,8 @@ CONTENDERS: tuple[str, ...] = (
 DESCRIPTIONS: Mapping[str, str] = {
     "legacy": "redis MGET of bare kernel-id keys + msgpack decode (pre-migration Valkey path)",
     "per_kernel": "one instant query per kernel (N+1), 16 concurrent",
-    "upstream": "Backend.AI today: 6 sequential POSTs per 128-id batch (sum by, [5m:] "
-    "subqueries) + JSON parse + dict-of-strings conversion",
+    "upstream": "Backend.AI 26.9.6's own fetch_container_live_stats (6 sequential queries per "
+    "128-id batch, rate[5m], [5m:] subqueries) + LegacyLiveStatConverter",
     "promstat_raw": "promstat, raw-series plan (use_recorded=False), no cache",
     "promstat_rec": "promstat, recorded-series plan (use_recorded=True), no cache",
     "promstat_warm": "promstat, recorded plan, second load from the shared cache",
@@ -158,6 +158,19 @@ class PinnedClient:
     async def query_range(self, query: str, **kw: Any) -> Any:
         """``client.query_range`` unchanged (history is not benchmarked)."""
         return await self.client.query_range(query, **kw)
+
+    @property
+    def timeout(self) -> float:
+        """The real client's deadline."""
+        return self.client.timeout
+
+    async def rules(self, type: Literal["record", "alert"] | None = None) -> list[RuleGroup]:
+        """``client.rules`` unchanged (the rule layout is not pinned in time)."""
+        return await self.client.rules(type)
+
+    async def aclose(self) -> None:
+        """Close the real client."""
+        await self.client.aclose()
 
 
 def _count(results: Sequence[object]) -> tuple[int, int]:
@@ -284,221 +297,7 @@ class PerKernel:
 
 
 # -------------------------------------------------------------------------------------------
-# 3. upstream: Backend.AI's ContainerLiveStatQueryBuilder + LegacyLiveStatConverter
-
-_RATE_METRICS = ("net_rx", "net_tx")
-_DIFF_METRICS = ("cpu_util",)
-_SENTINEL_METRICS = frozenset({"cpu_used", "net_rx", "net_tx", "io_read", "io_write"})
-_SENTINEL = "9223372036854775807"
-_UNIT_HINTS = {
-    "cpu_used": "msec",
-    "cpu_util": "millicores",  # 26.9 CONTAINER_METRIC_UNIT_HINTS (PR #14642)
-    "mem": "bytes",
-    "net_rx": "bps",
-    "net_tx": "bps",
-    "io_read": "bytes",
-    "io_write": "bytes",
-    "io_scratch_size": "bytes",
-}
-_PARTS = ("instant", "rate_current", "max", "rate_max", "avg", "rate_avg")
-
-
-def _regex_union(values: Sequence[str]) -> str:
-    # Backend.AI's regex_union: re.escape with UUID hyphens un-escaped, no anchors.
-    return "|".join(re.escape(v).replace(r"\-", "-") for v in values)
-
-
-def _label_value(value: str) -> str:
-    # The preset renderer's `key<op>"escaped"`: a PromQL double-quoted string body.
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def upstream_queries(kernel_ids: Sequence[str], window: str = "5m") -> list[tuple[str, str]]:
-    """The six live-stat queries of one batch, exactly as upstream renders them.
-
-    Returns:
-        ``(part, promql)`` in upstream's execution order.
-    """
-    k = _label_value(_regex_union(kernel_ids))
-    rate_names = _label_value(_regex_union(sorted((*_DIFF_METRICS, *_RATE_METRICS))))
-    m = "backendai_container_utilization"
-    sel_all = f'{m}{{kernel_id=~"{k}",value_type=~"current|capacity"}}'
-    sel_rate = f'{m}{{kernel_id=~"{k}",container_metric_name=~"{rate_names}",value_type="current"}}'
-    sel_cur = f'{m}{{kernel_id=~"{k}",value_type="current"}}'
-    gauge = f"(sum by (container_metric_name,kernel_id)({sel_cur}))"
-    rate = f"(sum by (container_metric_name,kernel_id)(rate({sel_rate}[{window}])))"
-    return [
-        ("instant", f"sum by (container_metric_name,kernel_id,value_type)({sel_all})"),
-        ("rate_current", f"sum by (container_metric_name,kernel_id)(rate({sel_rate}[{window}]))"),
-        ("max", f"max_over_time({gauge}[{window}:])"),
-        ("rate_max", f"max_over_time({rate}[{window}:])"),
-        ("avg", f"avg_over_time({gauge}[{window}:])"),
-        ("rate_avg", f"avg_over_time({rate}[{window}:])"),
-    ]
-
-
-def _unit_hint(name: str) -> str:
-    hint = _UNIT_HINTS.get(name)
-    if hint is not None:
-        return hint
-    if name.endswith("_util"):
-        return "percent"
-    if name == "mem" or name.endswith("_mem") or name.startswith("io_"):
-        return "bytes"
-    if name.startswith("net_"):
-        return "bps"
-    return name
-
-
-def _parse_samples(
-    part: str, body: Mapping[str, Any], by_kernel: dict[uuid.UUID, dict[str, dict[str, str]]]
-) -> None:
-    """``KernelLiveStatBatchResult._parse_samples`` (instant value normalised to ``values``)."""
-    for row in body.get("data", {}).get("result", []):
-        metric = row.get("metric", {})
-        kernel_id = metric.get("kernel_id")
-        name = metric.get("container_metric_name")
-        if not kernel_id or not name:
-            continue
-        values = [row["value"]] if "value" in row else row.get("values", [])
-        if not values or not values[-1][1]:
-            continue
-        try:
-            kid = uuid.UUID(kernel_id)
-        except ValueError:
-            continue
-        key = part
-        if part == "instant":
-            vt = metric.get("value_type")
-            if vt == "current":
-                key = "instant_current"
-            elif vt == "capacity":
-                key = "instant_capacity"
-            else:
-                continue
-        by_kernel.setdefault(kid, {}).setdefault(key, {})[name] = values[-1][1]
-
-
-def _convert(parts: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, Any]]:
-    """``LegacyLiveStatConverter.convert`` for one kernel (all values stay strings)."""
-    out: dict[str, dict[str, Any]] = {}
-    names: set[str] = set()
-    for values in parts.values():
-        names.update(values)
-    ic, cap_part = parts.get("instant_current", {}), parts.get("instant_capacity", {})
-    rc = parts.get("rate_current", {})
-    for name in sorted(names):
-        entry: dict[str, Any] = {
-            "current": "0", "capacity": "0", "pct": "0", "unit_hint": _unit_hint(name),
-            "stats.min": "0", "stats.max": "0", "stats.sum": "0", "stats.avg": "0",
-            "stats.diff": "0", "stats.rate": "0", "stats.version": None,
-        }  # fmt: skip
-        current = rc.get(name) or ic.get(name)
-        if current is not None:
-            entry["current"] = current
-        capacity = cap_part.get(name)
-        if capacity is not None:
-            entry["capacity"] = capacity
-        if current is not None and name in _SENTINEL_METRICS:
-            entry["capacity"] = _SENTINEL
-        stat_max = parts.get("rate_max", {}).get(name) or parts.get("max", {}).get(name)
-        if stat_max is not None:
-            entry["stats.max"] = stat_max
-        stat_avg = parts.get("rate_avg", {}).get(name) or parts.get("avg", {}).get(name)
-        if stat_avg is not None:
-            entry["stats.avg"] = stat_avg
-        if name in _RATE_METRICS:
-            entry["stats.rate"] = entry["current"]
-        if name in _DIFF_METRICS:
-            entry["stats.diff"] = entry["current"]
-        try:
-            cap = Decimal(entry["capacity"])
-            if cap > 0:
-                entry["pct"] = f"{Decimal(entry['current']) / cap * 100:.2f}"
-        except InvalidOperation:
-            pass
-        out[name] = entry
-    return out
-
-
-class Upstream:
-    """Backend.AI's current Prometheus live-stat path, batch by batch.
-
-    Batches of ``batch_size`` ids (the DataLoader's ``max_batch_size=128``) run concurrently
-    (aiodataloader dispatches them together); inside a batch the six queries are awaited one
-    after the other, as ``fetch_container_live_stats`` does.
-
-    Args:
-        prom_url: Prometheus base URL.
-        at: pinned evaluation time (upstream queries "now"; the fleet is historical).
-        batch_size: DataLoader batch size.
-        window: ``metric.timewindow``.
-    """
-
-    name = "upstream"
-
-    def __init__(
-        self, prom_url: str, at: float, *, batch_size: int = 128, window: str = "5m"
-    ) -> None:
-        self.url = f"{prom_url}/api/v1/query"
-        self.at = at
-        self.batch_size = batch_size
-        self.window = window
-        self._session: aiohttp.ClientSession | None = None
-        self._queries = 0
-        self._bytes = 0
-
-    async def start(self) -> None:
-        """Open the shared session (aiohttp defaults, 30 s total timeout like upstream)."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30.0))
-        await self._post("vector(1)")
-
-    async def prepare(self, ids: Sequence[str]) -> None:
-        """Nothing to prepare."""
-
-    async def _post(self, query: str) -> Any:
-        assert self._session is not None
-        form = {"query": query, "time": repr(self.at)}
-        async with self._session.post(self.url, data=form) as resp:
-            body = await resp.read()
-            if resp.status // 100 != 2:
-                raise RuntimeError(f"upstream query failed ({resp.status}): {body[:300]!r}")
-        self._queries += 1
-        self._bytes += len(body)
-        return json.loads(body)
-
-    async def _batch(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        by_kernel: dict[uuid.UUID, dict[str, dict[str, str]]] = {}
-        for part, query in upstream_queries(ids, self.window):
-            _parse_samples(part, await self._post(query), by_kernel)
-        converted = {str(k): _convert(parts) for k, parts in by_kernel.items()}
-        return [converted.get(k) or None for k in ids]
-
-    async def load(self, ids: Sequence[str]) -> PageResult:
-        """All batches concurrently, six sequential queries each."""
-        unique = list(dict.fromkeys(ids))
-        q0, b0 = self._queries, self._bytes
-        t0 = time.perf_counter()
-        batches = await asyncio.gather(
-            *(
-                self._batch(unique[i : i + self.batch_size])
-                for i in range(0, len(unique), self.batch_size)
-            ),
-            return_exceptions=True,
-        )
-        seconds = time.perf_counter() - t0
-        results: list[object] = []
-        for i, batch in enumerate(batches):
-            n = len(unique[i * self.batch_size : (i + 1) * self.batch_size])
-            results.extend([batch] * n if isinstance(batch, BaseException) else batch)
-        found, errors = _count(results)
-        return PageResult(seconds, self._queries - q0, self._bytes - b0, found, errors, len(unique))
-
-    async def close(self) -> None:
-        """Close the session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+# 3. upstream: the real Backend.AI 26.9 code (benchmarks/upstream.py)
 
 
 # -------------------------------------------------------------------------------------------
@@ -506,7 +305,7 @@ class Upstream:
 
 
 class PromstatCold:
-    """promstat's ``LiveStats.load_kernels`` with no cross-request cache (``cache_ttl=0``).
+    """promstat's ``LiveStats.load_kernels`` with no cross-request cache (``CacheConfig(ttl=0)``).
 
     Plan detection runs once in :meth:`start` (it is cached per process for ``detect_ttl``),
     so a page's queries are the plan's chunks only.
@@ -533,16 +332,17 @@ class PromstatCold:
         self.client = PrometheusClient(prom_url, observer=self.metrics)
         self.stats = LiveStats(
             PinnedClient(self.client, at),
-            PlannerConfig(use_recorded=recorded, detect_ttl=1e9),
-            cache_ttl=cache_ttl,
+            planner=PlannerConfig(use_recorded=recorded, detect_ttl=1e9),
+            cache=CacheConfig(ttl=cache_ttl),
             metrics=self.metrics,
             # Interleaved contenders: a background refresh would run during the others'
             # timings. The polling and load runs measure refresh-ahead instead.
-            refresh_ahead=False,
+            refresh=RefreshConfig(enabled=False),
         )
 
     async def start(self) -> None:
         """Detect the plan once (and open the session)."""
+        await self.stats.learn_profile()  # the rules read, once: outside the timings
         await self.stats.planner.detect("kernel")
 
     async def prepare(self, ids: Sequence[str]) -> None:
@@ -618,10 +418,14 @@ async def promstat_breakdown(
     client = PrometheusClient(prom_url, observer=metrics)
     pinned = PinnedClient(client, at)
     stats = LiveStats(
-        pinned, PlannerConfig(use_recorded=True, detect_ttl=1e9), cache_ttl=0, metrics=metrics
+        pinned,
+        planner=PlannerConfig(use_recorded=True, detect_ttl=1e9),
+        cache=CacheConfig(ttl=0),
+        metrics=metrics,
     )
     page = list(ids)
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         await stats.load_kernels(page)
         pinned.sent = []

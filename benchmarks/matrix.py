@@ -33,7 +33,9 @@ from typing import Any
 from promstat.client import PrometheusClient
 from promstat.expressions import RateSource
 from promstat.generate.rules import write_rules
+from promstat.loader import CacheConfig
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 from promstat.testing import lab
@@ -68,11 +70,12 @@ async def _cold_pages(url: str, at: float, ids: list[str], reps: int) -> list[Pa
     metrics = PromstatMetrics()
     client = PrometheusClient(url, observer=metrics)
     stats = LiveStats(
-        PinnedClient(client, at), PlannerConfig(use_recorded=True, detect_ttl=1e9),
-        cache_ttl=0, metrics=metrics,
+        PinnedClient(client, at), planner=PlannerConfig(use_recorded=True, detect_ttl=1e9),
+        cache=CacheConfig(ttl=0), metrics=metrics,
     )
     out = []
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         await stats.load_kernels(ids)  # warm-up
         for _ in range(reps):
@@ -195,9 +198,9 @@ async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: floa
             await up.close()
         return pages, round(statistics.median(took), 1)
     client = PrometheusClient(url)
-    config = PlannerConfig(use_recorded=True, interval=f"{interval:g}s",
-                           rates=RateSource.parse(rates))
-    stats = LiveStats(client, config, cache_ttl=0)
+    profile = RuleProfile(interval=float(interval), rates=RateSource.parse(rates))
+    stats = LiveStats(client, profile=profile, planner=PlannerConfig(use_recorded=True),
+                      cache=CacheConfig(ttl=0))
     try:
         end = time.monotonic() + seconds
         while time.monotonic() < end:

@@ -1,6 +1,6 @@
 """Cold-path cost against bare HTTP, and polling clients against legacy, on the benchmark fleet.
 
-Two measurements for issue 10 (reported, never asserted):
+Two measurements for the design goals (reported, never asserted):
 
 * :func:`measure_cold_path` — for a cold recorded page of 1,000 and 5,000 kernels, the time
   promstat adds on top of the bare HTTP time of *the same queries* (sent concurrently with a
@@ -20,7 +20,11 @@ Two measurements for issue 10 (reported, never asserted):
   :class:`promstat.service.LiveStats` with the interval as cache TTL (and its default
   refresh-ahead, where that exists). Reported: p50/p95/p99 page latency, promstat's data age
   p95 (when ``PromstatMetrics`` has a data-age histogram), Prometheus queries per interval,
-  the distinct kernels requested, CPU seconds of the client and of Prometheus per page.
+  the distinct kernels requested, CPU seconds of the client and of Prometheus per page and
+  Prometheus' CPU seconds per minute. ``upstream`` (the real Backend.AI 26.9 code,
+  :mod:`benchmarks.upstream`) polls the same way through a DataLoader of 128-id batches over
+  ``fetch_container_live_stats``: it has no cross-request cache, so every page asks
+  Prometheus six queries per batch.
 
 The fleet's data is pinned at one instant (``PinnedClient``), so "churn" here is churn of the
 requested ids, not of the series; a live, scraped fleet is the soak benchmark's job.
@@ -42,8 +46,9 @@ import msgpack
 import redis.asyncio as aioredis
 
 from promstat.client import PrometheusClient
-from promstat.loader import DataLoader
+from promstat.loader import CacheConfig, DataLoader
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 
@@ -51,6 +56,7 @@ from . import report
 from .contenders import PinnedClient
 from .fleet import Fleet
 from .loopwatch import LoopWatch
+from .upstream import UPSTREAM_BATCH, Upstream
 
 __all__ = ["data_age_p95", "measure_cold_path", "process_cpu_seconds", "run_polling"]
 
@@ -87,7 +93,10 @@ async def _cold_one(
     client = PrometheusClient(fleet.prometheus.url, observer=metrics, compress=compress)
     pinned = PinnedClient(client, fleet.at)
     stats = LiveStats(
-        pinned, PlannerConfig(use_recorded=True, detect_ttl=1e9), cache_ttl=0, metrics=metrics
+        pinned,
+        planner=PlannerConfig(use_recorded=True, detect_ttl=1e9),
+        cache=CacheConfig(ttl=0),
+        metrics=metrics,
     )
     prom_pid = fleet.prometheus.pid
     http_s: list[float] = []
@@ -105,6 +114,7 @@ async def _cold_one(
     url = f"{fleet.prometheus.url}/api/v1/query"
     headers = {"Accept-Encoding": "gzip" if compress else "identity"}
     try:
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
         pinned.sent = []
         bytes0 = metrics.snapshot().response_bytes
@@ -244,7 +254,7 @@ async def run_polling(
     (``warmup_pages``, ``warmup_max_ms``), not in the percentiles.
 
     Args:
-        contender: ``"legacy"`` or ``"promstat"``.
+        contender: ``"legacy"``, ``"upstream"`` or ``"promstat"``.
         interval: the scrape interval (promstat's cache TTL and refresh period).
         drift: ids a client's page moves by on every poll (ids enter and leave the pages).
         positions: page positions the clients share (client ``i`` takes ``i % positions``).
@@ -259,13 +269,19 @@ async def run_polling(
     client: PrometheusClient | None = None
     legacy: _Legacy | None = None
     stats: LiveStats | None = None
+    upstream: Upstream | None = None
     if contender == "legacy":
         legacy = _Legacy(fleet.redis.url)
+    elif contender == "upstream":
+        upstream = Upstream(fleet.prometheus.url, fleet.at)
+        await upstream.start()
     else:
         client = PrometheusClient(fleet.prometheus.url, observer=metrics)
-        config = PlannerConfig(use_recorded=True, detect_ttl=1e9, interval=f"{interval:g}s")
-        stats = LiveStats(PinnedClient(client, fleet.at), config, cache_ttl=interval,
-                          metrics=metrics)
+        config = PlannerConfig(use_recorded=True, detect_ttl=1e9)
+        stats = LiveStats(PinnedClient(client, fleet.at), planner=config,
+                          profile=RuleProfile(interval=float(interval)),
+                          cache=CacheConfig(ttl=interval), metrics=metrics)
+        await stats.learn_profile()  # the rules read, once: outside the timings
         await stats.planner.detect("kernel")
     latencies: list[float] = []
     warmup: list[float] = []
@@ -276,6 +292,8 @@ async def run_polling(
     def loader() -> DataLoader[str, Any]:
         if stats is not None:
             return stats.kernel_loader()
+        if upstream is not None:  # _batch_load_kernel_live_stat's loader: 128 ids a batch
+            return DataLoader(upstream.batch_load, max_batch_size=UPSTREAM_BATCH)
         assert legacy is not None
         return DataLoader(legacy.batch)
 
@@ -310,6 +328,7 @@ async def run_polling(
 
     requested: set[str] = set()
     before = metrics.snapshot()
+    upstream_q0 = upstream.queries if upstream is not None else 0
     p0, c0 = process_cpu_seconds(prom_pid), time.process_time()
     started = loop.time()
     deadline = started + seconds
@@ -328,10 +347,14 @@ async def run_polling(
             await client.close()
         if legacy is not None:
             await legacy.redis.aclose()
+        if upstream is not None:
+            await upstream.close()
     lat = sorted(latencies)
     pages = len(lat)
     intervals = max(1.0, elapsed / interval)
-    queries = after.queries - before.queries
+    queries = (
+        upstream.queries - upstream_q0 if upstream is not None else after.queries - before.queries
+    )
     age = data_age_p95(metrics) if stats is not None else None
     return {
         "contender": contender,
@@ -353,6 +376,9 @@ async def run_polling(
         "prometheus_cpu_ms_per_page": (
             _ms((p1 - p0) / pages) if pages and p0 is not None and p1 is not None else None
         ),
+        "prometheus_cpu_s_per_minute": (
+            round((p1 - p0) / elapsed * 60, 2) if p0 is not None and p1 is not None else None
+        ),
         "data_age_p95_s": age,
         "data_age_p95_intervals": None if age is None else round(age / interval, 2),
         "errors": errors,
@@ -368,12 +394,13 @@ async def polling_matrix(
     interval: float,
     seed: int,
     log: Any = None,
+    contenders: Sequence[str] = ("legacy", "upstream", "promstat"),
 ) -> list[dict[str, Any]]:
-    """Every (clients, period in {interval/2, interval}) pair, legacy then promstat."""
+    """Every (clients, period in {interval/2, interval}) pair, for each contender in turn."""
     out = []
     for n in clients:
         for period in (interval / 2, interval):
-            for contender in ("legacy", "promstat"):
+            for contender in contenders:
                 if log is not None:
                     log(f"polling: {contender}, {n} clients every {period:g}s for {seconds:g}s")
                 out.append(

@@ -28,17 +28,43 @@ from typing import Any
 
 from .contenders import CONTENDERS, DESCRIPTIONS, PageResult
 
-__all__ = ["TARGETS", "build", "format_table", "percentile", "summarize", "write_png"]
+__all__ = [
+    "TARGETS",
+    "TARGET_WORDS",
+    "build",
+    "format_table",
+    "percentile",
+    "summarize",
+    "verdict",
+    "write_png",
+]
 
-#: Design targets (reported, never asserted): at a 1,000-kernel page (issue 10's bounds).
+#: Design targets at a 1,000-kernel page (reported, never asserted): the latency and query
+#: budget the project sets itself for a manager's list page.
 TARGETS: Mapping[str, tuple[str, str, float]] = {
     # key: (contender, comparison, bound)
     "promstat_rec_x_legacy": ("promstat_rec", "<=", 6.0),
-    "promstat_rec_x_upstream": ("promstat_rec", ">=", 5.0),
+    "promstat_rec_x_upstream": ("promstat_rec", ">=", 10.0),
     "promstat_warm_x_legacy": ("promstat_warm", "<=", 1.5),
     "promstat_rec_queries": ("promstat_rec", "<=", 4.0),
 }
 TARGET_PAGE = 1000
+
+#: What each of :data:`TARGETS` measures, in words: the report prints these, not the keys.
+TARGET_WORDS: Mapping[str, str] = {
+    "promstat_rec_x_legacy": "cold page from the recorded series, p50 / legacy Valkey p50",
+    "promstat_rec_x_upstream": "upstream's p50 / cold recorded page p50 (times faster)",
+    "promstat_warm_x_legacy": "warm page (shared cache) p50 / legacy Valkey p50",
+    "promstat_rec_queries": "Prometheus queries per cold recorded page",
+}
+
+
+def verdict(met: bool | None, target: str) -> str:
+    """A goal's outcome in words: ``goal: at most 6, met`` (``target`` is ``"<= 6"``)."""
+    op, _, bound = target.partition(" ")
+    words = {"<=": "at most", ">=": "at least"}.get(op, op)
+    state = {True: "met", False: "not met", None: "not measured"}[met]
+    return f"goal: {words} {bound}, {state}"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -163,17 +189,21 @@ def goals(
     polling: Sequence[Mapping[str, Any]],
     rules_cost: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """Issue 10's targets as measured ratios next to their goals (reported, never asserted)."""
+    """The design goals as measured ratios next to their bounds (reported, never asserted):
+    cold pages against legacy and upstream, the time promstat adds to the bare HTTP of its own
+    queries, event-loop stalls, polling against legacy, data age, rule cost and flatness."""
     out: list[dict[str, Any]] = []
     for size, bound in (("1000", 6.0), ("5000", 8.0)):
         rec = page_doc.get(size, {}).get("promstat_rec")
         if rec is not None:
             out.append(_goal(f"cold {size}-kernel page x legacy (p50)", rec["x_legacy_p50"],
                              "<=", bound))
-    rec = page_doc.get("1000", {}).get("promstat_rec")
-    if rec is not None:
-        out.append(_goal("cold 1000-kernel page x faster than upstream (p50)",
-                         rec["x_upstream_p50"], ">=", 5.0))
+    for size in ("1000", "5000"):
+        # upstream is the installed Backend.AI 26.9 code (benchmarks/upstream.py).
+        rec = page_doc.get(size, {}).get("promstat_rec")
+        if rec is not None and rec.get("x_upstream_p50") is not None:
+            out.append(_goal(f"cold {size}-kernel page x faster than Backend.AI 26.9 (p50)",
+                             rec["x_upstream_p50"], ">=", 10.0))
     for x in cold_path:
         gz = "gzip" if x["compress"] else "identity"
         out.append(_goal(f"client time added / bare HTTP, {x['page']} kernels, {gz}",
@@ -192,6 +222,17 @@ def goals(
                              _ratio(x["p95_ms"], legacy["p95_ms"]), "<=", 1.0))
         out.append(_goal(f"data age p95 in intervals, {label}", x["data_age_p95_intervals"],
                          "<=", 2.0))
+        upstream = by_key.get(("upstream", clients, period))
+        if upstream is not None:
+            out.append(_goal(f"polling p95, Backend.AI 26.9 / promstat, {label}",
+                             _ratio(upstream["p95_ms"], x["p95_ms"]), ">=", 100.0))
+            # Prometheus' own CPU under the polling traffic; promstat's rule evaluation is
+            # paid once per interval whoever polls, and is in the rule-cost figures.
+            mine, theirs = (x.get("prometheus_cpu_s_per_minute"),
+                            upstream.get("prometheus_cpu_s_per_minute"))
+            if clients >= 10 and mine is not None and theirs:
+                out.append(_goal(f"Prometheus CPU under polling, promstat / Backend.AI 26.9, "
+                                 f"{label}", round(mine / theirs, 3), "<=", 1.0))
         per_interval.setdefault(period, []).append(x["queries_per_interval"])
     for period, values in per_interval.items():
         if len(values) > 1 and min(values) > 0:
@@ -300,12 +341,17 @@ def format_table(doc: Mapping[str, Any]) -> str:
         lines.append("")
     targets = doc.get("targets", {})
     if "note" not in targets:
-        lines.append(f"targets at the {targets.get('page')}-kernel page (reported, not asserted):")
+        lines.append(
+            f"design targets at the {targets.get('page')}-kernel page (measured in this run, "
+            "reported, never asserted):"
+        )
         for key, t in targets.items():
             if key == "page":
                 continue
-            met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
-            lines.append(f"  {key:<26} {_fmt(t['value'], '.2f'):>8}  target {t['target']:<7} {met}")
+            what = TARGET_WORDS.get(key, key)
+            lines.append(
+                f"  {what:<62} {_fmt(t['value'], '.2f'):>8}  ({verdict(t['met'], t['target'])})"
+            )
         lines.append("")
     if doc.get("load"):
         lines.append("load: clients loading overlapping 100-kernel pages through one LiveStats")
@@ -351,7 +397,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
             f"+ other {b['other_ms']:.1f}"
         )
         lines.append("")
-    lines += _format_issue10(doc)
+    lines += _format_goals(doc)
     decode = doc.get("decode")
     if decode:
         lines.append("decode micro-benchmark (benchmarks/bench_decode.py):")
@@ -361,7 +407,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
+def _format_goals(doc: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     cold = doc.get("cold_path") or []
     if cold:
@@ -437,11 +483,11 @@ def _format_issue10(doc: Mapping[str, Any]) -> list[str]:
         lines.append("")
     goal_list = doc.get("goals") or []
     if goal_list:
-        lines.append("issue 10 targets (measured, reported, never asserted):")
+        lines.append("design goals (measured in this run, reported, never asserted; what each "
+                     "measures and why: benchmarks/README.md):")
         for g in goal_list:
-            met = {True: "met", False: "MISSED", None: "n/a"}[g["met"]]
             lines.append(f"  {g['goal']:<62} {_fmt(g['value'], '.2f'):>8}  "
-                         f"target {g['target']:<7} {met}")
+                         f"({verdict(g['met'], g['target'])})")
         lines.append("")
     return lines
 

@@ -49,10 +49,12 @@ import aiohttp
 from aiohttp import web
 
 from promstat.apps.serve import EXAMPLE_QUERY, make_app
+from promstat.client import ClientConfig
 from promstat.errors import LabError
 from promstat.generate.rules import write_rules
 from promstat.integrations import FleetRegistry
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.promql import parse_duration
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
@@ -534,15 +536,15 @@ async def run_soak(options: SoakOptions, out: Any = None) -> SoakReport:
                 )
             )
         )
-        config = PlannerConfig(
-            interval=options.interval, lookback=window, window=window, detect_ttl=interval_s
-        )
+        config = PlannerConfig(detect_ttl=interval_s)
+        profile = RuleProfile.parse(interval=options.interval, lookback=window, window=window)
         tasks_before = len(asyncio.all_tasks())
         stats = LiveStats(
             holder[0].url,
-            config,
+            profile=profile,
+            planner=config,
             metrics=metrics,
-            client_options={"timeout": options.client_timeout},
+            client=ClientConfig(timeout=options.client_timeout),
         )
         async with stats:
             runner = web.AppRunner(make_app(stats, FleetRegistry(fleet)), access_log=None)

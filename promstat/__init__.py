@@ -3,16 +3,17 @@
 The names most callers need are re-exported here; everything else lives in its module
 (one module per concept, see the README's architecture section)::
 
-    from promstat import LiveStats, PlannerConfig, PrometheusClient
+    from promstat import ClientConfig, LiveStats
 
-    async with LiveStats("http://prometheus:9090", PlannerConfig(interval="30s")) as stats:
+    # No interval to give: LiveStats reads how the rules were rendered from Prometheus.
+    async with LiveStats("http://prometheus:9090", client=ClientConfig(timeout=10)) as stats:
         payloads = await stats.load_kernels(kernel_ids)
 """
 
 from __future__ import annotations
 
 from promstat.catalog import DEFAULT_CATALOG, Catalog
-from promstat.client import PrometheusClient, RetryPolicy
+from promstat.client import ClientConfig, PrometheusAPI, PrometheusClient, RetryPolicy
 from promstat.conventions import SeriesNames
 from promstat.errors import (
     APIError,
@@ -25,9 +26,12 @@ from promstat.errors import (
     ResponseDecodeError,
     TransportError,
 )
+from promstat.final import FinalConfig
 from promstat.history import History, HistoryResult
+from promstat.loader import CacheConfig
 from promstat.payload import FrozenDict, thaw
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.refresh import RefreshConfig
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
@@ -39,15 +43,19 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_CATALOG",
     "APIError",
+    "CacheConfig",
     "Catalog",
+    "ClientConfig",
     "ClosedError",
     "ConfigError",
+    "FinalConfig",
     "FrozenDict",
     "History",
     "HistoryResult",
     "LiveStats",
     "PageDeadlineError",
     "PlannerConfig",
+    "PrometheusAPI",
     "PrometheusClient",
     "PromstatError",
     "PromstatMetrics",
@@ -57,6 +65,7 @@ __all__ = [
     "RequestTimeoutError",
     "ResponseDecodeError",
     "RetryPolicy",
+    "RuleProfile",
     "SeriesNames",
     "TransportError",
     "Utilization",

@@ -45,8 +45,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from promstat.errors import ConfigError
 
 __all__ = [
@@ -352,6 +350,8 @@ class Catalog:
                 raise ConfigError(f"cannot read catalog file {str(path)!r}: {exc}") from exc
         else:
             text = source
+        import yaml  # only catalog files need it: `import promstat` stays free of PyYAML
+
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:

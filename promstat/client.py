@@ -15,6 +15,9 @@ What it does that the usual Python clients do not:
   ``unavailable``, Prometheus' plain-text "starting/stopping" 503) with full-jitter exponential
   backoff inside the deadline; never ``bad_data``, ``execution``, server ``timeout`` or 4xx.
 * Reports each logical call to a :class:`QueryObserver` (``promstat.selfmetrics`` implements it).
+* Bounds the response bytes it holds: per response (``max_response_bytes``, 64 MiB) and across
+  all concurrent responses (``max_buffered_bytes``, a :class:`BodyBudget` of 128 MiB: at most
+  budget + one response, 192 MiB, of bodies at once; reads past it wait within their deadline).
 
 The base URL may carry a path prefix: ``http://vm:8428/prometheus``,
 ``http://vmselect:8481/select/0/prometheus`` or ``http://mimir/prometheus`` all work.
@@ -35,11 +38,14 @@ import contextlib
 import errno
 import ipaddress
 import random
+import re
 import ssl
+import traceback
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import aiohttp
@@ -58,6 +64,7 @@ from promstat.errors import (
     TransportError,
     UnavailableError,
     api_error_for,
+    check_seconds,
 )
 from promstat.wire import (
     BuildInfo,
@@ -84,8 +91,12 @@ from promstat.wire import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "BodyBudget",
+    "ClientConfig",
     "MatrixResult",
+    "PrometheusAPI",
     "PrometheusClient",
     "QueryObserver",
     "QueryResult",
@@ -145,6 +156,89 @@ _RETRY_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EP
 #: ids, and still stops a runaway answer (an unfiltered query, a misconfigured proxy) long
 #: before it costs the manager hundreds of MiB.
 DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
+
+#: Default bound of the response bytes one client holds at once, over all its concurrent
+#: calls: 128 MiB.
+#:
+#: Per response, :data:`DEFAULT_MAX_RESPONSE_BYTES` stops a runaway answer; it does not stop
+#: eight concurrent 50 MB answers (each under the cap) from costing the process 533 MiB of
+#: peak RSS, as they did. What promstat asks for is far below this: a page's chunk answers are
+#: under 1 MiB each (8 in flight), a fleet-wide 10,000-kernel answer ~25 MiB.
+DEFAULT_MAX_BUFFERED_BYTES: Final = 128 * 1024 * 1024
+
+
+class BodyBudget:
+    """A byte budget that response bodies take from while they are read, and give back.
+
+    Bodies are read chunk by chunk; each chunk is taken from the budget before it is kept and
+    the whole body is given back once it is decoded (or failed). A read that would pass the
+    budget waits until other bodies give bytes back, inside its call's deadline (a wait that
+    outlives it ends in the call's usual :class:`~promstat.errors.RequestTimeoutError`).
+    While it waits it reads nothing, so the server is held back by TCP flow control rather
+    than buffered by this process.
+
+    Waiting, not failing, keeps pages correct: an answer that is legal on its own is only
+    delayed by the others, never turned into an error (or into splits that add queries).
+    So that waiting readers cannot deadlock each other, the body that started first among
+    those holding bytes never waits: at most ``max_bytes`` plus one response
+    (``max_response_bytes``) are held at any moment.
+
+    One budget belongs to one event loop. :class:`PrometheusClient` makes its own unless it is
+    given one; pass the same budget to several clients of one process to bound them together.
+
+    Args:
+        max_bytes: the budget (>= 1).
+
+    Attributes:
+        max_bytes: the budget.
+        peak_bytes: the most bytes held at once so far.
+        waits: how many times a read waited for bytes to be given back.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ConfigError(f"max_buffered_bytes must be >= 1 or None, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.peak_bytes = 0
+        self.waits = 0
+        self._used = 0
+        self._holders: dict[object, int] = {}  # insertion order: the first is never held back
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held right now."""
+        return self._used
+
+    async def take(self, holder: object, n: int) -> None:
+        """Take ``n`` bytes for ``holder``, waiting while the budget is spent by others."""
+        while True:
+            first = next(iter(self._holders), holder)
+            if self._used + n <= self.max_bytes or first is holder:
+                break
+            self.waits += 1
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+        self._holders[holder] = self._holders.get(holder, 0) + n
+        self._used += n
+        self.peak_bytes = max(self.peak_bytes, self._used)
+
+    def give_back(self, holder: object) -> None:
+        """Return everything ``holder`` took and wake the waiting reads; idempotent."""
+        n = self._holders.pop(holder, 0)
+        if not n:
+            return
+        self._used -= n
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
 # Vector answers above this size are decoded in parts of about _DECODE_SLICE_BYTES, with the
 # event loop free in between (wire.vector_slices): one part decodes in ~3-4 ms on a 2-core
 # machine, the 13 MB fleet-wide answer of a 5,000-kernel page in ~50 ms all at once.
@@ -202,6 +296,131 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         """Return the sleep before retry number ``retry`` (0-based), in seconds."""
         return min(self.max_delay, self.base_delay * (2.0**retry)) * self.jitter()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """How :class:`~promstat.service.LiveStats` builds its client from a URL.
+
+    Every field is the :class:`PrometheusClient` argument of the same name (see there);
+    durations are seconds. A client built elsewhere is passed to ``LiveStats`` itself
+    instead (it is then borrowed: never closed by ``LiveStats``).
+
+    Attributes:
+        timeout: client deadline per logical call (retries included), seconds.
+        server_timeout: server-side ``timeout`` to request (capped at 90% of ``timeout``).
+        auth: HTTP basic auth ``(login, password)``.
+        bearer_token: sent as ``Authorization: Bearer ...`` (not together with ``auth``).
+        headers: extra headers on every request (``X-Scope-OrgID`` for Mimir/Cortex).
+        ca_file: PEM bundle to verify the server certificate with.
+        verify_tls: ``False`` disables certificate verification.
+        params: extra parameters on every request (``dedup``, ``partial_response``).
+        retry: retry policy.
+        max_connections: connection pool size.
+        method: ``"POST"`` (form bodies) or ``"GET"``.
+        compress: ask for gzip (``None``: off for loopback hosts, on otherwise).
+        max_response_bytes: cap of one response body after decompression (``None``: none).
+
+    Raises:
+        ConfigError: a field is invalid (the message names it).
+    """
+
+    timeout: float = 30.0
+    server_timeout: float | None = None
+    auth: tuple[str, str] | None = None
+    bearer_token: str | None = field(default=None, repr=False)
+    # hash=False: read-only mappings do not hash; the config still compares by them.
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    ca_file: str | None = None
+    verify_tls: bool = True
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_connections: int = 32
+    method: Literal["POST", "GET"] = "POST"
+    compress: bool | None = None
+    max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES
+
+    def __post_init__(self) -> None:
+        check_seconds("ClientConfig.timeout", self.timeout, positive=True)
+        check_seconds(
+            "ClientConfig.server_timeout", self.server_timeout, positive=True, optional=True
+        )
+        if self.auth is not None and self.bearer_token is not None:
+            raise ConfigError("ClientConfig: pass either auth or bearer_token, not both")
+        if self.method not in ("POST", "GET"):
+            raise ConfigError(f"ClientConfig.method must be 'POST' or 'GET', not {self.method!r}")
+        if self.max_connections < 1:
+            raise ConfigError(
+                f"ClientConfig.max_connections must be >= 1, not {self.max_connections}"
+            )
+        if self.max_response_bytes is not None and self.max_response_bytes < 1:
+            raise ConfigError(
+                "ClientConfig.max_response_bytes must be >= 1 or None, "
+                f"not {self.max_response_bytes}"
+            )
+        # Read-only copies: a frozen config must not change through the caller's dict.
+        object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def build(
+        self, url: str | yarl.URL, *, observer: QueryObserver | None = None
+    ) -> PrometheusClient:
+        """A new :class:`PrometheusClient` for ``url`` with these settings (the caller owns it).
+
+        Raises:
+            ConfigError: a bad URL or an unreadable CA file.
+        """
+        return PrometheusClient(
+            url,
+            timeout=self.timeout,
+            server_timeout=self.server_timeout,
+            auth=self.auth,
+            bearer_token=self.bearer_token,
+            headers=self.headers,
+            ca_file=self.ca_file,
+            verify_tls=self.verify_tls,
+            params=self.params,
+            retry=self.retry,
+            max_connections=self.max_connections,
+            method=self.method,
+            observer=observer,
+            compress=self.compress,
+            max_response_bytes=self.max_response_bytes,
+        )
+
+
+class PrometheusAPI(Protocol):
+    """Everything promstat's readers (planner, history, refresh-ahead, final stats,
+    utilization, :class:`~promstat.service.LiveStats`) need of a client.
+
+    :class:`PrometheusClient` is the implementation; a wrapper (pinning the evaluation time,
+    counting queries) or a test double implements the same five members.
+    """
+
+    @property
+    def timeout(self) -> float:
+        """The client's deadline per call, in seconds (sizes the planner's page deadline)."""
+        ...
+
+    async def query_vector(
+        self, query: str, *, labels: type[L], time: TimeArg | None = None
+    ) -> VectorResult[L]:
+        """Run an instant query and decode a vector with typed labels."""
+        ...
+
+    async def query_range(
+        self, query: str, *, start: TimeArg, end: TimeArg, step: float | str, labels: type[L]
+    ) -> MatrixResult[L]:
+        """Run a range query and decode a matrix with typed labels."""
+        ...
+
+    async def rules(self, type: Literal["record", "alert"] | None = None) -> list[RuleGroup]:
+        """The rule groups the server evaluates (``/api/v1/rules``)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,15 +570,21 @@ def _wants_gzip(compress: bool | None, host: str) -> bool:
         return True  # a name: assume it is across a network
 
 
+_LEADING_SPACE: Final = re.compile(rb"\s*")
+
+
 def _looks_like_json(body: bytes | bytearray) -> bool:
-    return body.lstrip()[:1] == b"{"
+    # Without lstrip(): it copies the whole body, 50 MB for a large garbage answer.
+    start = _LEADING_SPACE.match(body)
+    i = start.end() if start is not None else 0
+    return body[i : i + 1] == b"{"
 
 
 class PrometheusClient:
     """Async client for one Prometheus-compatible HTTP API endpoint.
 
     Use as an async context manager (``async with PrometheusClient(url) as prom:``) or call
-    :meth:`close`. A session passed in is borrowed and never closed; otherwise the client owns
+    :meth:`aclose`. A session passed in is borrowed and never closed; otherwise the client owns
     one with a connection limit of ``max_connections``.
 
     Args:
@@ -402,6 +627,13 @@ class PrometheusClient:
             about 25 MiB). Enforced while the body streams in: the read stops at the cap, the
             connection is dropped and :class:`~promstat.errors.ResponseTooLargeError` (a
             ``QueryTooLargeError``, so the planner splits the chunk) is raised. ``None``: no cap.
+        max_buffered_bytes: bound of the response bytes held at once over all concurrent
+            calls of this client (default :data:`DEFAULT_MAX_BUFFERED_BYTES`, 128 MiB), or a
+            :class:`BodyBudget` shared with other clients of the process. A body read that
+            would pass it waits, within its deadline, until others are decoded; the body read
+            first never waits, so at most ``max_buffered_bytes + max_response_bytes`` of
+            bodies (192 MiB by default) are held at once. Decoded results are not counted:
+            they are what the caller keeps. ``None``: no bound.
 
     Raises:
         ConfigError: an argument is invalid (bad URL, both auth kinds, unreadable CA file,
@@ -428,6 +660,7 @@ class PrometheusClient:
         observer: QueryObserver | None = None,
         compress: bool | None = None,
         max_response_bytes: int | None = DEFAULT_MAX_RESPONSE_BYTES,
+        max_buffered_bytes: int | BodyBudget | None = DEFAULT_MAX_BUFFERED_BYTES,
     ) -> None:
         base = yarl.URL(url)
         if base.scheme not in ("http", "https") or not base.host:
@@ -449,6 +682,11 @@ class PrometheusClient:
         if max_response_bytes is not None and max_response_bytes < 1:
             raise ConfigError(f"max_response_bytes must be >= 1 or None, got {max_response_bytes}")
         self._max_response_bytes = max_response_bytes
+        self._budget: BodyBudget | None = (
+            BodyBudget(max_buffered_bytes)
+            if isinstance(max_buffered_bytes, int)
+            else max_buffered_bytes
+        )
         self._timeout = float(timeout)
         self._server_timeout = server_timeout
         self._retry = retry
@@ -491,23 +729,32 @@ class PrometheusClient:
         """The base URL (with its path prefix, without a trailing slash)."""
         return self._base
 
+    @property
+    def timeout(self) -> float:
+        """The deadline of one logical call (retries included), in seconds."""
+        return self._timeout
+
     async def __aenter__(self) -> PrometheusClient:
         self._get_session()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.aclose()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the owned session (a borrowed session is left open). Idempotent.
 
-        A call after ``close()`` raises :class:`ClosedError`: opening a new session there
+        A call after ``aclose()`` raises :class:`ClosedError`: opening a new session there
         would leave one nobody closes (aiohttp's "Unclosed client session").
         """
         self._closed = True
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose` (aiohttp's spelling)."""
+        await self.aclose()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -916,12 +1163,42 @@ class PrometheusClient:
             # Encode the query string ourselves ("+" -> %2B, space -> "+"), the way Go's
             # ParseQuery reads it, instead of relying on yarl's quoting rules.
             url = yarl.URL(f"{url}?{encoded}", encoded=True)
+        holder = object()  # this attempt's share of the body budget
+        try:
+            return await self._exchange(session, method, url, body, headers, decoder,
+                                        query=query, deadline=deadline,
+                                        deadline_s=deadline_s, parts=parts, holder=holder)
+        except PromstatError as exc:
+            # The error lives on (a page keeps it per id); through its traceback's frames it
+            # would keep the whole body alive too: 8 failed 50 MB answers held 430 MiB.
+            _clear_frames(exc)
+            raise
+        finally:
+            # Given back once decoded (or failed): until then the bytes are alive.
+            if self._budget is not None:
+                self._budget.give_back(holder)
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: yarl.URL,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        decoder: msgspec.json.Decoder[Envelope[T]],
+        *,
+        query: str | None,
+        deadline: float,
+        deadline_s: float,
+        parts: msgspec.json.Decoder[list[VectorSeries[Any]]] | None,
+        holder: object,
+    ) -> tuple[Envelope[T], int]:
         try:
             async with asyncio.timeout_at(deadline):
                 async with session.request(
                     method, url, data=body, headers=headers, ssl=self._ssl,
                 ) as resp:
-                    raw = await self._read_body(resp, url=url, query=query)
+                    raw = await self._read_body(resp, url=url, query=query, holder=holder)
                     status = resp.status
                     content_type = resp.headers.get("Content-Type", "")
                     stopping = resp.headers.get("X-Prometheus-Stopping")
@@ -942,16 +1219,21 @@ class PrometheusClient:
                        url=str(url.with_query(None)), query=query), len(raw)
 
     async def _read_body(
-        self, resp: aiohttp.ClientResponse, *, url: yarl.URL, query: str | None
+        self, resp: aiohttp.ClientResponse, *, url: yarl.URL, query: str | None, holder: object
     ) -> bytes | bytearray:
-        """Read the (decompressed) body, stopping as soon as it passes the size cap."""
+        """Read the (decompressed) body, stopping as soon as it passes the size cap.
+
+        Every chunk is taken from the body budget before it is kept (see :class:`BodyBudget`).
+        """
         limit = self._max_response_bytes
-        if limit is None:
+        budget = self._budget
+        if limit is None and budget is None:
             return await resp.read()
         # A declared length over the cap fails before anything is read; without gzip the
         # declared length is the body's own.
         declared = resp.content_length
-        if declared is not None and declared > limit and not resp.headers.get("Content-Encoding"):
+        if (limit is not None and declared is not None and declared > limit
+                and not resp.headers.get("Content-Encoding")):
             resp.close()
             raise ResponseTooLargeError(limit=limit, url=str(url.with_query(None)), query=query,
                                         status=resp.status)
@@ -961,12 +1243,27 @@ class PrometheusClient:
             chunk = await content.readany()
             if not chunk:
                 return body  # msgspec decodes a bytearray without copying it
+            if budget is not None:
+                await budget.take(holder, len(chunk))
             body += chunk
-            if len(body) > limit:
+            if limit is not None and len(body) > limit:
                 # Drop the connection: the rest of the body is never read, let alone kept.
                 resp.close()
                 raise ResponseTooLargeError(limit=limit, url=str(url.with_query(None)),
                                             query=query, status=resp.status)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the locals of the finished frames in ``exc``'s traceback and its chained causes."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)  # skips frames still running
+        todo += (e.__cause__, e.__context__)
 
 
 async def _decode_in_slices(

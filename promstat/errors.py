@@ -16,7 +16,7 @@ builtin (``except TimeoutError`` and ``except ValueError`` keep working), the wa
     │   ├── BadDataError(ValueError)             errorType bad_data (400): never retried
     │   ├── ExecutionError                       errorType execution (422), e.g. too many samples
     │   ├── QueryTimeoutError(TimeoutError)      errorType timeout (503): the server gave up
-    │   ├── CanceledError                        errorType canceled (499)
+    │   ├── QueryCanceledError                   errorType canceled (499)
     │   ├── InternalError                        errorType internal (500)
     │   ├── NotFoundError                        errorType not_found (404)
     │   ├── NotAcceptableError                   errorType not_acceptable (406)
@@ -48,7 +48,6 @@ __all__ = [
     "BadDataError",
     "BatchSizeMismatchError",
     "BinaryNotFoundError",
-    "CanceledError",
     "ClosedError",
     "ConfigError",
     "EventLoopMismatchError",
@@ -60,6 +59,7 @@ __all__ = [
     "PageDeadlineError",
     "PromstatError",
     "QueryBuildError",
+    "QueryCanceledError",
     "QueryTimeoutError",
     "QueryTooLargeError",
     "RequestTimeoutError",
@@ -69,6 +69,7 @@ __all__ = [
     "TransportError",
     "UnavailableError",
     "api_error_for",
+    "check_seconds",
 ]
 
 
@@ -179,8 +180,8 @@ class QueryTimeoutError(APIError, TimeoutError):
     """``timeout``: the server's own query timeout passed."""
 
 
-class CanceledError(APIError):
-    """``canceled``: the server canceled the query."""
+class QueryCanceledError(APIError):
+    """``canceled``: the server canceled the query (not :class:`asyncio.CancelledError`)."""
 
 
 class InternalError(APIError):
@@ -231,7 +232,7 @@ _BY_ERROR_TYPE: dict[str, type[APIError]] = {
     "bad_data": BadDataError,
     "execution": ExecutionError,
     "timeout": QueryTimeoutError,
-    "canceled": CanceledError,
+    "canceled": QueryCanceledError,
     "internal": InternalError,
     "not_found": NotFoundError,
     "not_acceptable": NotAcceptableError,
@@ -246,7 +247,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     414: QueryTooLargeError,
     422: ExecutionError,
     431: QueryTooLargeError,
-    499: CanceledError,
+    499: QueryCanceledError,
     500: InternalError,
     502: UnavailableError,
     503: UnavailableError,
@@ -375,3 +376,28 @@ class BatchSizeMismatchError(PromstatError):
             f"batch function returned {received} results for {expected} keys; "
             "it must return exactly one value, None or exception per key, in key order"
         )
+
+
+def check_seconds(
+    where: str, value: object, *, positive: bool = False, optional: bool = False
+) -> None:
+    """Raise :class:`ConfigError` naming ``where`` unless ``value`` is a number of seconds.
+
+    Args:
+        where: the setting, as the message names it (``"PlannerConfig.page_deadline"``).
+        value: what was given.
+        positive: require ``> 0`` (else ``>= 0``).
+        optional: ``None`` is allowed.
+
+    Raises:
+        ConfigError: a string (``"15s"``: every duration in promstat's API is seconds), a
+            bool, a negative, zero when ``positive``, or a NaN.
+    """
+    if value is None and optional:
+        return
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        hint = " (durations are seconds, a number)" if isinstance(value, str) else ""
+        raise ConfigError(f"{where} must be {bound} seconds, not {value!r}{hint}")
+    if not (value > 0 if positive else value >= 0):
+        raise ConfigError(f"{where} must be {bound} seconds, not {value!r}")

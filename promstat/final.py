@@ -64,9 +64,11 @@ from typing import Any
 import msgspec
 
 from promstat import renderer as live_stat
-from promstat.errors import ConfigError, PromstatError
+from promstat.client import PrometheusAPI
+from promstat.errors import ConfigError, PromstatError, check_seconds
 from promstat.loader import FetchResult, SharedLoader
-from promstat.planner import ID_PLACEHOLDER, Planner, QueryExecutor, chunk_ids
+from promstat.planner import ID_PLACEHOLDER, Planner, chunk_ids
+from promstat.profile import RuleProfile
 from promstat.promql import duration, set_matcher
 from promstat.selfmetrics import PromstatMetrics
 
@@ -74,6 +76,7 @@ __all__ = [
     "DEFAULT_OFFSET",
     "DEFAULT_SETTLE",
     "DEFAULT_SILENT_WINDOW",
+    "FinalConfig",
     "FinalKey",
     "FinalStats",
     "load_kernel_stats",
@@ -91,6 +94,41 @@ DEFAULT_SILENT_WINDOW = 86400.0
 
 _STATS = ("current", "capacity", "rate", "max", "avg")
 _OR = " or "
+
+
+@dataclass(frozen=True, slots=True)
+class FinalConfig:
+    """Settings of the terminated-kernel answers (:class:`FinalStats`), all in seconds.
+
+    Attributes:
+        offset: seconds before ``terminated_at`` the stats are evaluated at (see the module
+            docstring): Prometheus' resolution, 1 ms.
+        settle: answers for terminations newer than this many seconds are not cached.
+        silent_window: on the recorded plan, how far before ``terminated_at`` to look for the
+            last stats of a kernel that had none within the lookback (its agent stopped
+            reporting before the termination was recorded): legacy's Valkey kept the last
+            stats 24 h. Asked only for such kernels; ``None`` disables it.
+        max_entries: bound of the answer cache (LRU); ``None``: the kernel cache's bound.
+
+    Raises:
+        ConfigError: a field is out of range (the message names it).
+    """
+
+    offset: float = DEFAULT_OFFSET
+    settle: float = DEFAULT_SETTLE
+    silent_window: float | None = DEFAULT_SILENT_WINDOW
+    max_entries: int | None = None
+
+    def __post_init__(self) -> None:
+        check_seconds("FinalConfig.offset", self.offset)
+        check_seconds("FinalConfig.settle", self.settle)
+        check_seconds(
+            "FinalConfig.silent_window", self.silent_window, positive=True, optional=True
+        )
+        if self.max_entries is not None and self.max_entries < 1:
+            raise ConfigError(
+                f"FinalConfig.max_entries must be >= 1 or None, not {self.max_entries}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,47 +170,57 @@ class FinalStats:
     """Batched, cached live_stat of terminated kernels at their termination times.
 
     Args:
-        client: anything with ``query_vector`` (a :class:`~promstat.client.PrometheusClient`).
-        planner: the live planner: its config (names, catalog, budgets, plan choice) and its
-            cached detection of recorded series are reused.
+        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        planner: the live planner: its config (budgets, plan choice), its profile (names,
+            catalog, lookback; followed when it changes) and its cached detection of recorded
+            series are reused.
+        config: offset, settle, silent window and cache bound (:class:`FinalConfig`).
         metrics: counters for cache hits/misses and plan choices (``final/recorded``, ...).
-        max_entries: bound of the answer cache (LRU).
-        offset: seconds before ``terminated_at`` the stats are evaluated at (see module doc).
-        settle: answers for terminations newer than this many seconds are not cached.
-        silent_window: on the recorded plan, how far before ``terminated_at`` to look for the
-            last stats of a kernel that had none within the lookback (its agent stopped
-            reporting before the termination was recorded): legacy's Valkey kept the last
-            stats 24 h. Asked only for such kernels; ``None`` disables it.
         clock: wall clock (Unix seconds) for ``settle``.
     """
 
     def __init__(
         self,
-        client: QueryExecutor,
+        client: PrometheusAPI,
         planner: Planner,
         *,
+        config: FinalConfig | None = None,
         metrics: PromstatMetrics | None = None,
-        max_entries: int = 100_000,
-        offset: float = DEFAULT_OFFSET,
-        settle: float = DEFAULT_SETTLE,
-        silent_window: float | None = DEFAULT_SILENT_WINDOW,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not offset >= 0 or not settle >= 0:
-            raise ConfigError(f"offset and settle must be >= 0, not {offset!r} and {settle!r}")
+        settings = config or FinalConfig()
         self.client = client
         self.planner = planner
         self.config = planner.config
+        self.settings = settings
         self.metrics = metrics or PromstatMetrics()
-        self.offset = offset
-        self.settle = settle
+        self.offset = settings.offset
+        self.settle = settings.settle
+        self._silent_window = settings.silent_window
         self._clock = clock
         self._sem = asyncio.Semaphore(self.config.concurrency)
         self._cache: SharedLoader[FinalKey, Payload] = SharedLoader(
-            self._fetch, ttl=math.inf, max_entries=max_entries, metrics=self.metrics
+            self._fetch,
+            ttl=math.inf,
+            max_entries=settings.max_entries or 100_000,
+            metrics=self.metrics,
         )
-        n = self.config.names
-        self._row = msgspec.defstruct(
+        self._built_for: RuleProfile | None = None
+        self._shapes: dict[str, tuple[_Shape, ...]] = {}
+        self._build_shapes()
+
+    @property
+    def profile(self) -> RuleProfile:
+        """The profile the planner reads with (the shapes follow it)."""
+        return self.planner.profile
+
+    def _build_shapes(self) -> None:
+        """(Re)build the term templates when the planner's profile changed."""
+        profile = self.planner.profile
+        if profile is self._built_for:
+            return
+        n = profile.names
+        self._row: type[Any] = msgspec.defstruct(
             "FinalKernelRow",
             [("id", str, ""), ("metric", str, ""), ("stat", str, "")],
             rename={"id": n.kernel_label, "metric": n.container_metric_label, "stat": n.stat_label},
@@ -189,19 +237,26 @@ class FinalStats:
             sel = f"{n.kernel_live_stat}{{{ID_PLACEHOLDER}}}[{window}] @ {{at}}"
             return (_Shape(f"max by ({by}) (last_over_time({sel}))", None),)
 
-        self._shapes: dict[str, tuple[_Shape, ...]] = {"recorded": recorded(self.config.lookback)}
-        if silent_window is not None:
-            self._shapes["silent"] = recorded(duration(silent_window))
+        shapes: dict[str, tuple[_Shape, ...]] = {"recorded": recorded(duration(profile.lookback))}
+        if self._silent_window is not None:
+            shapes["silent"] = recorded(duration(self._silent_window))
         raw: list[_Shape] = []
         for stat in _STATS:
-            expr = self.config.expressions.kernel(stat, matchers=ID_PLACEHOLDER)
+            expr = profile.expressions.kernel(stat, matchers=ID_PLACEHOLDER)
             if expr is not None:
                 # A one-step subquery pinned with @: the raw expression evaluated exactly at t.
                 raw.append(_Shape(f"last_over_time(({expr})[1ms:1ms] @ {{at}})", stat))
-        self._shapes["raw"] = tuple(raw)
+        shapes["raw"] = tuple(raw)
+        self._shapes = shapes
+        self._built_for = profile
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock (Unix seconds) of ``settle``: the ``LiveStats``' clock."""
+        return self._clock
 
     def invalidate(self) -> None:
         """Forget every cached answer."""
@@ -220,6 +275,7 @@ class FinalStats:
 
     def queries(self, keys: Iterable[FinalKey], *, recorded: bool) -> list[str]:
         """The PromQL texts a plan sends for ``keys`` (for inspection and cost checks)."""
+        self._build_shapes()
         return [q.text for q in self._plan(list(keys), "recorded" if recorded else "raw")]
 
     # -- fetching ---------------------------------------------------------------------------
@@ -234,16 +290,14 @@ class FinalStats:
         keys = [k for k in keys if k not in out.values]
         if not keys:
             return out
-        try:
-            # Detected at *now* (cached for detect_ttl, shared with live pages), never at a
-            # historical time that would then be cached for the live path.
-            recorded, _ = await self.planner.detect("kernel", at=self._clock())
-        except PromstatError as exc:
-            out.values.update(dict.fromkeys(keys, exc))
-            return out
+        # Detected at *now* (cached for detect_ttl, shared with live pages), never at a
+        # historical time that would then be cached for the live path. A failed detection
+        # gives the fallback plan: these kernels' queries are still sent.
+        recorded, _ = await self.planner.choose("kernel", at=self._clock())
+        self._build_shapes()
         # rates=exporter rules record only the window stats: the raw plan (the exporter's
         # series; windows as subqueries, a cost paid once per termination) has the rest.
-        recorded = recorded and self.config.expressions.records_kernel_values
+        recorded = recorded and self.profile.expressions.records_kernel_values
         fallback = recorded and self.config.use_recorded is None and self.config.raw_fallback
         base = "recorded" if recorded else "raw"
         plan = "final/" + base
@@ -264,7 +318,7 @@ class FinalStats:
         times: dict[float, list[str]] = {}
         for kernel_id, terminated_at in keys:
             times.setdefault(round(terminated_at - self.offset, 3), []).append(kernel_id)
-        label = self.config.names.kernel_label
+        label = self.profile.names.kernel_label
         out: list[_Query] = []
         for shape in self._shapes[plan]:
             terms: list[tuple[str, tuple[str, ...], float]] = []
@@ -304,7 +358,7 @@ class FinalStats:
 
         jobs: list[Awaitable[None]] = [run(q) for q in self._plan(keys, plan)]
         await asyncio.gather(*jobs)
-        catalog = self.config.catalog
+        catalog = self.profile.catalog
         out: dict[FinalKey, Payload | PromstatError | None] = {}
         for ident, key in by_id.items():
             err = failed.get(ident)

@@ -20,8 +20,10 @@ from typing import Any
 
 import msgspec
 
+from promstat.client import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError
 from promstat.planner import ID_PLACEHOLDER, PlannerConfig, chunk_ids
+from promstat.profile import RuleProfile
 from promstat.promql import escape_string, set_matcher
 from promstat.selfmetrics import PromstatMetrics
 from promstat.wire import parse_value
@@ -78,20 +80,27 @@ class History:
     """Batched range queries over the live-stat ``current`` values.
 
     Args:
-        client: a :class:`~promstat.client.PrometheusClient` (needs ``query_range`` and
-            ``query_vector``).
-        config: the planner settings (names, budgets, windows).
+        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        config: the planner settings (budgets, concurrency, plan choice).
+        profile: how the rules were rendered (names, windows, rates); the default when
+            ``None``. Assign :attr:`profile` to change it (the names must stay the same).
         metrics: counters.
     """
 
     def __init__(
-        self, client: Any, config: PlannerConfig, *, metrics: PromstatMetrics | None = None
+        self,
+        client: PrometheusAPI,
+        config: PlannerConfig,
+        *,
+        profile: RuleProfile | None = None,
+        metrics: PromstatMetrics | None = None,
     ) -> None:
         self.client = client
         self.config = config
+        self.profile = profile or RuleProfile()
         self.metrics = metrics or PromstatMetrics()
-        n = config.names
-        self._row = msgspec.defstruct(
+        n = self.profile.names
+        self._row: type[Any] = msgspec.defstruct(
             "HistoryRow",
             [("id", str, ""), ("metric", str, "")],
             rename={"id": n.kernel_label, "metric": n.container_metric_label},
@@ -101,12 +110,12 @@ class History:
         self._recorded: bool | None = None
 
     async def _use_recorded(self) -> bool:
-        if not self.config.expressions.records_kernel_values:
+        if not self.profile.expressions.records_kernel_values:
             return False  # rates=exporter: the exporter's series, as cheap as recorded ones
         if self.config.use_recorded is not None:
             return self.config.use_recorded
         if self._recorded is None:
-            n = self.config.names
+            n = self.profile.names
             res = await self.client.query_vector(
                 f'count({n.kernel_live_stat}{{{n.stat_label}="current"}})', labels=self._row
             )
@@ -114,7 +123,7 @@ class History:
         return self._recorded
 
     def _expr(self, recorded: bool, metrics: Sequence[str]) -> str:
-        n = self.config.names
+        n = self.profile.names
         metric_matcher = set_matcher(n.container_metric_label, metrics)
         if recorded:
             return (
@@ -122,7 +131,7 @@ class History:
                 f'{n.kernel_live_stat}{{{n.stat_label}="{escape_string("current")}", '
                 f"{metric_matcher}, {_IDS}}})"
             )
-        expr = self.config.expressions.kernel("current", matchers=f"{metric_matcher}, {_IDS}")
+        expr = self.profile.expressions.kernel("current", matchers=f"{metric_matcher}, {_IDS}")
         assert expr is not None  # every catalog has a current expression
         return expr
 
@@ -150,12 +159,12 @@ class History:
         if not ids:
             return result
         expr = self._expr(await self._use_recorded(), metrics)
-        chunks = chunk_ids(expr, self.config.names.kernel_label, ids, self.config)
+        chunks = chunk_ids(expr, self.profile.names.kernel_label, ids, self.config)
         sem = asyncio.Semaphore(self.config.concurrency)
         wanted = set(ids)
 
         async def run(chunk: tuple[str, ...]) -> None:
-            query = expr.replace(_IDS, set_matcher(self.config.names.kernel_label, chunk))
+            query = expr.replace(_IDS, set_matcher(self.profile.names.kernel_label, chunk))
             try:
                 async with sem:
                     res = await self.client.query_range(

@@ -19,24 +19,37 @@ unchanged: ``json.dumps`` (graphene's ``JSONString``), strawberry's scalars, ``m
 ``dict(payload)``, ``payload.copy()`` and ``payload | other`` return plain dicts (their inner
 dicts stay read-only); :func:`thaw` copies all the way down.
 
-**Garbage collection.** CPython's collector walks every container it tracks on each full
-collection. It stops tracking an exact ``dict`` that holds only strings (the metric leaves of
-a payload), but never a ``dict`` subclass, so read-only payloads would stay on its list for
-as long as they are cached: with a 5,000-kernel page held (48,000 leaves), a full collection
-took 50-59 ms; sealed, 10-15 ms. A payload holds only strings, ``None`` and payload dicts, so it
-cannot be part of a reference cycle; :func:`seal` takes such a :class:`FrozenDict` off the
-collector's list, as CPython does for its own dicts (``PyObject_GC_UnTrack``, a public C-API
-function, through ``ctypes``; a no-op where that is not available, e.g. on PyPy).
+**Garbage collection (opt-in).** CPython's collector walks every container it tracks on each
+full collection, and it never stops tracking a ``dict`` subclass, so read-only payloads stay on
+its list for as long as they are cached. A payload holds only strings, ``None`` and payload
+dicts, so it cannot be part of a reference cycle. After :func:`untrack_payloads`, :func:`frozen`
+(what the renderer builds every level with) takes such a dict off the collector's list, as
+CPython does for its own dicts of strings (``PyObject_GC_UnTrack``, a public C-API function,
+through ``ctypes``, loaded on first use; a no-op where that is not available, e.g. on PyPy). It
+checks keys and values first: a dict holding anything else stays tracked. It is process-wide
+and off by default because the collector is the application's: call it once at start-up, next
+to ``gc.freeze()`` if the application uses that. What it saves, measured, is in
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn, TypeVar
 
-__all__ = ["FrozenDict", "afreeze_values", "freeze", "freeze_values", "seal", "thaw"]
+__all__ = [
+    "FrozenDict",
+    "afreeze_values",
+    "freeze",
+    "freeze_values",
+    "frozen",
+    "thaw",
+    "untrack_payloads",
+]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -85,8 +98,12 @@ def _refuse() -> NoReturn:
     raise TypeError(_HINT)
 
 
+@functools.cache
 def _gc_untrack() -> Callable[[object], None] | None:
-    """CPython's ``PyObject_GC_UnTrack``, or None where it cannot be called."""
+    """CPython's ``PyObject_GC_UnTrack``, or None where it cannot be called.
+
+    Looked up on first use, so ``import promstat`` does not load ``ctypes``.
+    """
     if sys.implementation.name != "cpython":
         return None
     try:
@@ -101,20 +118,45 @@ def _gc_untrack() -> Callable[[object], None] | None:
     return untrack
 
 
-_UNTRACK = _gc_untrack()
+_untracking = False
 
 
-def seal(value: FrozenDict[K, V]) -> FrozenDict[K, V]:
-    """Take ``value`` off the garbage collector's list and return it (see the module docstring).
+def untrack_payloads(enabled: bool = True) -> None:
+    """Opt in (or out again) to taking new read-only payloads off the garbage collector's list.
 
-    Only for a :class:`FrozenDict` whose values are strings, numbers, ``None`` or sealed
-    payload dicts (what the renderer builds): nothing it holds can refer back to it, so no
-    cycle can run through it, and being read-only it cannot come to hold anything else. It is
-    freed by reference counting like any dict.
+    Process-wide: the collector is. Payloads built before the call are unaffected. See the
+    module docstring for why this is safe and what it costs and saves.
     """
-    if _UNTRACK is not None:
-        _UNTRACK(value)
+    global _untracking
+    _untracking = bool(enabled) and _gc_untrack() is not None
+
+
+def _untrackable(value: FrozenDict[Any, Any]) -> bool:
+    # Only what no cycle can run through: string keys, atomic values, payload dicts the
+    # collector already ignores. Anything else (a tuple, an object) keeps the dict tracked.
+    for key, item in value.items():
+        if type(key) is not str:
+            return False
+        kind = type(item)
+        if kind not in _ATOMIC and not (kind is FrozenDict and not gc.is_tracked(item)):
+            return False
+    return True
+
+
+def _seal(value: FrozenDict[K, V]) -> FrozenDict[K, V]:
+    if _untracking and _untrackable(value):
+        untrack = _gc_untrack()
+        if untrack is not None:
+            untrack(value)
     return value
+
+
+def frozen(mapping: Mapping[K, V]) -> FrozenDict[K, V]:
+    """A read-only copy of ``mapping`` (one level), untracked when opted in and safe.
+
+    The renderer builds every level of a payload with it. See :func:`untrack_payloads`.
+    """
+    return _seal(FrozenDict(mapping))
 
 
 def freeze(value: Any) -> Any:
@@ -122,7 +164,7 @@ def freeze(value: Any) -> Any:
 
     Payload leaves are strings, numbers or ``None`` (immutable already); lists become tuples.
     A value that is already frozen is returned as is, so freezing twice costs nothing. A dict
-    of such atomic values only is also sealed (:func:`seal`).
+    of such atomic values only is also untracked when opted in (:func:`untrack_payloads`).
     """
     kind = type(value)
     if kind is dict:
@@ -135,7 +177,7 @@ def freeze(value: Any) -> Any:
                 atomic = False  # a tuple, a set, an object: the collector keeps watching it
         # A leaf dict (a metric's strings): one C-level copy, the common case by far.
         leaf: FrozenDict[Any, Any] = FrozenDict(value)
-        return seal(leaf) if atomic else leaf
+        return _seal(leaf) if atomic else leaf
     if kind is list:
         return tuple(freeze(v) for v in value)
     return value

@@ -28,10 +28,14 @@ their values.
 Faults and deadlines: every load has one **page deadline** (``PlannerConfig.page_deadline``,
 default a little above the client's own deadline) covering plan detection, waiting for one of
 the ``concurrency`` query slots, the client's retries and every split; what is not answered by
-then gets :class:`~promstat.errors.PageDeadlineError`. Detection is single-flight per level and a
-failed detection is remembered for ``detect_failure_ttl`` seconds, so an outage costs one
-detection query, not one per waiting page. Each failed query logs one line (logger
-``promstat.planner``, WARNING) naming its plan shape, never one line per id.
+then gets :class:`~promstat.errors.PageDeadlineError`. Detection is single-flight per level, and a
+load waits for it at most half its page deadline. A detection that fails (or takes longer) never
+answers a load: the load takes the last plan that worked (the raw plan, which needs no
+detection, when none has) and sends its own queries, so the first load after the server heals
+gets data. For ``detect_backoff`` seconds after a failed detection, loads skip detection (an
+outage costs one detection query, not one per page); nothing that was an error is kept. Each
+failed query logs one line (logger ``promstat.planner``, WARNING) naming its plan shape, never
+one line per id.
 """
 
 from __future__ import annotations
@@ -46,13 +50,12 @@ import time as _time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from promstat import renderer as live_stat
-from promstat.catalog import DEFAULT_CATALOG, Catalog
-from promstat.conventions import SeriesNames
+from promstat.client import PrometheusAPI
 from promstat.errors import (
     APIError,
     ClosedError,
@@ -62,9 +65,11 @@ from promstat.errors import (
     PageDeadlineError,
     PromstatError,
     QueryTooLargeError,
+    check_seconds,
 )
-from promstat.expressions import LiveStatExpressions, RateSource
-from promstat.promql import chunk_values, escape_string, parse_duration, quote_meta, set_matcher
+from promstat.expressions import RateSource
+from promstat.profile import RuleProfile
+from promstat.promql import chunk_values, escape_string, quote_meta, set_matcher
 from promstat.selfmetrics import PromstatMetrics
 from promstat.wire import SampleValue
 
@@ -73,7 +78,6 @@ __all__ = [
     "BatchOutcome",
     "Planner",
     "PlannerConfig",
-    "QueryExecutor",
     "background_work",
     "chunk_ids",
     "default_page_deadline",
@@ -100,8 +104,9 @@ def background_work() -> None:
     _BACKGROUND.set(True)
 
 
-#: PrometheusClient's default deadline, assumed for clients that do not say theirs.
-_DEFAULT_CLIENT_TIMEOUT = 30.0
+#: Share of a load's page deadline it waits for a plan detection: the rest is left for its
+#: own queries (a hung detection must not leave a load no time to ask).
+_DETECT_SHARE = 0.5
 
 Payload = dict[str, Any]
 
@@ -109,33 +114,15 @@ Payload = dict[str, Any]
 ID_PLACEHOLDER = _IDS = "__PROMSTAT_IDS__"
 
 
-class QueryExecutor(Protocol):
-    """What the planner needs from a client (``PrometheusClient`` satisfies it)."""
-
-    async def query_vector(
-        self, query: str, *, labels: type[Any], time: float | None = ...
-    ) -> Any:  # pragma: no cover - protocol
-        """Run an instant query and decode a vector with typed labels."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class PlannerConfig:
-    """Knobs of the planner. Defaults suit Prometheus and VictoriaMetrics alike.
+    """How the planner cuts and sends queries. Defaults suit Prometheus and VictoriaMetrics.
+
+    How the rules were rendered (names, catalog, interval, windows, rates) is not here: that
+    is the :class:`~promstat.profile.RuleProfile` the planner reads with. Every duration is in
+    seconds.
 
     Attributes:
-        names: metric and label names of raw and recorded series.
-        catalog: the metric catalog (kinds, unit hints, stats keys).
-        interval: scrape / rule evaluation interval (subquery step on the raw path).
-        lookback: the instant-query lookback (Prometheus' default 5m); must be at least two
-            intervals. Rates no longer use it (see ``collect_interval``).
-        window: window of ``stats.max``/``stats.avg``.
-        collect_interval: how often agents measure (Backend.AI: 30 s); sizes the ``rate()``
-            window for agents that export raw counters only (see ``LiveStatExpressions``).
-        rates: how the rules were rendered (``promstat rules render --rates``, a
-            :class:`~promstat.expressions.RateSource` or its value). ``"exporter"``: kernel
-            pages read current/capacity/rate from the exporter's series (those rules record
-            only the window stats); the raw plan drops the ``rate()`` fallback too.
         max_query_bytes: query text budget per request (VictoriaMetrics rejects > 16 KiB).
         max_alternatives: ids per set matcher (Prometheus' postings fast path ends at 256).
         concurrency: chunks in flight at once (Prometheus runs 20 queries concurrently).
@@ -147,8 +134,8 @@ class PlannerConfig:
             share of the live fleet's ids (and needs more than one chunk). ``None`` (the
             default) never does: chunk answers are rendered as they arrive while Prometheus
             computes the others on every core, which beat one fleet-wide answer on every
-            batch measured (5,000 of 5,000 kernels: 663 vs 873 ms; 3,000 of 5,000: 374 vs
-            768 ms). Opt in (e.g. ``0.5``) where the number of queries is what is limited.
+            batch measured. Opt in (e.g. ``0.5``) where the number of queries is what is
+            limited.
         use_recorded: ``True``/``False`` to force a plan, ``None`` to detect recorded series.
         detect_ttl: seconds to trust the last detection of recorded series / fleet size.
         max_split_depth: how many times a too-large chunk may be halved.
@@ -158,17 +145,14 @@ class PlannerConfig:
         page_deadline: seconds one load may take in all: detection, waiting for a query slot,
             retries and splits. ``None``: :func:`default_page_deadline` of the client (its own
             deadline plus 20%, at least 0.5 s more).
-        detect_failure_ttl: seconds a failed detection is remembered: loads in that window get
-            the same error at once instead of asking a failing server again.
+        detect_backoff: seconds after a failed detection during which loads do not detect
+            again: they take the last plan that worked (or the raw plan) and send their own
+            queries. The error itself is never kept.
+
+    Raises:
+        ConfigError: a field is out of range (the message names it).
     """
 
-    names: SeriesNames = SeriesNames()  # noqa: RUF009 - frozen, immutable default
-    catalog: Catalog = DEFAULT_CATALOG
-    interval: str = "15s"
-    lookback: str = "5m"
-    window: str = "5m"
-    collect_interval: str = "30s"
-    rates: RateSource = RateSource.BOTH
     max_query_bytes: int = 16 * 1024
     max_alternatives: int = 256
     concurrency: int = 8
@@ -179,35 +163,25 @@ class PlannerConfig:
     max_split_depth: int = 6
     raw_fallback: bool = True
     page_deadline: float | None = None
-    detect_failure_ttl: float = 2.0
+    detect_backoff: float = 2.0
 
     def __post_init__(self) -> None:
-        # A plain string ("exporter", from a command line or a config file) is accepted too.
-        object.__setattr__(self, "rates", RateSource.parse(self.rates))
-        for name in ("interval", "lookback", "window", "collect_interval"):
-            parse_duration(getattr(self, name))  # raises ConfigError with the bad text
-        if self.max_alternatives < 1 or self.concurrency < 1 or self.background_concurrency < 1:
+        for name in ("max_query_bytes", "max_alternatives", "concurrency",
+                     "background_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PlannerConfig.{name} must be >= 1, not {getattr(self, name)}")
+        if self.max_split_depth < 0:
             raise ConfigError(
-                "max_alternatives, concurrency and background_concurrency must be >= 1"
+                f"PlannerConfig.max_split_depth must be >= 0, not {self.max_split_depth}"
             )
         if self.fleet_fraction is not None and not 0.0 < self.fleet_fraction <= 1.0:
-            raise ConfigError(f"fleet_fraction must be in (0, 1], not {self.fleet_fraction}")
-        if self.page_deadline is not None and not self.page_deadline > 0:
-            raise ConfigError(f"page_deadline must be > 0 or None, not {self.page_deadline}")
-        if not self.detect_failure_ttl >= 0:
-            raise ConfigError(f"detect_failure_ttl must be >= 0, not {self.detect_failure_ttl}")
-
-    @property
-    def expressions(self) -> LiveStatExpressions:
-        """The shared PromQL definitions for these settings."""
-        return LiveStatExpressions(
-            names=self.names,
-            catalog=self.catalog,
-            lookback=self.lookback,
-            window=self.window,
-            interval=self.interval,
-            collect_interval=self.collect_interval,
-            rates=self.rates,
+            raise ConfigError(
+                f"PlannerConfig.fleet_fraction must be in (0, 1], not {self.fleet_fraction}"
+            )
+        check_seconds("PlannerConfig.detect_ttl", self.detect_ttl)
+        check_seconds("PlannerConfig.detect_backoff", self.detect_backoff)
+        check_seconds(
+            "PlannerConfig.page_deadline", self.page_deadline, positive=True, optional=True
         )
 
 
@@ -221,6 +195,7 @@ class BatchOutcome:
         uncacheable: ids whose data came with warnings (a partial answer): never cache them.
         warnings: the warnings and infos the server returned, de-duplicated.
         queries: HTTP queries sent (after splits).
+        answered: of those, how many the server answered with data (no error).
         plan: ``recorded``/``raw`` + ``/filtered``/``/fleet``, ``+raw`` when the raw fallback
             answered ids the recorded series lacked.
         at: the pinned evaluation time (Unix seconds).
@@ -230,6 +205,7 @@ class BatchOutcome:
     uncacheable: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     queries: int = 0
+    answered: int = 0
     plan: str = ""
     at: float = 0.0
 
@@ -422,19 +398,20 @@ def _present(metrics: Mapping[str, Mapping[str, str]]) -> dict[str, Mapping[str,
     return {name: stats for name, stats in metrics.items() if "current" in stats}
 
 
-def default_page_deadline(client: object) -> float:
+def default_page_deadline(client: PrometheusAPI) -> float:
     """The page deadline used when ``PlannerConfig.page_deadline`` is ``None``.
 
-    The client's own deadline (``timeout``; 30 s, PrometheusClient's default, when the client
-    does not say) plus 20%, at least 0.5 s more: one query that uses its whole deadline still
-    reports the client's own :class:`~promstat.errors.RequestTimeoutError`, while time spent
-    queueing for a query slot, in retries and in splits is cut at the page deadline.
+    The client's own deadline (``timeout``) plus 20%, at least 0.5 s more: one query that
+    uses its whole deadline still reports the client's own
+    :class:`~promstat.errors.RequestTimeoutError`, while time spent queueing for a query
+    slot, in retries and in splits is cut at the page deadline.
+
+    Raises:
+        ConfigError: the client's ``timeout`` is not a positive number of seconds.
     """
-    timeout = getattr(client, "timeout", None)
-    if not isinstance(timeout, int | float):
-        timeout = getattr(client, "_timeout", None)  # PrometheusClient keeps it private
-    if not isinstance(timeout, int | float) or not timeout > 0:
-        timeout = _DEFAULT_CLIENT_TIMEOUT
+    timeout = client.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ConfigError(f"the client's timeout must be > 0 seconds, not {timeout!r}")
     return float(timeout) + max(0.5, 0.2 * float(timeout))
 
 
@@ -480,8 +457,10 @@ class Planner:
     """Turns batches of ids into concurrent chunked queries and legacy payloads.
 
     Args:
-        client: anything with ``query_vector`` (a :class:`~promstat.client.PrometheusClient`).
-        config: planner settings.
+        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        config: how queries are cut and sent.
+        profile: how the rules were rendered (names, catalog, windows, rates); the default
+            profile when ``None``. :meth:`use_profile` changes it later.
         metrics: counters to report splits and plan choices to.
         clock: wall clock for the default evaluation time (Unix seconds).
 
@@ -493,14 +472,17 @@ class Planner:
 
     def __init__(
         self,
-        client: QueryExecutor,
+        client: PrometheusAPI,
         config: PlannerConfig | None = None,
         *,
+        profile: RuleProfile | None = None,
         metrics: PromstatMetrics | None = None,
         clock: Callable[[], float] = _time.time,
     ) -> None:
         self.client = client
         self.config = config or PlannerConfig()
+        #: how the rules were rendered, and so how they are read (see :meth:`use_profile`)
+        self.profile = profile or RuleProfile()
         self.metrics = metrics or PromstatMetrics()
         self._clock = clock
         self._sem = asyncio.Semaphore(self.config.concurrency)
@@ -509,6 +491,9 @@ class Planner:
         )
         self._detected: dict[str, tuple[float, bool, int]] = {}
         self._layouts_logged: set[RateSource] = set()  # rule layouts that differ, logged once
+        #: log a kernel rule layout that differs from ``profile.rates`` (LiveStats turns this
+        #: off once it reads the layout from ``/api/v1/rules`` and reports it itself)
+        self.warn_layout = True
         #: the page deadline in seconds (configured, or derived from the client's deadline)
         self.page_deadline = (
             self.config.page_deadline
@@ -517,9 +502,10 @@ class Planner:
         )
         # No query is sent with less than this left of its page deadline (see _run).
         self._send_floor = min(0.25, 0.1 * self.page_deadline)
-        # single-flight detection per level, and the last failure per level (negative cache)
+        # single-flight detection per level, and when it last failed (only the time: an error
+        # is never kept, see _detect)
         self._detecting: dict[str, asyncio.Future[tuple[bool, int] | PromstatError]] = {}
-        self._detect_failed: dict[str, tuple[float, PromstatError]] = {}
+        self._detect_failed: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # The chunking of the last few batches and their chunks' query texts (see _CHUNKINGS_KEPT)
         self._chunkings: OrderedDict[tuple[tuple[str, ...], tuple[str, ...]], list[tuple[str, ...]]]
@@ -531,12 +517,36 @@ class Planner:
 
     # -- shapes -----------------------------------------------------------------------------
 
+    def use_profile(self, profile: RuleProfile) -> None:
+        """Read with ``profile`` from now on (the rules loaded were learned or changed).
+
+        Rebuilds the query shapes; a detection made under another ``rates`` layout is
+        forgotten (it read the kernel counts for that layout).
+        """
+        if profile == self.profile:
+            return
+        old, self.profile = self.profile, profile
+        self._build_shapes()
+        self._chunkings.clear()
+        self._texts.clear()
+        if old.rates is not profile.rates or old.names != profile.names:
+            self._detected.clear()
+            self._layouts_logged.clear()
+
+    def detected(self, level: str) -> tuple[bool, int] | None:
+        """The last successful detection of ``level`` (``(recorded, live_ids)``), if any.
+
+        Kept past ``detect_ttl`` (it is the fallback plan); ``None`` before the first.
+        """
+        found = self._detected.get(level)
+        return None if found is None else (found[1], found[2])
+
     def _build_shapes(self) -> None:
-        cfg, n = self.config, self.config.names
-        exprs = cfg.expressions
+        n = self.profile.names
+        exprs = self.profile.expressions
         # Detection's count rows: one per stat for kernels; a row without one (agents, the raw
         # count) stands for the stat asked about.
-        self._count_row = msgspec.defstruct(
+        self._count_row: type[Any] = msgspec.defstruct(
             "CountRow", [("stat", str, "")], rename={"stat": n.stat_label}, frozen=True, gc=False
         )
         kernel_row = msgspec.defstruct(
@@ -581,7 +591,7 @@ class Planner:
                 None,
             ),
         )
-        if cfg.rates is RateSource.EXPORTER:
+        if self.profile.rates is RateSource.EXPORTER:
             self._kernel_recorded = (self._exporter_kernel_shape(),)
         self._agent_recorded = (
             _Shape(
@@ -632,7 +642,7 @@ class Planner:
         ``current`` rows (dropped here) are 20% more bytes. Its values are fresher: nothing
         waits for a rule evaluation.
         """
-        cfg, n = self.config, self.config.names
+        n = self.profile.names
         k, c, st, vt = n.kernel_label, n.container_metric_label, n.stat_label, n.value_type_label
         row = msgspec.defstruct(
             "ExporterKernelRow",
@@ -655,7 +665,7 @@ class Planner:
             row,
             None,
             # a handful of (value_type, metric) pairs per catalog: resolved once each
-            stat_of=functools.lru_cache(maxsize=1024)(cfg.expressions.kernel_stat_of),
+            stat_of=functools.lru_cache(maxsize=1024)(self.profile.expressions.kernel_stat_of),
         )
 
     def shapes(self, level: str, *, recorded: bool) -> tuple[str, ...]:
@@ -731,11 +741,12 @@ class Planner:
 
         One cheap ``count(count by (id) (...))`` query (for kernels, counted per ``stat``,
         which also tells the loaded rules' ``--rates`` layout: one that differs from
-        ``rates`` is logged once); the answer is cached for
-        ``detect_ttl`` seconds (``refresh=True`` asks again) and a failure for
-        ``detect_failure_ttl``. Concurrent callers share one detection. ``at`` is the
+        ``rates`` is logged once); the answer is cached for ``detect_ttl`` seconds
+        (``refresh=True`` asks again). Concurrent callers share one detection. ``at`` is the
         evaluation time (default: now). With a forced plan (``use_recorded`` True/False) and
-        no fleet-wide choice (``fleet_fraction=None``) there is nothing to ask.
+        no fleet-wide choice (``fleet_fraction=None``) there is nothing to ask. Unlike a load,
+        this call asks even within ``detect_backoff`` of a failure, and waits up to the whole
+        page deadline.
 
         Returns:
             ``(recorded_available, live_ids)``; ``live_ids`` counts ids in the series the
@@ -750,10 +761,55 @@ class Planner:
             raise found
         return found
 
+    async def choose(
+        self, level: str, *, at: float | None = None, deadline: float | None = None
+    ) -> tuple[bool, int]:
+        """The plan a load takes now: ``(recorded, live_ids)``, never an error.
+
+        The cached detection when fresh; else the shared detection, waited for at most half
+        the page deadline (or until ``deadline``, a loop time, if sooner). When detection
+        fails, takes longer, or failed less than ``detect_backoff`` seconds ago, the load
+        gets :meth:`fallback` instead: it still sends its own queries, so a server that
+        healed answers it at once.
+
+        Args:
+            level: ``"kernel"`` or ``"agent"``.
+            at: evaluation time of the detection (default: now).
+            deadline: the load's page deadline (``loop.time()`` seconds), if it has one.
+        """
+        loop = self._enter()
+        now = loop.time()
+        budget = self.page_deadline if deadline is None else min(self.page_deadline, deadline - now)
+        failed_at = self._detect_failed.get(level)
+        if failed_at is not None and _time.monotonic() - failed_at < self.config.detect_backoff:
+            cached = self._detected.get(level)
+            if cached is None or _time.monotonic() - cached[0] >= self.config.detect_ttl:
+                return self.fallback(level)  # skip detection: it failed a moment ago
+        found = await self._detect(level, at, False, now + budget * _DETECT_SHARE)
+        if isinstance(found, PromstatError):
+            return self.fallback(level)
+        return found
+
+    def fallback(self, level: str) -> tuple[bool, int]:
+        """The plan taken without a detection: the last one that worked, else the raw plan.
+
+        A forced plan (``use_recorded``) is kept; the raw plan needs no rules, so its answers
+        are right whatever is loaded (slower when the rules are there).
+        """
+        self._select(level, True)  # an unknown level is the caller's bug: raise ConfigError
+        forced = self.config.use_recorded
+        last = self._detected.get(level)
+        if forced is not None:
+            return forced, last[2] if last is not None else 0
+        if last is not None:
+            return last[1], last[2]
+        return False, 0
+
     async def _detect(
-        self, level: str, at: float | None, refresh: bool, deadline: float
+        self, level: str, at: float | None, refresh: bool, until: float
     ) -> tuple[bool, int] | PromstatError:
-        """Detection for one load: cached answer, cached failure, or the shared detection."""
+        """Detection for one caller: the cached answer or the shared detection (waited for
+        until the loop time ``until``). A failure is returned, never cached."""
         self._select(level, True)  # an unknown level is the caller's bug: raise ConfigError
         cfg = self.config
         if cfg.use_recorded is not None and cfg.fleet_fraction is None:
@@ -763,9 +819,6 @@ class Planner:
             cached = self._detected.get(level)
             if cached is not None and now - cached[0] < cfg.detect_ttl:
                 return cached[1], cached[2]
-            failed = self._detect_failed.get(level)
-            if failed is not None and now - failed[0] < cfg.detect_failure_ttl:
-                return failed[1]
         loop = asyncio.get_running_loop()
         fut = self._detecting.get(level)
         if fut is None:
@@ -774,9 +827,9 @@ class Planner:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not fut.done():
-            remaining = deadline - loop.time()
+            remaining = until - loop.time()
             if remaining > 0:
-                # asyncio.wait leaves the shared detection running when this load gives up
+                # asyncio.wait leaves the shared detection running when this caller gives up
                 await asyncio.wait({fut}, timeout=remaining)
         if not fut.done():
             return PageDeadlineError(
@@ -814,12 +867,18 @@ class Planner:
                 del self._detecting[level]
         stamp = _time.monotonic()
         if isinstance(outcome, PromstatError):
-            self._detect_failed[level] = (stamp, outcome)
+            # Only the time: loads skip detection for detect_backoff seconds, and send their
+            # own queries meanwhile (see choose); the error answers no one but its waiters.
+            self._detect_failed[level] = stamp
+            recorded, _ = self.fallback(level)
             log.warning(
-                "%s plan detection failed (remembered for %gs): %s",
+                "%s plan detection failed: %s; loads take the %s plan (%s) and detect again "
+                "in %gs",
                 level,
-                self.config.detect_failure_ttl,
                 _describe(outcome),
+                "recorded" if recorded else "raw",
+                "the last that worked" if level in self._detected else "it needs no detection",
+                self.config.detect_backoff,
             )
         else:
             self._detect_failed.pop(level, None)
@@ -828,13 +887,13 @@ class Planner:
             fut.set_result(outcome)
 
     async def _count_live(self, level: str, at: float | None) -> tuple[bool, int]:
-        n = self.config.names
+        n = self.profile.names
         if level == "kernel":
             # --rates both rules record every kernel's current; --rates exporter rules only its
             # window stats, of which max is what every kernel with a memory series has. One
-            # query counts both, per stat, so a layout that differs from PlannerConfig.rates
+            # query counts both, per stat, so a layout that differs from the profile's rates
             # is logged without a query of its own.
-            want = "current" if self.config.rates is RateSource.BOTH else "max"
+            want = "current" if self.profile.rates is RateSource.BOTH else "max"
             label, stat = n.kernel_label, n.stat_label
             recorded_query = (
                 f"count(count by ({label}, {stat}) "
@@ -876,13 +935,13 @@ class Planner:
         if not stats:
             return  # no rules (or none evaluated yet): the raw plan, nothing to compare
         layout = RateSource.BOTH if "current" in stats else RateSource.EXPORTER
-        if layout is self.config.rates or layout in self._layouts_logged:
+        if not self.warn_layout or layout is self.profile.rates or layout in self._layouts_logged:
             return
         self._layouts_logged.add(layout)
         if layout is RateSource.BOTH:
             log.warning(
                 "the kernel recording rules loaded are the --rates both layout (they record "
-                "current, capacity and rate copies) but PlannerConfig.rates is 'exporter': "
+                "current, capacity and rate copies) but the profile's rates is 'exporter': "
                 "pages read the exporter's own series, so kernels of agents without "
                 'value_type="rate" series show no rates, and the copies cost rule CPU '
                 "nobody reads; render the rules with --rates exporter, or set rates='both'"
@@ -890,22 +949,40 @@ class Planner:
         else:
             log.warning(
                 "the kernel recording rules loaded are the --rates exporter layout (window "
-                "stats only) but PlannerConfig.rates is 'both': kernel pages fall back to "
-                "the raw plan (correct, slower); set PlannerConfig.rates='exporter' (promstat "
-                "serve --rates exporter) to read them"
+                "stats only) but the profile's rates is 'both': kernel pages fall back to "
+                "the raw plan (correct, slower); read with RuleProfile(rates='exporter') "
+                "(promstat serve --rates exporter) to read them"
             )
 
     # -- fetching ---------------------------------------------------------------------------
 
-    async def kernels(self, ids: Sequence[str], *, at: float | None = None) -> BatchOutcome:
-        """Live stats of kernels, in the legacy kernel shape, one entry per distinct id."""
-        return await self._fetch("kernel", ids, at)
+    async def kernels(
+        self, ids: Sequence[str], *, at: float | None = None, deadline: float | None = None
+    ) -> BatchOutcome:
+        """Live stats of kernels, in the legacy kernel shape, one entry per distinct id.
 
-    async def agents(self, ids: Sequence[str], *, at: float | None = None) -> BatchOutcome:
-        """Live stats of agents, in the legacy ``{"node", "devices"}`` shape."""
-        return await self._fetch("agent", ids, at)
+        Args:
+            ids: kernel ids (duplicates are answered once).
+            at: evaluation time (Unix seconds; default: the clock's now).
+            deadline: the page deadline as a loop time, when the caller started the load
+                earlier (default: ``page_deadline`` seconds from now).
 
-    async def _fetch(self, level: str, ids: Sequence[str], at: float | None) -> BatchOutcome:
+        Raises:
+            ClosedError: after :meth:`aclose`.
+            EventLoopMismatchError: used from another event loop than the first.
+        """
+        return await self._fetch("kernel", ids, at, deadline)
+
+    async def agents(
+        self, ids: Sequence[str], *, at: float | None = None, deadline: float | None = None
+    ) -> BatchOutcome:
+        """Live stats of agents, in the legacy ``{"node", "devices"}`` shape (see
+        :meth:`kernels` for the arguments)."""
+        return await self._fetch("agent", ids, at, deadline)
+
+    async def _fetch(
+        self, level: str, ids: Sequence[str], at: float | None, deadline: float | None
+    ) -> BatchOutcome:
         loop = self._enter()
         wanted = dict.fromkeys(ids)
         at = self._clock() if at is None else float(at)
@@ -913,15 +990,18 @@ class Planner:
         if not wanted:
             return outcome
         # One deadline for the whole load: detection, query slots, retries, splits, fallback.
-        deadline = loop.time() + self.page_deadline
-        found = await self._detect(level, at, False, deadline)
-        if isinstance(found, PromstatError):
-            outcome.payloads = dict.fromkeys(wanted, found)
-            return outcome
-        recorded, live = found
+        if deadline is None:
+            deadline = loop.time() + self.page_deadline
+        # Never an error: a failed detection gives the fallback plan, and this load still
+        # sends its queries (a server that just healed answers them).
+        recorded, live = await self.choose(level, at=at, deadline=deadline)
         plan, payloads = await self._execute(level, recorded, live, wanted, at, outcome, deadline)
+        if level in self._detect_failed and outcome.answered:
+            # The server answers again: the next load detects instead of waiting out the
+            # backoff on the fallback plan.
+            del self._detect_failed[level]
         missing = {i: None for i, p in payloads.items() if p is None}
-        fallback_applies = level != "kernel" or self.config.rates is RateSource.BOTH
+        fallback_applies = level != "kernel" or self.profile.rates is RateSource.BOTH
         if (
             recorded
             and missing
@@ -1081,6 +1161,7 @@ class Planner:
         # An id chunk's matcher selected exactly its ids: no per-row membership test.
         rows_of = job.wanted if chunk is None else None
         outcome = job.outcome
+        outcome.answered += 1
         notes = (*res.warnings, *res.infos)
         if res.warnings:
             outcome.uncacheable.update(chunk if chunk is not None else job.wanted)
@@ -1148,7 +1229,7 @@ class Planner:
         # nothing is left. Frozen here: payload.freeze then costs nothing.
         if not metrics:
             return None
-        return live_stat.render_kernel(metrics, catalog=self.config.catalog, frozen=True)
+        return live_stat.render_kernel(metrics, catalog=self.profile.catalog, frozen=True)
 
     def _render_agent(
         self, rows: Mapping[str | None, Mapping[str, Mapping[str, str]]] | None
@@ -1164,4 +1245,4 @@ class Planner:
                 devices.setdefault(metric, {})[device] = stats
         if not node and not devices:
             return None
-        return live_stat.render_agent(node, devices, catalog=self.config.catalog, frozen=True)
+        return live_stat.render_agent(node, devices, catalog=self.profile.catalog, frozen=True)

@@ -39,11 +39,12 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from promstat.errors import ConfigError, PromstatError
+from promstat.client import PrometheusAPI
+from promstat.errors import ConfigError, PromstatError, check_seconds
 from promstat.loader import FetchResult
 from promstat.planner import BatchOutcome, background_work
 from promstat.selfmetrics import PromstatMetrics
@@ -60,19 +61,26 @@ SleepFn = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class RefreshConfig:
-    """Settings of refresh-ahead.
+    """Settings of refresh-ahead (every duration in seconds).
 
     Attributes:
-        interval: seconds between refreshes (the scrape / rule evaluation interval).
+        enabled: the off switch (``False``: every load takes the cold path, no task starts).
+        interval: seconds between refreshes; ``None`` (the default): the rule profile's
+            evaluation interval, as :class:`~promstat.service.LiveStats` learns it. A
+            :class:`Refresher` itself needs a number.
         watch_intervals: an id stays watched this many intervals after its last request.
         max_staleness: serve a value from memory while it is younger than this (seconds);
             ``None`` = two intervals.
         max_watched: bound of the watched set per level (least recently requested dropped).
         jitter: fraction of the interval over which processes spread their refreshes.
         relearn_intervals: re-read the rule evaluation phase every this many intervals.
+
+    Raises:
+        ConfigError: a field is out of range (the message names it).
     """
 
-    interval: float
+    enabled: bool = True
+    interval: float | None = None
     watch_intervals: int = 4
     max_staleness: float | None = None
     max_watched: int = 100_000
@@ -80,23 +88,41 @@ class RefreshConfig:
     relearn_intervals: int = 20
 
     def __post_init__(self) -> None:
-        if not self.interval > 0:
-            raise ConfigError(f"refresh interval must be > 0 seconds, not {self.interval}")
+        check_seconds("RefreshConfig.interval", self.interval, positive=True, optional=True)
         if self.watch_intervals < 1:
-            raise ConfigError(f"watch_intervals must be >= 1, not {self.watch_intervals}")
-        if self.max_staleness is not None and not self.max_staleness > 0:
-            raise ConfigError(f"max_staleness must be > 0 seconds, not {self.max_staleness}")
+            raise ConfigError(
+                f"RefreshConfig.watch_intervals must be >= 1, not {self.watch_intervals}"
+            )
+        check_seconds(
+            "RefreshConfig.max_staleness", self.max_staleness, positive=True, optional=True
+        )
         if self.max_watched < 1:
-            raise ConfigError(f"max_watched must be >= 1, not {self.max_watched}")
+            raise ConfigError(f"RefreshConfig.max_watched must be >= 1, not {self.max_watched}")
         if not 0.0 <= self.jitter <= 1.0:
-            raise ConfigError(f"refresh jitter must be in [0, 1], not {self.jitter}")
+            raise ConfigError(f"RefreshConfig.jitter must be in [0, 1], not {self.jitter}")
         if self.relearn_intervals < 1:
-            raise ConfigError(f"relearn_intervals must be >= 1, not {self.relearn_intervals}")
+            raise ConfigError(
+                f"RefreshConfig.relearn_intervals must be >= 1, not {self.relearn_intervals}"
+            )
+
+    @property
+    def seconds(self) -> float:
+        """``interval`` as a number.
+
+        Raises:
+            ConfigError: ``interval`` is ``None`` (nothing filled it in from a profile).
+        """
+        if self.interval is None:
+            raise ConfigError(
+                "RefreshConfig.interval is None: give it in seconds, or let LiveStats take "
+                "the rule profile's interval"
+            )
+        return self.interval
 
     @property
     def staleness(self) -> float:
-        """``max_staleness`` in seconds, with its default applied."""
-        return 2 * self.interval if self.max_staleness is None else self.max_staleness
+        """``max_staleness`` in seconds, with its default (two intervals) applied."""
+        return 2 * self.seconds if self.max_staleness is None else self.max_staleness
 
 
 class _Entry:
@@ -145,7 +171,7 @@ class WatchedLevel:
         clock: Callable[[], float],
         sleep: SleepFn,
         rng: random.Random,
-        rules_client: object,
+        rules_client: PrometheusAPI | None,
     ) -> None:
         self.level = level
         self.config = config
@@ -164,10 +190,20 @@ class WatchedLevel:
         self._phase = 0.0
         # Fixed per process: every refresh of this process sits at the same point of the
         # interval (a steady data age), and processes differ from each other.
-        self.offset = rng.uniform(0.0, config.jitter * config.interval)
+        self.offset = rng.uniform(0.0, config.jitter * config.seconds)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def retime(self, interval: float) -> None:
+        """Refresh every ``interval`` seconds from now on (the rule profile changed).
+
+        The jitter offset keeps its place within the interval.
+        """
+        old = self.config.seconds
+        self.config = replace(self.config, interval=interval)
+        self._staleness = self.config.staleness
+        self.offset *= interval / old
 
     @property
     def active(self) -> bool:
@@ -292,7 +328,7 @@ class WatchedLevel:
         return len(ids)
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.config.watch_intervals * self.config.interval
+        horizon = now - self.config.watch_intervals * self.config.seconds
         entries = self._entries
         while entries:
             key = next(iter(entries))
@@ -327,7 +363,7 @@ class WatchedLevel:
         A slot less than half an interval after the previous refresh is skipped, so a phase
         that moved (re-learned rules, a clock step) never causes two refreshes in a row.
         """
-        interval = self.config.interval
+        interval = self.config.seconds
         delay = (self._phase + self.offset - now) % interval
         if last_start is not None and now + delay - last_start < interval / 2:
             delay += interval
@@ -337,14 +373,13 @@ class WatchedLevel:
         """Read when the rule group recording this level's series last finished.
 
         Sets the refresh phase to the end of that evaluation (``lastEvaluation +
-        evaluationTime``) plus a small margin; falls back to interval alignment when the
-        client has no rules endpoint, the call fails, or no group records these series.
+        evaluationTime``) plus a small margin; falls back to interval alignment without a
+        rules client, when the call fails, or when no group records these series.
         """
-        rules = getattr(self._rules_client, "rules", None)
         end: float | None = None
-        if rules is not None:
+        if self._rules_client is not None:
             try:
-                groups = await rules(type="record")
+                groups = await self._rules_client.rules(type="record")
             except PromstatError:
                 groups = []
             for group in groups:
@@ -358,7 +393,7 @@ class WatchedLevel:
             self._phase, self.phase_source = 0.0, "interval"
         else:
             # Samples of a rule are committed when it finishes; leave a little slack.
-            self._phase = end + min(1.0, 0.05 * self.config.interval)
+            self._phase = end + min(1.0, 0.05 * self.config.seconds)
             self.phase_source = "rules"
 
     async def aclose(self) -> None:
@@ -391,7 +426,10 @@ class Refresher:
         sleep: how to wait (injectable so tests drive time).
         rng: randomness of the jitter offset (seed it for reproducible schedules).
         rules_client: the client whose ``rules()`` (``/api/v1/rules``) tells when rule groups
-            evaluate; anything without ``rules`` means interval alignment.
+            evaluate; ``None`` means interval alignment.
+
+    Raises:
+        ConfigError: ``config.interval`` is ``None``.
     """
 
     def __init__(
@@ -403,10 +441,11 @@ class Refresher:
         clock: Callable[[], float] = time.time,
         sleep: SleepFn = asyncio.sleep,
         rng: random.Random | None = None,
-        rules_client: object = None,
+        rules_client: PrometheusAPI | None = None,
     ) -> None:
+        config.seconds  # noqa: B018 - raises ConfigError without an interval
         self.config = config
-        self.enabled = enabled
+        self.enabled = enabled and config.enabled
         self.metrics = metrics or PromstatMetrics()
         self._clock = clock
         self._sleep = sleep
@@ -436,6 +475,16 @@ class Refresher:
         )
         self.levels[level] = watched
         return watched
+
+    def retime(self, interval: float) -> None:
+        """Refresh every level every ``interval`` seconds from now on.
+
+        Raises:
+            ConfigError: ``interval`` is not positive.
+        """
+        self.config = replace(self.config, interval=interval)  # validates
+        for watched in self.levels.values():
+            watched.retime(interval)
 
     def invalidate(self) -> None:
         """Forget every stored value of every level."""

@@ -49,8 +49,10 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DecimalException
 from typing import Any, cast
 
+import msgspec
+
 from promstat.catalog import DEFAULT_CATALOG, SENTINEL_CAPACITY, Capacity, Catalog, MetricSpec
-from promstat.payload import FrozenDict, seal
+from promstat.payload import frozen as _frozen
 
 __all__ = [
     "STATS_ORDER",
@@ -63,6 +65,7 @@ __all__ = [
     "render_agent",
     "render_kernel",
     "to_json",
+    "to_msgpack",
 ]
 
 #: The order legacy emitted ``stats.*`` keys in (``MovingStatistics.to_serializable_dict``:
@@ -457,7 +460,7 @@ def _render_metrics(
             # Built read-only here rather than copied by payload.freeze later: one C-level
             # copy of a finished leaf instead of a second pass over the whole payload.
             # Sealed: strings only, so off the collector's list (see promstat.payload).
-            result[name] = seal(FrozenDict(rendered)) if frozen else rendered
+            result[name] = _frozen(rendered) if frozen else rendered
     return result
 
 
@@ -485,7 +488,7 @@ def render_kernel(
     if not result:
         return None
     # Kernel capacities are never None, so every value is a string.
-    return cast("dict[str, dict[str, str]]", seal(FrozenDict(result)) if frozen else result)
+    return cast("dict[str, dict[str, str]]", _frozen(result) if frozen else result)
 
 
 def _natural_key(device_id: str) -> tuple[tuple[int, int, str], ...]:
@@ -533,17 +536,13 @@ def render_agent(
         for device_id in sorted(per_device, key=_natural_key):
             rendered = _render_one(layout, per_device[device_id])
             if rendered is not None:
-                out[device_id] = seal(FrozenDict(rendered)) if frozen else rendered
+                out[device_id] = _frozen(rendered) if frozen else rendered
         if out:
-            rendered_devices[name] = seal(FrozenDict(out)) if frozen else out
+            rendered_devices[name] = _frozen(out) if frozen else out
     if not rendered_node and not rendered_devices:
         return None
     if frozen:
-        return seal(
-            FrozenDict(
-                node=seal(FrozenDict(rendered_node)), devices=seal(FrozenDict(rendered_devices))
-            )
-        )
+        return _frozen({"node": _frozen(rendered_node), "devices": _frozen(rendered_devices)})
     return {"node": rendered_node, "devices": rendered_devices}
 
 
@@ -559,3 +558,18 @@ def to_json(payload: Mapping[str, Any] | None) -> str | None:
     if payload is None:
         return None
     return json.dumps(payload)
+
+
+# One encoder for the process: msgspec's encoders are reusable and thread-safe.
+_MSGPACK = msgspec.msgpack.Encoder()
+
+
+def to_msgpack(payload: Mapping[str, Any]) -> bytes:
+    """Pack a payload as the agent writes it to Valkey (``msgpack.packb(..., use_bin_type=True)``).
+
+    ``msgspec.msgpack`` picks the same shortest encodings as ``msgpack`` for the maps, strings
+    and ``None`` a payload holds, so the bytes are identical to the agent's (tested), without
+    the ``msgpack`` package; read-only :class:`~promstat.payload.FrozenDict` payloads pack as
+    the plain dicts they compare equal to.
+    """
+    return _MSGPACK.encode(payload)

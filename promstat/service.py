@@ -5,7 +5,8 @@ It wires the pieces in the order of the data flow::
     resolver -> DataLoader (per request) -> SharedLoader (all requests: single-flight + TTL)
              -> Planner (chunked, concurrent PromQL) -> PrometheusClient -> legacy payloads
 
-Typical use in a manager process::
+Typical use in a manager process (no interval to give: the reader learns how the rules were
+rendered from Prometheus itself)::
 
     async with LiveStats("http://prometheus:9090") as stats:   # owns its client
         ...
@@ -16,9 +17,10 @@ Typical use in a manager process::
 Lifecycle: ``aclose()`` (or leaving ``async with``) runs the closers of everything the instance
 owns, last registered first: background components (refresh-ahead registers its own), the
 shared loaders (in-flight fetches are cancelled; their waiters get
-:class:`~promstat.errors.ClosedError`), the planner's background detections and, when the
-instance owns it, the client. A closed instance raises :class:`~promstat.errors.ClosedError`;
-an instance used from a second event loop raises
+:class:`~promstat.errors.ClosedError`), the planner's background detections, the rule layout
+read and, when the instance built it from a URL, the client (a client passed in is borrowed).
+A closed instance raises :class:`~promstat.errors.ClosedError`; an instance used from a
+second event loop raises
 :class:`~promstat.errors.EventLoopMismatchError` (create one per event loop).
 """
 
@@ -28,16 +30,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
+from promstat.client import ClientConfig, PrometheusAPI
 from promstat.errors import ClosedError, ConfigError, EventLoopMismatchError, PromstatError
-from promstat.final import FinalStats, load_kernel_stats
+from promstat.final import FinalConfig, FinalStats, load_kernel_stats
 from promstat.history import History, HistoryResult
-from promstat.loader import DEFAULT_MAX_ENTRIES, DataLoader, SharedLoader
+from promstat.layout import ProfileWatch
+from promstat.loader import DEFAULT_AGENT_CACHE_ENTRIES, CacheConfig, DataLoader, SharedLoader
 from promstat.payload import afreeze_values
-from promstat.planner import BatchOutcome, Planner, PlannerConfig, QueryExecutor
-from promstat.promql import parse_duration
+from promstat.planner import BatchOutcome, Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.refresh import RefreshConfig, Refresher
 from promstat.selfmetrics import PromstatMetrics
 
@@ -47,42 +52,39 @@ Payload = dict[str, Any]
 
 log = logging.getLogger(__name__)
 
-#: Default bound of the agent cache. An agent payload carries every device: 35 KiB of Python
-#: objects for a 64-core, 8-GPU agent (measured with tracemalloc), so 2,048 agents is at most
-#: ~70 MiB, like the kernel cache (:data:`~promstat.loader.DEFAULT_MAX_ENTRIES`); fleets have
-#: far fewer agents than kernels.
-DEFAULT_AGENT_CACHE_ENTRIES = 2_048
+# Share of a load's page deadline it waits for the rule layout read (the first load, then one
+# every detect_ttl): the rest is for detection and the load's own queries.
+_LAYOUT_SHARE = 0.25
+# Ids of the synthetic 1,000-kernel page the warning prices the raw plan with.
+_PRICE_IDS = tuple(f"{i:08x}-0000-4000-8000-000000000000" for i in range(1000))
 
 
 class LiveStats:
     """Kernel and agent live_stat in the legacy wire shape, batched and cached.
 
     Args:
-        client: a :class:`~promstat.client.PrometheusClient` (or anything with
-            ``query_vector``/``query_range``), or a base URL: LiveStats then creates the
-            client (with ``client_options``, reporting to ``metrics``) and owns it.
-        config: planner settings (names, catalog, windows, budgets, ``page_deadline``).
-        cache_ttl: seconds a live value is shared across requests; default one scrape
-            interval (``config.interval``). 0 keeps single-flight but caches nothing.
-        cache_entries: bound of the kernel cache (default
-            :data:`~promstat.loader.DEFAULT_MAX_ENTRIES`, ~80 MiB when full).
-        agent_cache_entries: bound of the agent cache (default
-            :data:`DEFAULT_AGENT_CACHE_ENTRIES`).
+        client_or_url: a :class:`~promstat.client.PrometheusAPI` (a
+            :class:`~promstat.client.PrometheusClient`, or a wrapper of one), which is
+            borrowed: never closed here; or a base URL, from which LiveStats builds a client
+            (with ``client``, reporting to ``metrics``) that it owns and closes.
+        profile: how the recording rules were rendered. ``None`` (the default): the profile
+            of the rules loaded in Prometheus, read from ``/api/v1/rules`` at the first load
+            (:mod:`promstat.layout`). A profile given that differs from the loaded one, and
+            a Prometheus without promstat's rules, are reported in one WARNING.
+        planner: how queries are cut, sent and bounded (:class:`PlannerConfig`).
+        cache: the shared caches' TTL and bounds (:class:`~promstat.loader.CacheConfig`).
+        refresh: refresh-ahead (:class:`~promstat.refresh.RefreshConfig`); its interval
+            defaults to the profile's.
+        final: terminated-kernel answers (:class:`~promstat.final.FinalConfig`).
+        client: how to build the client from a URL (:class:`~promstat.client.ClientConfig`);
+            only with a URL.
         metrics: counters to report to (a new :class:`PromstatMetrics` by default); pass the
-            same object as the client's ``observer`` to see HTTP costs as well.
+            same object as a borrowed client's ``observer`` to see HTTP costs as well.
         clock: what "now" is (Unix seconds) for loads without ``at``; replays and tests pin
             it to a time inside their data.
-        refresh_ahead: refresh the ids pages keep requesting in the background, once per
-            interval, and answer them from memory (:mod:`promstat.refresh`). Off with
-            ``False``, and always off with ``cache_ttl=0`` (nothing may be cached).
-        watch_intervals: an id is refreshed until this many intervals after its last request.
-        max_staleness: seconds a refreshed value may be served; ``None`` = two intervals.
-        max_watched: bound of the watched ids per level (least recently requested dropped).
-        refresh_jitter: fraction of the interval over which processes spread their refreshes.
-        owns_client: close the client in :meth:`aclose` (default: only a client LiveStats
-            created from a URL).
-        client_options: keyword arguments for the client created from a URL (``timeout``,
-            ``bearer_token``, ``headers``, ...).
+
+    Raises:
+        ConfigError: ``client`` given with a client object, or a bad URL.
 
     Payloads are read-only (:class:`~promstat.payload.FrozenDict`): every request shares them.
     Use it as an async context manager or call :meth:`aclose` at shutdown, so the background
@@ -91,55 +93,62 @@ class LiveStats:
 
     def __init__(
         self,
-        client: QueryExecutor | str,
-        config: PlannerConfig | None = None,
+        client_or_url: PrometheusAPI | str,
         *,
-        cache_ttl: float | None = None,
-        cache_entries: int = DEFAULT_MAX_ENTRIES,
-        agent_cache_entries: int = DEFAULT_AGENT_CACHE_ENTRIES,
+        profile: RuleProfile | None = None,
+        planner: PlannerConfig | None = None,
+        cache: CacheConfig | None = None,
+        refresh: RefreshConfig | None = None,
+        final: FinalConfig | None = None,
+        client: ClientConfig | None = None,
         metrics: PromstatMetrics | None = None,
         clock: Callable[[], float] = time.time,
-        refresh_ahead: bool = True,
-        watch_intervals: int = 4,
-        max_staleness: float | None = None,
-        max_watched: int = 100_000,
-        refresh_jitter: float = 0.5,
-        owns_client: bool | None = None,
-        client_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = config or PlannerConfig()
+        self.planner_config = planner or PlannerConfig()
+        self.cache_config = cache or CacheConfig()
+        self.refresh_config = refresh or RefreshConfig()
+        self.final_config = final or FinalConfig()
         self.metrics = metrics or PromstatMetrics()
-        ttl = parse_duration(self.config.interval) if cache_ttl is None else cache_ttl
-        if ttl < 0:
-            raise ConfigError(f"cache_ttl must be >= 0, not {ttl}")
-        if cache_entries < 1 or agent_cache_entries < 1:
+        #: What aclose() runs, last registered first. A background component joins with
+        #: ``self._closers.append(component.aclose)`` when it starts.
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        api: PrometheusAPI
+        if isinstance(client_or_url, str):
+            api = (client or ClientConfig()).build(client_or_url, observer=self.metrics)
+            self._closers.append(api.aclose)  # built here, so closed here (closed last)
+        elif client is not None:
             raise ConfigError(
-                f"cache_entries and agent_cache_entries must be >= 1, not {cache_entries} "
-                f"and {agent_cache_entries}"
+                "client= (a ClientConfig) applies only when LiveStats is given a URL; "
+                "configure the PrometheusClient you pass instead"
             )
-        if isinstance(client, str):
-            from promstat.client import PrometheusClient  # only this way of building needs it
-
-            options = {"observer": self.metrics, **(client_options or {})}
-            client = PrometheusClient(client, **options)
-            owns_client = True if owns_client is None else owns_client
-        elif client_options:
-            raise ConfigError("client_options apply only when LiveStats is given a URL")
-        self.client = client
-        self.planner = Planner(client, self.config, metrics=self.metrics, clock=clock)
-        names, interval = self.config.names, parse_duration(self.config.interval)
+        else:
+            api = client_or_url  # borrowed: never closed here
+        self.client = api
+        start = profile or RuleProfile()
+        self.planner = Planner(
+            api, self.planner_config, profile=start, metrics=self.metrics, clock=clock
+        )
+        self.layout = ProfileWatch(
+            api,
+            profile,
+            apply=self._use_profile,
+            raw_cost=self._raw_cost,
+            ttl=self.planner_config.detect_ttl,
+            backoff=self.planner_config.detect_backoff,
+            timeout=self.planner.page_deadline,
+        )
+        names = start.names
+        ttl = start.interval if self.cache_config.ttl is None else self.cache_config.ttl
+        refresh_cfg = self.refresh_config
+        self._refresh_follows_profile = refresh_cfg.interval is None
+        if refresh_cfg.interval is None:
+            refresh_cfg = replace(refresh_cfg, interval=start.interval)  # follows the profile
         self.refresher = Refresher(
-            RefreshConfig(
-                interval=interval or 1.0,  # unused when the interval is 0: refresh is off
-                watch_intervals=watch_intervals,
-                max_staleness=max_staleness,
-                max_watched=max_watched,
-                jitter=refresh_jitter,
-            ),
-            enabled=refresh_ahead and ttl > 0 and interval > 0,
+            refresh_cfg,
+            enabled=ttl > 0,  # nothing may be kept with a TTL of 0
             metrics=self.metrics,
             clock=clock,
-            rules_client=client,
+            rules_client=api,
         )
         self._kernel_watch = self.refresher.watch(
             "kernel", self._plan_kernels, families=(names.kernel_live_stat,)
@@ -150,38 +159,85 @@ class LiveStats:
         self._kernels: SharedLoader[str, Payload] = SharedLoader(
             self._kernel_watch.fetch,
             ttl=ttl,
-            max_entries=cache_entries,
+            max_entries=self.cache_config.kernel_entries,
             metrics=self.metrics,
             name="LiveStats kernel loader",
         )
         self._agents: SharedLoader[str, Payload] = SharedLoader(
             self._agent_watch.fetch,
             ttl=ttl,
-            max_entries=agent_cache_entries,
+            max_entries=self.cache_config.agent_entries,
             metrics=self.metrics,
             name="LiveStats agent loader",
         )
-        self.history = History(client, self.config, metrics=self.metrics)
+        self.history = History(api, self.planner_config, profile=start, metrics=self.metrics)
         # Terminated kernels: answers at their termination times, cached without expiry.
+        if self.final_config.max_entries is None:
+            self.final_config = replace(
+                self.final_config, max_entries=self.cache_config.kernel_entries
+            )
         self.final = FinalStats(
-            client, self.planner, metrics=self.metrics, max_entries=cache_entries, clock=clock
+            api, self.planner, config=self.final_config, metrics=self.metrics, clock=clock
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        #: What aclose() runs, last registered first. A background component joins with
-        #: ``self._closers.append(component.aclose)`` when it starts.
-        self._closers: list[Callable[[], Awaitable[object]]] = []
-        close_client = getattr(client, "close", None) if owns_client else None
-        if close_client is not None:
-            self._closers.append(close_client)
         self._closers += [
             self.planner.aclose,
             self.final.aclose,
             self._agents.aclose,
             self._kernels.aclose,
+            self.layout.aclose,
         ]
         # Last registered, first closed: the refresher stops before the loaders it feeds.
         self._closers.append(self.refresher.aclose)
+
+    @property
+    def profile(self) -> RuleProfile:
+        """The profile read with now: the one given, or the loaded rules' once read."""
+        return self.planner.profile
+
+    def _use_profile(self, profile: RuleProfile) -> None:
+        """Read with ``profile`` from now on (the loaded rules were read)."""
+        self.planner.use_profile(profile)
+        self.history.profile = profile
+        if self.cache_config.ttl is None:
+            self._kernels.ttl = self._agents.ttl = profile.interval
+        if self._refresh_follows_profile:
+            self.refresher.retime(profile.interval)
+
+    def _raw_cost(self) -> tuple[int, int]:
+        """Queries of a 1,000-kernel page on the raw and on the recorded plan."""
+        raw = len(self.planner.queries("kernel", _PRICE_IDS, recorded=False))
+        return raw, len(self.planner.queries("kernel", _PRICE_IDS, recorded=True))
+
+    async def learn_profile(self) -> RuleProfile:
+        """Read the rule layout loaded in Prometheus now (the first load does it otherwise).
+
+        A manager may call it at startup so the first page does not wait for
+        ``/api/v1/rules``; a failed read is not an error (the profile stays as it was).
+
+        Returns:
+            The profile read with from now on (see :attr:`profile`).
+
+        Raises:
+            ClosedError: after :meth:`aclose`.
+        """
+        self._check()
+        await self._prepare(wait=1.0)
+        return self.profile
+
+    async def _prepare(self, *, wait: float = _LAYOUT_SHARE) -> float:
+        """Start a load: bring the profile up to date (waiting at most ``wait`` of the page
+        deadline for it, a quarter by default) and return the load's page deadline as a loop
+        time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.planner.page_deadline
+        await self.layout.ensure(loop.time() + wait * self.planner.page_deadline)
+        if self.layout.loaded is not None and self.layout.loaded.found:
+            # The layout watch compares the loaded rules with the profile (one WARNING per
+            # LiveStats); the planner's own layout check would say it a second time.
+            self.planner.warn_layout = False
+        return deadline
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -233,13 +289,18 @@ class LiveStats:
             except Exception:
                 log.exception("closing %r failed", closer)
 
-    async def _plan_kernels(self, ids: list[str]) -> BatchOutcome:
-        out = await self.planner.kernels(ids)
+    async def _plan_kernels(self, ids: list[str], at: float | None = None) -> BatchOutcome:
+        deadline = await self._prepare()
+        out = await self.planner.kernels(ids, at=at, deadline=deadline)
+        detected = self.planner.detected("kernel")
+        if detected is not None and self.planner_config.use_recorded is None:
+            self.layout.note_detection(detected[0])
         out.payloads = await afreeze_values(out.payloads)  # once, as they enter the caches
         return out
 
-    async def _plan_agents(self, ids: list[str]) -> BatchOutcome:
-        out = await self.planner.agents(ids)
+    async def _plan_agents(self, ids: list[str], at: float | None = None) -> BatchOutcome:
+        deadline = await self._prepare()
+        out = await self.planner.agents(ids, at=at, deadline=deadline)
         out.payloads = await afreeze_values(out.payloads)
         return out
 
@@ -260,7 +321,7 @@ class LiveStats:
         self._check()
         if at is None:
             return await self._kernel_watch.batch_load(kernel_ids, self._kernels.batch_load)
-        out = await self.planner.kernels(kernel_ids, at=at)
+        out = await self._plan_kernels(list(kernel_ids), at=at)
         return [out.payloads[k] for k in kernel_ids]
 
     async def load_agents(
@@ -270,7 +331,7 @@ class LiveStats:
         self._check()
         if at is None:
             return await self._agent_watch.batch_load(agent_ids, self._agents.batch_load)
-        out = await self.planner.agents(agent_ids, at=at)
+        out = await self._plan_agents(list(agent_ids), at=at)
         return [out.payloads[a] for a in agent_ids]
 
     # -- per-request loaders ----------------------------------------------------------------
@@ -298,6 +359,7 @@ class LiveStats:
         terminated after ``at`` are evaluated at ``at``.
         """
         self._check()
+        await self._prepare()
         return await load_kernel_stats(self.final, self.load_kernels, pairs, at=at)
 
     async def final_stats(
@@ -312,6 +374,7 @@ class LiveStats:
             kernel id -> payload, ``None`` or the error of its query.
         """
         self._check()
+        await self._prepare()
         values = await self.final.load(list(terminated.items()))
         return {
             k: v if v is None or isinstance(v, dict | PromstatError) else PromstatError(str(v))
@@ -329,6 +392,7 @@ class LiveStats:
     ) -> HistoryResult:
         """Trend series for many kernels and metrics at once (see :class:`History`)."""
         self._check()
+        await self._prepare()
         return await self.history.kernels(kernel_ids, metrics, start=start, end=end, step=step)
 
     def invalidate(self) -> None:

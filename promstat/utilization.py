@@ -51,11 +51,11 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
+from promstat.client import PrometheusAPI
 from promstat.conventions import SeriesNames
-from promstat.errors import ConfigError
+from promstat.errors import ConfigError, check_seconds
 from promstat.expressions import LiveStatExpressions
-from promstat.planner import QueryExecutor
-from promstat.promql import chunk_values, parse_duration, set_matcher
+from promstat.promql import chunk_values, duration, set_matcher
 
 __all__ = [
     "MemRule",
@@ -88,7 +88,7 @@ class Utilization:
     """Batched utilization queries over the recorded (or raw) series.
 
     Args:
-        client: a :class:`~promstat.client.PrometheusClient` (or any ``query_vector``).
+        client: the :class:`~promstat.client.PrometheusAPI` to query.
         names: metric and label names.
         use_recorded: read the recorded families (default); ``False`` computes current and
             capacity from the raw series with :class:`~promstat.expressions.LiveStatExpressions`
@@ -106,7 +106,7 @@ class Utilization:
 
     def __init__(
         self,
-        client: QueryExecutor,
+        client: PrometheusAPI,
         *,
         names: SeriesNames = SeriesNames(),  # noqa: B008 - frozen, immutable default
         use_recorded: bool = True,
@@ -166,18 +166,19 @@ class Utilization:
         return self._raw("current", names + extra)
 
     @staticmethod
-    def _windowed(expr: str, window: str | None, step: str | None, func: str) -> str:
+    def _windowed(expr: str, window: float | None, step: float | None, func: str) -> str:
         if window is None:
             return expr
-        return f"{func}(({expr})[{window}:{step or ''}])"
+        res = "" if step is None else duration(step)
+        return f"{func}(({expr})[{duration(window)}:{res}])"
 
     def session_query(
         self,
         session_ids: Sequence[str],
         resources: Sequence[str],
         *,
-        window: str | None = None,
-        step: str | None = None,
+        window: float | None = None,
+        step: float | None = None,
     ) -> str:
         """The PromQL of :meth:`sessions` for one chunk of session ids."""
         if not resources:
@@ -210,8 +211,8 @@ class Utilization:
         kernel_ids: Sequence[str],
         metrics: Sequence[str],
         *,
-        window: str | None = None,
-        step: str | None = None,
+        window: float | None = None,
+        step: float | None = None,
     ) -> str:
         """The PromQL of :meth:`kernels` for one chunk of kernel ids."""
         if not metrics:
@@ -248,8 +249,8 @@ class Utilization:
         resources: Sequence[str],
         *,
         at: float | None = None,
-        window: str | None = None,
-        step: str | None = None,
+        window: float | None = None,
+        step: float | None = None,
     ) -> dict[str, dict[str, float | None] | None]:
         """What the idle checker computes, for many sessions at once.
 
@@ -258,8 +259,9 @@ class Utilization:
                 (``occupied_slots["mem"]``; ``0``/``None`` when unknown).
             resources: the threshold resources, e.g. ``["cpu_util", "mem", "cuda_util"]``.
             at: evaluation time (default: the server's now).
-            window: average each reading over this window (e.g. ``"10m"``), or ``None``.
-            step: the window's resolution (default: the server's evaluation interval).
+            window: average each reading over this many seconds (e.g. ``600``), or ``None``.
+            step: the window's resolution in seconds (default: the server's evaluation
+                interval).
 
         Returns:
             session id -> ``{resource: percent or None (excluded)}``, or ``None`` for a session
@@ -324,8 +326,8 @@ class Utilization:
         metrics: Sequence[str],
         *,
         at: float | None = None,
-        window: str | None = None,
-        step: str | None = None,
+        window: float | None = None,
+        step: float | None = None,
     ) -> dict[str, dict[str, float]]:
         """Per-kernel ``pct`` of ``metrics`` (the autoscaling KERNEL source's input).
 
@@ -353,13 +355,16 @@ class Utilization:
         return out
 
 
-def _check_window(window: str | None, step: str | None) -> None:
-    if window is not None:
-        parse_duration(window)  # raises ConfigError naming the bad text
-    if step is not None:
-        if window is None:
-            raise ConfigError("step needs a window")
-        parse_duration(step)
+def _check_window(window: float | None, step: float | None) -> None:
+    # Seconds, like every duration in promstat's API; duration() refuses what Prometheus
+    # cannot spell (below a millisecond).
+    check_seconds("window", window, positive=True, optional=True)
+    check_seconds("step", step, positive=True, optional=True)
+    if step is not None and window is None:
+        raise ConfigError("step needs a window")
+    for value in (window, step):
+        if value is not None:
+            duration(value)
 
 
 def _as_float(value: float | int | str | Decimal | None) -> float:

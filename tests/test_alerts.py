@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -19,6 +18,7 @@ import yaml
 
 from promstat.apps.demo import DemoOptions, run_demo
 from promstat.catalog import Catalog
+from promstat.cli import build_parser
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, RuleError
 from promstat.generate.alerts import (
@@ -26,7 +26,6 @@ from promstat.generate.alerts import (
     ALERTS_FILE,
     AlertSettings,
     accelerator_util_matchers,
-    add_cli,
     alert_summary,
     alert_tests_apply,
     build_alert_groups,
@@ -196,8 +195,7 @@ def test_demo_settings_are_short_and_valid() -> None:
 
 def test_cli_render_and_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`alerts render` writes the committed files; --set changes a setting and notes the tests."""
-    parser = argparse.ArgumentParser(prog="promstat")
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["alerts", "render", "--output", str(tmp_path / "a")])
     assert args.handler(args) == 0
     assert _tree(tmp_path / "a") == _tree(ALERTS_DIR)

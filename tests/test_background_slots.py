@@ -17,9 +17,10 @@ import pytest
 from promstat import planner as planner_module
 from promstat.errors import ConfigError
 from promstat.planner import Planner, PlannerConfig, background_work
+from promstat.testing.stub import StubAPI
 
 
-class _Held:
+class _Held(StubAPI):
     """A query executor that holds every query until ``release`` is set, counting the
     queries in flight per kind (background or not) and the most seen at once."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.contenders import CONTENDERS, upstream_queries
+from benchmarks.contenders import CONTENDERS
 from benchmarks.fleet import rule_stages
 from benchmarks.run import Settings, parse_args, run
 from promstat.generate.rules import RecordingRule, build_rule_files
@@ -18,29 +18,23 @@ A = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
 B = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"
 
 
-def test_upstream_queries_match_the_reference_text() -> None:
-    """The six upstream queries are byte-identical to reference section 3.5 for two kernels."""
-    k = f"{A}|{B}"
-    m = "backendai_container_utilization"
-    rate_sel = (
-        f'{m}{{kernel_id=~"{k}",container_metric_name=~"cpu_util|net_rx|net_tx",'
-        f'value_type="current"}}'
+def test_the_upstream_contender_is_the_installed_backendai_code() -> None:
+    """`upstream` runs Backend.AI 26.9.6's own client, query builder and converter, not a
+    port: the classes come from the installed manager, and its builder renders six queries."""
+    import uuid
+
+    from benchmarks.upstream import require_backendai
+
+    bai = require_backendai()
+    assert bai.PrometheusClient.__module__ == "ai.backend.manager.clients.prometheus.client"
+    assert bai.LegacyLiveStatConverter.__module__ == (
+        "ai.backend.manager.api.gql_legacy.stat_converter"
     )
-    rate = f"sum by (container_metric_name,kernel_id)(rate({rate_sel}[5m]))"
-    gauge_sel = f'{m}{{kernel_id=~"{k}",value_type="current"}}'
-    gauge = f"sum by (container_metric_name,kernel_id)({gauge_sel})"
-    assert upstream_queries([A, B]) == [
-        (
-            "instant",
-            f"sum by (container_metric_name,kernel_id,value_type)"
-            f'({m}{{kernel_id=~"{k}",value_type=~"current|capacity"}})',
-        ),
-        ("rate_current", rate),
-        ("max", f"max_over_time(({gauge})[5m:])"),
-        ("rate_max", f"max_over_time(({rate})[5m:])"),
-        ("avg", f"avg_over_time(({gauge})[5m:])"),
-        ("rate_avg", f"avg_over_time(({rate})[5m:])"),
-    ]
+    queries = bai.ContainerLiveStatQueryBuilder("5m").get_container_live_stat_queries(
+        [uuid.UUID(A), uuid.UUID(B)]
+    )
+    fields = ("instant", "rate_current", "max", "rate_max", "avg", "rate_avg")
+    assert all(hasattr(queries, name) for name in fields)
 
 
 def test_rule_stages_put_readers_after_the_rules_they_read() -> None:
@@ -157,7 +151,7 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
     assert on_disk["decode"] is not None
     assert "error" not in on_disk["decode"]
 
-    # Issue 10: the cold path against its own bare HTTP, polling against legacy, the goals.
+    # The design goals: the cold path against its own bare HTTP, polling against legacy.
     cold = on_disk["cold_path"]
     assert [(x["page"], x["compress"]) for x in cold] == [(200, False), (200, True)]
     for x in cold:
@@ -168,8 +162,10 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
     polling = on_disk["polling"]
     assert [(x["contender"], x["clients"], x["period_s"]) for x in polling] == [
         ("legacy", 2, 1.0),
+        ("upstream", 2, 1.0),
         ("promstat", 2, 1.0),
         ("legacy", 2, 2.0),
+        ("upstream", 2, 2.0),
         ("promstat", 2, 2.0),
     ]
     for x in polling:
@@ -178,9 +174,17 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
         assert x["p99_ms"] >= x["p95_ms"] >= x["p50_ms"] > 0
     assert all(x["queries"] == 0 for x in polling if x["contender"] == "legacy")
     assert any(x["queries"] > 0 for x in polling if x["contender"] == "promstat")
+    # Backend.AI 26.9 has no cross-request cache: six queries per 128-id batch, every page.
+    for x in polling:
+        if x["contender"] == "upstream":
+            assert x["queries"] == 6 * math.ceil(x["page_size"] / 128) * (
+                x["pages"] + x["warmup_pages"]
+            ), x
+        assert x["prometheus_cpu_s_per_minute"] is None or x["prometheus_cpu_s_per_minute"] >= 0
     names = [g["goal"] for g in on_disk["goals"]]
     assert any(n.startswith("client time added / bare HTTP, 200 kernels") for n in names)
     assert any(n.startswith("polling p95 / legacy p95, 2 clients") for n in names)
+    assert any(n.startswith("polling p95, Backend.AI 26.9 / promstat, 2 clients") for n in names)
     assert on_disk["backends"] is None and on_disk["rules_cost"] == []
 
 
@@ -304,3 +308,25 @@ def test_rule_cost_runs_parse() -> None:
     for bad in ("5000:fast", "x", "5000:both:two", "1:both:2:3"):
         with pytest.raises(SystemExit):
             parse_args(["--rules-cost", bad])
+
+
+def test_report_says_what_was_measured_against_which_goal() -> None:
+    """The printed report names each goal in words with its bound and whether it was met:
+    no "MISSED", no issue numbers a reader of the CI log cannot look up."""
+    cold = [{"page": 200, "compress": True, "added_ratio": 0.5, "loop_longest_cpu_ms": 3.0,
+             "http_p50_ms": 1.0, "promstat_p50_ms": 1.5, "client_cpu_ms_per_page": 1.0,
+             "prometheus_cpu_ms_per_page": 1.0, "prometheus_cpu_ms_bare_http": 1.0,
+             "loop_longest_ms": 3.0}]  # fmt: skip
+    doc = report.build(settings={"mode": "ci"}, fleet={}, pages={}, loads=[], rss=None,
+                       decode=None, started="", seconds={}, cold_path=cold)  # fmt: skip
+    text = report.format_table(doc)
+    assert "MISSED" not in text and "issue" not in text.lower()
+    lines = text.splitlines()
+    added = next(x for x in lines if "client time added / bare HTTP, 200 kernels, gzip" in x)
+    assert added.endswith("0.50  (goal: at most 0.35, not met)")
+    loop = next(x for x in lines if x.lstrip().startswith("longest loop callback ms, 200"))
+    assert loop.endswith("(goal: at most 20, met)")
+    assert "design goals (measured in this run, reported, never asserted" in text
+    assert report.verdict(None, ">= 5") == "goal: at least 5, not measured"
+    for key in report.TARGETS:
+        assert report.TARGET_WORDS[key]

@@ -33,6 +33,7 @@ from promstat.planner import Planner, PlannerConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.fake import openmetrics_text
+from promstat.testing.stub import StubAPI
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +143,7 @@ def _chunk_of(query: str) -> int:
     return min(i for i, kid in enumerate(IDS) if kid in query) // CHUNK
 
 
-class _Gated:
+class _Gated(StubAPI):
     """Forwards to the real client; lets a test delay, hold or fail (once) chosen queries, or
     replay the first answer to each query (``replay``: a page without I/O)."""
 
@@ -312,7 +313,7 @@ async def test_live_stats_hands_out_the_rendered_payloads_read_only(
 ) -> None:
     """Through LiveStats (the cache's freeze included) payloads stay equal and read-only."""
     expected = await _one_pass(client)
-    stats = LiveStats(client, PlannerConfig(use_recorded=True), clock=lambda: AT)
+    stats = LiveStats(client, planner=PlannerConfig(use_recorded=True), clock=lambda: AT)
     got = await stats.load_kernels([*IDS[:10], GONE])
     for kid, payload in zip([*IDS[:10], GONE], got, strict=True):
         assert payload == expected[kid]

@@ -13,8 +13,10 @@ from redis.asyncio import from_url
 
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError, TransportError
+from promstat.refresh import RefreshConfig
 from promstat.service import LiveStats
 from promstat.stat_client import PromstatStatClient
+from promstat.testing.stub import StubAPI
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,10 @@ def fleet() -> Iterator[DualFleet]:
     with dual_fleet(fleet_config(2, 4)) as running:
         yield running
 
+NO_REFRESH = RefreshConfig(enabled=False)
 
-class CountingClient:
+
+class CountingClient(StubAPI):
     """Forwards to a real client and counts the queries (to see batches being shared)."""
 
     def __init__(self, inner: PrometheusClient) -> None:
@@ -40,7 +44,7 @@ async def compat(fleet: DualFleet) -> AsyncIterator[tuple[PromstatStatClient, Co
     async with PrometheusClient(fleet.prometheus.url) as prom:
         counting = CountingClient(prom)
         # Refresh-ahead off: the tests count queries, and a background refresh would add some.
-        async with LiveStats(counting, clock=lambda: fleet.at, refresh_ahead=False) as stats:
+        async with LiveStats(counting, clock=lambda: fleet.at, refresh=NO_REFRESH) as stats:
             yield PromstatStatClient(stats), counting
 
 
@@ -124,12 +128,12 @@ async def test_concurrent_callers_share_one_batch_and_the_cache(
     # The concurrent singles cost exactly what one batch of all ids costs.
     async with PrometheusClient(fleet.prometheus.url) as prom:
         fresh = CountingClient(prom)
-        async with LiveStats(fresh, clock=lambda: fleet.at, refresh_ahead=False) as fresh_stats:
+        async with LiveStats(fresh, clock=lambda: fleet.at, refresh=NO_REFRESH) as fresh_stats:
             await PromstatStatClient(fresh_stats).get_session_statistics_batch(ids)
     assert first == len(fresh.queries) < len(ids)
 
 
-class FailingClient:
+class FailingClient(StubAPI):
     async def query_vector(self, query: str, **kwargs: Any) -> Any:
         raise TransportError("connection refused", url="http://prometheus:9090")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from promstat.agent.exporter import ExporterServer, UtilizationExporter
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind
+from promstat.cli import build_parser
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
 from promstat.errors import PromstatError
@@ -28,7 +28,6 @@ from promstat.generate.alerts import alert_summary, demo_settings, write_alerts
 from promstat.generate.dashboards import (
     DASHBOARD_FILES,
     MetricFamily,
-    add_cli,
     build_dashboards,
     catalog_families,
     iter_targets,
@@ -84,8 +83,7 @@ def test_committed_dashboards_match_generator(tmp_path: Path) -> None:
 
 def test_cli_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`dashboards render --output DIR` writes the committed files."""
-    parser = argparse.ArgumentParser(prog="promstat")
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["dashboards", "render", "--output", str(tmp_path)])
     assert args.handler(args) == 0
     assert _tree(tmp_path) == _tree(DASHBOARDS_DIR)

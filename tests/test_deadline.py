@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from promstat.client import PrometheusClient, RetryPolicy
+from promstat.client import ClientConfig, PrometheusClient, RetryPolicy
 from promstat.errors import (
     ConfigError,
     PageDeadlineError,
@@ -25,8 +25,10 @@ from promstat.errors import (
     UnavailableError,
 )
 from promstat.planner import Planner, PlannerConfig, default_page_deadline
+from promstat.refresh import RefreshConfig
 from promstat.service import LiveStats
 from promstat.testing.fake import FakePrometheus, Reply
+from promstat.testing.stub import StubAPI
 
 # Refresh-ahead is off in these tests: its first jittered refresh can fall inside a test and
 # open connections of its own, which the connection counts below must not see.
@@ -82,7 +84,7 @@ async def hung() -> AsyncIterator[tuple[HungServer, str]]:
 
 def quiet_stats(url: str, *args: Any, **kwargs: Any) -> LiveStats:
     """A LiveStats without refresh-ahead (its background queries would skew the counts)."""
-    return LiveStats(url, *args, refresh_ahead=False, **kwargs)
+    return LiveStats(url, *args, refresh=RefreshConfig(enabled=False), **kwargs)
 
 
 def page_ids(page: int) -> list[str]:
@@ -110,23 +112,33 @@ def flat(answers: list[list[Any]]) -> list[Any]:
 
 
 async def test_hung_detection_is_shared_and_bounded(hung: tuple[HungServer, str]) -> None:
-    """A detection that hangs is asked once; every page ends with the client's timeout."""
+    """A detection that hangs is asked once; pages stop waiting for it at half their deadline,
+    send their own queries (the raw plan) and end with a timeout within the bound."""
     server, url = hung
     config = PlannerConfig(max_alternatives=4)
-    async with quiet_stats(url, config, client_options={"timeout": 1.0}) as stats:
+    async with quiet_stats(url, planner=config, client=ClientConfig(timeout=1.0)) as stats:
         deadline = stats.planner.page_deadline
         seconds, answers = await load_pages(stats)
+        sent = stats.metrics.snapshot().queries
     assert seconds <= 1.5 * deadline
-    assert all(isinstance(a, RequestTimeoutError) for a in flat(answers))
-    assert len(flat(answers)) == PAGES * PAGE_IDS
-    assert server.connections == 1  # one detection for all 20 pages
+    errors = flat(answers)
+    assert all(isinstance(a, RequestTimeoutError) for a in errors)
+    assert len(errors) == PAGES * PAGE_IDS
+    late = [a for a in errors if isinstance(a, PageDeadlineError)]
+    assert "plan detection" not in {a.stage for a in late}  # no load is answered undetected
+    assert "raw/filtered plan" in str(late[0])
+    # One detection for all 20 pages, then at most one round of the 8 query slots.
+    # One rule layout read and one detection for all 20 pages, then at most one round of
+    # the 8 query slots.
+    assert 2 < server.connections <= 2 + 8
+    assert sent <= 2 + 8
 
 
 async def test_hung_queries_end_at_the_page_deadline(hung: tuple[HungServer, str]) -> None:
     """600 hung queries behind 8 slots: pages end at the page deadline, not after 75 rounds."""
     server, url = hung
     config = PlannerConfig(use_recorded=False, fleet_fraction=None, max_alternatives=4)
-    async with quiet_stats(url, config, client_options={"timeout": 2.0}) as stats:
+    async with quiet_stats(url, planner=config, client=ClientConfig(timeout=2.0)) as stats:
         deadline = stats.planner.page_deadline
         assert deadline == pytest.approx(2.5)  # the client's 2 s plus the 0.5 s minimum margin
         seconds, answers = await load_pages(stats)
@@ -148,12 +160,14 @@ async def test_a_deadline_shorter_than_the_client_timeout_wins(
     """page_deadline below the client's deadline: every key gets PageDeadlineError."""
     _, url = hung
     config = PlannerConfig(page_deadline=2.0, max_alternatives=4)
-    async with quiet_stats(url, config, client_options={"timeout": 30}) as stats:
+    async with quiet_stats(url, planner=config, client=ClientConfig(timeout=30)) as stats:
         seconds, answers = await load_pages(stats)
     assert seconds <= 3.0
     errors = flat(answers)
     assert all(isinstance(a, PageDeadlineError) for a in errors)
-    assert {a.stage for a in errors} == {"plan detection"}
+    # Detection hung: after half the deadline the pages sent their own queries.
+    assert {a.stage for a in errors} <= {"a query slot", "the query"}
+    assert "the query" in {a.stage for a in errors}
     assert all(isinstance(a, TimeoutError) for a in errors)
 
 
@@ -177,8 +191,8 @@ async def test_retries_count_against_the_page_deadline(serve: Serve) -> None:
     fake.set_reply("query", Reply.prometheus_starting().with_delay(0.1))
     config = PlannerConfig(use_recorded=False, fleet_fraction=None, page_deadline=2.0)
     retry = RetryPolicy(attempts=1000, base_delay=0.01, max_delay=0.02)
-    options = {"timeout": 30, "retry": retry}
-    async with quiet_stats(await serve(fake), config, client_options=options) as stats:
+    options = ClientConfig(timeout=30, retry=retry)
+    async with quiet_stats(await serve(fake), planner=config, client=options) as stats:
         seconds, answers = await load_pages(stats)
     assert seconds <= 3.0
     errors = flat(answers)
@@ -193,7 +207,9 @@ async def test_splits_count_against_the_page_deadline(serve: Serve) -> None:
     config = PlannerConfig(
         use_recorded=False, fleet_fraction=None, page_deadline=2.0, max_alternatives=64
     )
-    async with quiet_stats(await serve(fake), config, client_options={"timeout": 30}) as stats:
+    async with quiet_stats(
+        await serve(fake), planner=config, client=ClientConfig(timeout=30)
+    ) as stats:
         seconds, answers = await load_pages(stats)
         splits = stats.metrics.snapshot().chunk_splits
     assert seconds <= 3.0
@@ -203,54 +219,71 @@ async def test_splits_count_against_the_page_deadline(serve: Serve) -> None:
     assert splits > 0
 
 
-async def test_a_failed_detection_is_shared_by_everyone_waiting(serve: Serve) -> None:
-    """20 pages waiting on one failing detection: one detection request, one error for all."""
+async def test_a_failed_detection_is_shared_but_answers_no_load(serve: Serve) -> None:
+    """20 pages waiting on one failing detection: one detection request, and then every page
+    sends its own queries; the error of the detection answers no key."""
     fake = FakePrometheus()
     fake.set_reply("query", Reply.bad_gateway().with_delay(0.2))
     retry = RetryPolicy(attempts=1)
-    async with quiet_stats(await serve(fake), client_options={"retry": retry}) as stats:
+    config = PlannerConfig(detect_backoff=60)  # the 20 pages' queries take a few seconds
+    async with quiet_stats(
+        await serve(fake), planner=config, client=ClientConfig(retry=retry)
+    ) as stats:
         _, answers = await load_pages(stats)
-        assert len(fake.requests) == 1
+        detections = [r for r in fake.requests if "count(count by" in (r.param("query") or "")]
+        assert len(detections) == 1
         errors = flat(answers)
         assert all(isinstance(a, UnavailableError) for a in errors)
-        assert len({id(a) for a in errors}) == 1
-        # Remembered for detect_failure_ttl (2 s): an immediate retry asks nobody.
+        # Each error is that of one of the page's own (raw) queries, not the detection's.
+        assert len({id(a) for a in errors}) >= PAGES  # one per page at least, not one for all
+        assert len(fake.requests) > PAGES
+        # Within detect_backoff, a load skips detection but still asks the server.
+        before = len(fake.requests)
         again = await stats.load_kernels(page_ids(99))
-        assert all(a is errors[0] for a in again)
-        assert len(fake.requests) == 1
+        assert all(isinstance(a, UnavailableError) for a in again)
+        sent = fake.requests[before:]
+        assert sent and not any("count(count by" in (r.param("query") or "") for r in sent)
 
 
-async def test_detection_recovers_after_the_failure_ttl(serve: Serve) -> None:
-    """Once detect_failure_ttl has passed, the next load detects again and succeeds."""
+async def test_a_healed_server_answers_the_next_load(serve: Serve) -> None:
+    """A failed detection, then a healthy server: the very next load gets data (no backoff
+    wait), and the load after it detects the plan again."""
     fake = FakePrometheus()
-    fake.enqueue(Reply.bad_gateway())
-    config = PlannerConfig(detect_failure_ttl=0.2)
+    fake.enqueue(Reply.bad_gateway())  # the detection fails; everything after succeeds
+    row = {"kernel_id": "k", "container_metric_name": "mem"}
+    fake.set_reply("query", Reply.vector([(row, 1024)]))
+    config = PlannerConfig(detect_backoff=60)
     async with PrometheusClient(await serve(fake), retry=RetryPolicy(attempts=1)) as client:
         planner = Planner(client, config)
         first = await planner.kernels(["k"])
-        assert isinstance(first.payloads["k"], UnavailableError)
-        await asyncio.sleep(0.25)
-        second = await planner.kernels(["k"])
+        assert first.plan == "raw/filtered" and first.queries > 0
+        payload = first.payloads["k"]
+        assert isinstance(payload, dict) and payload["mem"]["current"] == "1024"
+        assert planner.fallback("kernel") == (False, 0)
+        requests = len(fake.requests)
+        second = await planner.kernels(["k"])  # the answered load ended the backoff
+        assert any(
+            "count(count by" in (r.param("query") or "") for r in fake.requests[requests:]
+        )
         await planner.aclose()
-    assert second.payloads["k"] is None  # empty answers: no data, no error
-    assert second.plan == "raw/filtered"
+    assert isinstance(second.payloads["k"], dict)
 
 
 def test_default_page_deadline_follows_the_client() -> None:
     """Client deadline + 20%, at least 0.5 s more; 30 s assumed for clients that do not say."""
     assert default_page_deadline(PrometheusClient("http://x", timeout=10)) == 12.0
     assert default_page_deadline(PrometheusClient("http://x", timeout=1)) == 1.5
-    assert default_page_deadline(object()) == 36.0
+    assert default_page_deadline(StubAPI()) == 36.0  # PrometheusClient's default 30 s
     with pytest.raises(ConfigError, match="page_deadline"):
         PlannerConfig(page_deadline=0)
-    with pytest.raises(ConfigError, match="detect_failure_ttl"):
-        PlannerConfig(detect_failure_ttl=-1)
+    with pytest.raises(ConfigError, match="detect_backoff"):
+        PlannerConfig(detect_backoff=-1)
 
 
 async def test_a_client_without_its_own_deadline_is_cut_too() -> None:
     """A client that never returns (no deadline of its own) cannot hold a load past its deadline."""
 
-    class Forever:
+    class Forever(StubAPI):
         async def query_vector(self, query: str, **kwargs: Any) -> Any:
             await asyncio.sleep(3600)
 
@@ -270,7 +303,7 @@ async def test_no_query_is_sent_in_the_last_moment_before_the_page_deadline() ->
     """A slot freed just before the deadline is not used: the query could not finish anyway."""
     sent: list[str] = []
 
-    class HoldsTheSlot:
+    class HoldsTheSlot(StubAPI):
         async def query_vector(self, query: str, **kwargs: Any) -> Any:
             sent.append(query)
             await asyncio.sleep(0.95)  # frees the only slot 50 ms before the 1 s deadline

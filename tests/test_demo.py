@@ -1,7 +1,7 @@
 """``promstat demo``: runs the real pipeline, shows real numbers, and leaves nothing behind.
 
-The subprocess tests run ``python -m promstat.apps.demo`` (the same options and handler as
-``promstat demo``) and then check that its temporary directory is gone and that no process
+The subprocess tests run ``python -m promstat demo`` (what the ``promstat demo`` entry point
+runs) and then check that its temporary directory is gone and that no process
 still refers to it (a ``/proc`` scan: the managed Prometheus keeps its data directory inside
 the demo's temporary directory).
 """
@@ -22,7 +22,7 @@ import pytest
 
 import promstat
 from promstat.apps.demo import DemoOptions, PageView, format_bytes, render_view, run_demo
-from promstat.apps.demo import main as demo_main
+from promstat.cli import main as cli_main
 from promstat.testing import lab
 
 REPO = Path(promstat.__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def _env() -> dict[str, str]:
 
 def _start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "promstat.apps.demo", *SMALL, *args],
+        [sys.executable, "-m", "promstat", "demo", *SMALL, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,7 +157,7 @@ def test_demo_runs_for_its_duration_and_cleans_up() -> None:
     The agents measure every 2 s (twice the 1 s scrape interval, on their own timer), so
     Prometheus stores each measurement twice: steady kernels must still show the same
     non-zero CPU and network rates on consecutive pages (not 0, not alternating)."""
-    proc = _start("--duration", "18", "--lifetime", "12")
+    proc = _start("--duration", "18", "--lifetime", "12", "--table-every", "1")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err + out
     assert "agents measure every 2s" in out
@@ -224,13 +224,40 @@ async def test_demo_in_process_terminal_view() -> None:
     assert not _temp_dir(text).exists()
 
 
+@pytest.mark.slow
+async def test_demo_not_a_terminal_prints_one_line_between_tables() -> None:
+    """Into a file or a pipe the demo prints the table on the first refresh (and every
+    PLAIN_TABLE_EVERY-th), and one summary line for each refresh in between."""
+    from promstat.apps.demo import PLAIN_TABLE_EVERY
+
+    stop = asyncio.Event()
+
+    class Log(io.StringIO):
+        def write(self, text: str) -> int:
+            if text.startswith("[4] "):  # three refreshes after the first: enough seen
+                stop.set()
+            return super().write(text)
+
+    out = Log()
+    options = DemoOptions(agents=1, kernels_per_agent=3, interval="1s", refresh=0.2)
+    assert await run_demo(options, out, stop=stop) == 0
+    lines = out.getvalue().splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"^\[\d+\] ", line)]
+    assert len(starts) >= 4 and PLAIN_TABLE_EVERY > 3, lines
+    first, second, third, fourth = starts[:4]
+    assert lines[first + 1].split()[:2] == ["KERNEL", "AGENT"]  # the first refresh: a table
+    assert second - first > 4
+    assert third == second + 1 and fourth == third + 1  # in between: one line per refresh
+    assert all("page of 3/3 kernels" in lines[i] for i in (second, third, fourth))
+
+
 @pytest.mark.parametrize("bad", ["0s", "soon", "-1s"])
 def test_measure_interval_must_be_a_positive_duration(
     bad: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--measure-interval`` is checked by the parser: usage error (exit 2) naming it."""
     with pytest.raises(SystemExit) as exc:
-        demo_main(["--measure-interval", bad])
+        cli_main(["demo", "--measure-interval", bad])
     assert exc.value.code == 2
     assert "--measure-interval" in capsys.readouterr().err
 

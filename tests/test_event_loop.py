@@ -24,6 +24,7 @@ from promstat.planner import Planner, PlannerConfig
 from promstat.selfmetrics import PromstatMetrics
 from promstat.testing import lab
 from promstat.testing.fake import openmetrics_text
+from promstat.testing.stub import StubAPI
 from promstat.wire import series_decoder, vector_decoder
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ class _Ticker:
         await self._task
 
 
-class _Replay:
+class _Replay(StubAPI):
     """A query executor answering from answers fetched earlier: no I/O during the page."""
 
     def __init__(self, client: PrometheusClient) -> None:

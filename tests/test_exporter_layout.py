@@ -29,10 +29,12 @@ from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
 from promstat.generate.rules import render_rules, write_rules
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.renderer import render_kernel
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
+from promstat.testing.stub import StubAPI
 from promstat.utilization import Utilization
 
 KERNEL_RULES = "promstat-kernel.rules.yml"
@@ -77,7 +79,7 @@ def test_exporter_window_needs_exporter_expressions() -> None:
     with pytest.raises(QueryBuildError, match="current, capacity or rate"):
         LiveStatExpressions().kernel_source("max")
     with pytest.raises(ConfigError, match="rates must be one of"):
-        PlannerConfig(rates="fast")  # type: ignore[arg-type]
+        RuleProfile(rates="fast")  # type: ignore[arg-type]
 
 
 def test_kernel_source_follows_the_rules() -> None:
@@ -91,10 +93,10 @@ def test_kernel_source_follows_the_rules() -> None:
 
 
 def test_exporter_page_is_one_selector_over_both_families() -> None:
-    planner = Planner(object(), PlannerConfig(rates="exporter"))  # type: ignore[arg-type]
+    planner = Planner(StubAPI(), profile=RuleProfile(rates="exporter"))  # type: ignore[arg-type]
     ids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(600)]
     queries = planner.queries("kernel", ids, recorded=True)
-    plain = Planner(object(), PlannerConfig()).queries("kernel", ids, recorded=True)  # type: ignore[arg-type]
+    plain = Planner(StubAPI()).queries("kernel", ids, recorded=True)
     assert len(queries) == len(plain) == 3  # the same chunking: one id matcher per query
     for q in queries:
         assert q.startswith("max by (kernel_id, container_metric_name, value_type, stat) ({")
@@ -106,7 +108,7 @@ def test_exporter_page_is_one_selector_over_both_families() -> None:
         assert 'stat!~"current|capacity|rate"' in q
 
 
-class _Answers:
+class _Answers(StubAPI):
     """A query executor answering by a substring of the query (first match, ``""`` matches
     every query), else with nothing; it keeps the query texts."""
 
@@ -156,7 +158,9 @@ async def test_value_types_map_to_the_legacy_stats() -> None:
         row("mem", "99", vt="pct"),  # a value type promstat does not read
     ]
     executor = _rows(rows)
-    planner = Planner(executor, PlannerConfig(rates="exporter", use_recorded=True))
+    planner = Planner(
+        executor, PlannerConfig(use_recorded=True), profile=RuleProfile(rates="exporter")  # type: ignore[arg-type]
+    )
     out = await planner.kernels([K], at=1.0)
     payload = out.payloads[K]
     assert isinstance(payload, dict), payload
@@ -178,7 +182,7 @@ async def test_exporter_plan_detects_the_window_rules() -> None:
     """With detection, the exporter plan looks for the recorded ``max`` (those rules record
     no ``current``); without it the raw plan answers."""
     executor = _rows([])
-    planner = Planner(executor, PlannerConfig(rates="exporter"))
+    planner = Planner(executor, profile=RuleProfile(rates="exporter"))  # type: ignore[arg-type]
     await planner.kernels([K], at=1.0)
     assert 'stat=~"current|max"' in executor.texts[0] and "by (stat)" in executor.texts[0]
 
@@ -212,7 +216,7 @@ async def test_detection_tells_the_rules_layout_in_the_same_query(
             "count(count by (kernel_id) (": [{"v": "9"}],  # the raw series' kernels
         }
     )
-    planner = Planner(executor, PlannerConfig(rates=rates))
+    planner = Planner(executor, profile=RuleProfile(rates=rates))
     with caplog.at_level(logging.WARNING, logger="promstat.planner"):
         found = await planner.detect("kernel", at=1.0)
         again = await planner.detect("kernel", at=1.0, refresh=True)
@@ -226,7 +230,7 @@ async def test_detection_tells_the_rules_layout_in_the_same_query(
         assert logged == []
     else:
         assert len(logged) == 1 and warning in logged[0], logged
-        assert f"PlannerConfig.rates is '{rates}'" in logged[0]
+        assert f"the profile's rates is '{rates}'" in logged[0]
 
 
 # -- every reader on a real Prometheus ------------------------------------------------------
@@ -262,8 +266,8 @@ async def test_readers_get_the_page_numbers_without_recorded_copies(
             rule_files=[p for p in rules if p.name.endswith(".rules.yml")],
         )
         kernels = sim.kernel_ids()
-        settings = PlannerConfig(
-            interval="1s", window="4s", collect_interval="1s", rates="exporter"
+        settings = RuleProfile(
+            interval=1.0, window=4.0, collect_interval=1.0, rates="exporter"  # type: ignore[arg-type]
         )
         async with PrometheusClient(prom.url) as client:
             recorder = _Recorder(client)
@@ -274,11 +278,11 @@ async def test_readers_get_the_page_numbers_without_recorded_copies(
             while len((await client.query(count, time=time.time() - 1.0)).vector) < len(kernels):
                 assert time.monotonic() < deadline, "no window stats recorded in time"
                 await asyncio.sleep(0.5)
-            mismatched = Planner(client, PlannerConfig(interval="1s", window="4s"))
+            mismatched = Planner(client, profile=RuleProfile(interval=1.0, window=4.0))
             with caplog.at_level(logging.WARNING, logger="promstat.planner"):
                 assert await mismatched.detect("kernel") == (False, len(kernels))
             assert any("--rates exporter layout" in r.getMessage() for r in caplog.records)
-            async with LiveStats(recorder, config=settings) as stats:
+            async with LiveStats(recorder, profile=settings) as stats:
                 deadline = time.monotonic() + 60
                 while True:
                     at = time.time() - 0.5
@@ -322,7 +326,7 @@ async def test_readers_get_the_page_numbers_without_recorded_copies(
             assert f'stat="{stat}"' not in text, text
 
 
-class _Recorder:
+class _Recorder(StubAPI):
     """Delegates to a client, keeping every query text."""
 
     def __init__(self, client: PrometheusClient) -> None:

@@ -26,15 +26,17 @@ import pytest
 from promstat.agent.exporter import ExporterServer, UtilizationExporter
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError, TransportError
-from promstat.final import DEFAULT_OFFSET, FinalStats
+from promstat.final import DEFAULT_OFFSET, FinalConfig, FinalStats
 from promstat.generate.rules import write_rules
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.promql import parse_duration
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.fake import openmetrics_text
 from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.testing.stub import StubAPI
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +130,7 @@ def prom() -> Iterator[lab.PrometheusProcess]:
         yield proc
 
 
-class Flaky:
+class Flaky(StubAPI):
     """A client wrapper that fails the next ``fail`` calls, or adds a warning to answers."""
 
     def __init__(self, client: PrometheusClient) -> None:
@@ -159,7 +161,7 @@ def _stats(
     c: Any, metrics: PromstatMetrics, *, recorded: bool, now: float = T_END + 86400.0
 ) -> LiveStats:
     config = PlannerConfig(use_recorded=recorded, fleet_fraction=None)
-    return LiveStats(c, config, metrics=metrics, clock=lambda: now)
+    return LiveStats(c, planner=config, metrics=metrics, clock=lambda: now)
 
 
 async def test_raw_final_stats_equal_the_live_stats_just_before_termination(
@@ -211,7 +213,7 @@ async def test_plain_exporter_final_stats_are_the_rates_before_the_termination(
     live path an instant before the end, within the documented rate bound of the true rate;
     evaluated later, the frozen counters would read 0 — "final" is not "later"."""
     model = SimulatedFleet(PLAIN, clock=lambda: float(PLAIN_END))
-    window = parse_duration(PlannerConfig().expressions.rate_window)
+    window = parse_duration(RuleProfile().expressions.rate_window)
     ends: dict[str, float] = {}
     for t in range(T0, PLAIN_END, STEP):
         for k in model.kernel_ids(t):
@@ -287,6 +289,7 @@ async def test_recorded_plan_is_one_query_for_sixty_termination_times(
     stats = _stats(c, metrics, recorded=True)
     ends = {f"rec-{i:03d}": _rec_end(i) for i in range(N_REC)}
     await stats.planner.detect("kernel")
+    await stats.learn_profile()  # the rules read, once: not in the counts below
     before = metrics.snapshot().queries
     final = await stats.final_stats(ends)
     assert metrics.snapshot().queries - before == 1
@@ -310,6 +313,7 @@ async def test_errors_and_partial_answers_are_not_cached(
     stats = _stats(flaky, metrics, recorded=True)
     keys = [(f"rec-{i:03d}", _rec_end(i)) for i in range(3)]
     await stats.planner.detect("kernel")
+    await stats.learn_profile()  # the rules read, once: not in the counts below
     flaky.fail = 1
     failed = await stats.load_kernel_stats(keys)
     assert all(isinstance(v, TransportError) for v in failed)
@@ -332,6 +336,7 @@ async def test_recent_terminations_are_not_cached(
     end = _rec_end(0)
     stats = _stats(c, metrics, recorded=True, now=end + 5)
     await stats.planner.detect("kernel")
+    await stats.learn_profile()  # the rules read, once: not in the counts below
     before = metrics.snapshot().queries
     await stats.final_stats({"rec-000": end})
     await stats.final_stats({"rec-000": end})
@@ -424,7 +429,7 @@ async def test_final_stats_survive_staleness_markers(
             rule_files=[p for p in written if p.parent == tmp_path],
         )
         metrics = PromstatMetrics()
-        config = PlannerConfig(interval="1s", window="10s", lookback="10s")
+        profile = RuleProfile(interval=1.0, window=10.0, lookback=10.0)
         async with PrometheusClient(prom.url, observer=metrics) as c:
             ready = (
                 f'{REC}{{kernel_id="{gone}",container_metric_name="cpu_util",stat="current"}} > 0'
@@ -441,7 +446,7 @@ async def test_final_stats_survive_staleness_markers(
             ended = time.time()
             terminated_at = ended + 5.0  # recorded by the manager after the staleness
             await asyncio.sleep(terminated_at + 1.0 - time.time())
-            stats = LiveStats(c, config, metrics=metrics)
+            stats = LiveStats(c, profile=profile, metrics=metrics)
             assert await stats.load_kernels([gone], at=terminated_at) == [None]
             final = (await stats.final_stats({gone: terminated_at}))[gone]
             assert isinstance(final, dict), final
@@ -460,6 +465,7 @@ async def test_a_kernel_silent_at_its_termination_gets_its_last_stats_within_a_d
     c, metrics = client
     stats = _stats(c, metrics, recorded=True)
     await stats.planner.detect("kernel")
+    await stats.learn_profile()  # the rules read, once: not in the counts below
     assert await stats.load_kernels([SILENT], at=SILENT_END) == [None]
     before = metrics.snapshot().queries
     final = await stats.final_stats({SILENT: SILENT_END, "rec-000": _rec_end(0), "nobody": T_END})
@@ -471,5 +477,5 @@ async def test_a_kernel_silent_at_its_termination_gets_its_last_stats_within_a_d
     assert "final/recorded+silent" in metrics.snapshot().plans
     # disabled: the kernel has no final stats
     strict = _stats(c, metrics, recorded=True)
-    strict.final = FinalStats(c, strict.planner, silent_window=None)
+    strict.final = FinalStats(c, strict.planner, config=FinalConfig(silent_window=None))
     assert (await strict.final_stats({SILENT: SILENT_END}))[SILENT] is None

@@ -174,7 +174,7 @@ async def live_stats(backfilled: Backfilled) -> AsyncIterator[LiveStats]:
     """A LiveStats over the backfilled Prometheus whose client reports to its metrics."""
     metrics = PromstatMetrics()
     async with PrometheusClient(backfilled.prom.url, observer=metrics) as client:
-        yield LiveStats(client, PlannerConfig(), metrics=metrics)
+        yield LiveStats(client, planner=PlannerConfig(), metrics=metrics)
 
 
 def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -217,6 +217,7 @@ async def test_one_batch_per_128_kernels_and_bounded_queries(
     """A 150-kernel page is two batches (128 + 22) and a query count set by the plan, not N."""
     spy = Spy(live_stats)
     executor = make_executor(spy, StaticRegistry(backfilled.kernels), stack=stack)
+    await live_stats.learn_profile()  # the rules read, once at startup: not the page's cost
     before = live_stats.metrics.snapshot().queries
     result = await executor.execute(KERNEL_PAGE, {"limit": 1000, "offset": 0}, at=T0)
     queries = live_stats.metrics.snapshot().queries - before

@@ -5,24 +5,24 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
-import textwrap
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from promstat.client import PrometheusClient
+from promstat.client import ClientConfig, PrometheusClient
 from promstat.errors import ClosedError, ConfigError, EventLoopMismatchError
+from promstat.final import FinalConfig
+from promstat.loader import CacheConfig
 from promstat.planner import Planner, PlannerConfig
+from promstat.refresh import RefreshConfig
 from promstat.service import LiveStats
 from promstat.testing.fake import FakePrometheus, Reply
+from promstat.testing.stub import StubAPI
 
 Serve = Callable[[FakePrometheus], Awaitable[str]]
 K = "11111111-1111-4111-8111-111111111111"
 ROW = {"kernel_id": K, "container_metric_name": "mem", "stat": "current"}
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def serve(aiohttp_server: Any) -> Serve:
     return _serve
 
 
-class Idle:
+class Idle(StubAPI):
     """A client that answers every query with an empty vector after ``delay`` seconds."""
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -49,7 +49,7 @@ class Idle:
         await asyncio.sleep(self.delay)
         return _Empty()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         self.closed += 1
 
 
@@ -66,7 +66,9 @@ async def test_async_with_closes_an_owned_client(serve: Serve) -> None:
     """LiveStats built from a URL owns its client and closes its session on exit."""
     fake = FakePrometheus()
     fake.set_reply("query", Reply.vector([(ROW, 1024)]))
-    async with LiveStats(await serve(fake), FORCED, client_options={"timeout": 5}) as stats:
+    async with LiveStats(
+        await serve(fake), planner=FORCED, client=ClientConfig(timeout=5)
+    ) as stats:
         client = stats.client
         assert isinstance(client, PrometheusClient)
         (payload,) = await stats.load_kernels([K])
@@ -77,22 +79,22 @@ async def test_async_with_closes_an_owned_client(serve: Serve) -> None:
 
 
 async def test_a_borrowed_client_stays_open(serve: Serve) -> None:
-    """A client passed in is left open (unless owns_client=True)."""
+    """A client passed in is borrowed: LiveStats never closes it (as httpx and aiohttp)."""
     fake = FakePrometheus()
     async with PrometheusClient(await serve(fake)) as client:
-        async with LiveStats(client, FORCED) as stats:
+        async with LiveStats(client, planner=FORCED) as stats:
             await stats.load_kernels([K])
         await client.query("up")  # still usable
-        assert len(fake.requests) == 2
+        assert [r.endpoint for r in fake.requests] == ["rules", "query", "query"]
     idle = Idle()
-    async with LiveStats(idle, FORCED, owns_client=True):
+    async with LiveStats(idle, planner=FORCED):
         pass
-    assert idle.closed == 1
+    assert idle.closed == 0
 
 
 async def test_a_closed_live_stats_raises_closed_error() -> None:
     """Every entry point of a closed LiveStats raises ClosedError naming it; aclose repeats."""
-    stats = LiveStats(Idle(), FORCED)
+    stats = LiveStats(Idle(), planner=FORCED)
     await stats.aclose()
     await stats.aclose()  # idempotent
     for call in (
@@ -119,7 +121,7 @@ async def test_aclose_answers_waiting_loads_and_leaves_no_task() -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, ctx: reports.append(ctx))
     before = asyncio.all_tasks()
-    stats = LiveStats(Idle(delay=30), PlannerConfig(max_alternatives=2))
+    stats = LiveStats(Idle(delay=30), planner=PlannerConfig(max_alternatives=2))
     loader = stats.kernel_loader()
     waiting = asyncio.gather(*(loader.load(f"k{i}") for i in range(5)), return_exceptions=True)
     other = asyncio.ensure_future(stats.load_agents(["a1", "a2"]))
@@ -143,7 +145,7 @@ async def test_closers_run_last_registered_first_and_survive_a_failure(
     """A background component joins with one append; a failing closer is logged, not fatal."""
     order: list[str] = []
     idle = Idle()
-    stats = LiveStats(idle, FORCED, owns_client=True)
+    stats = LiveStats(idle, planner=FORCED)
 
     async def refresher_aclose() -> None:
         order.append("refresher")
@@ -158,13 +160,13 @@ async def test_closers_run_last_registered_first_and_survive_a_failure(
     with caplog.at_level(logging.ERROR, logger="promstat.service"):
         await stats.aclose()
     assert order == ["refresher", "broken"]
-    assert idle.closed == 1 and stats._kernels.closed
+    assert idle.closed == 0 and stats._kernels.closed  # borrowed: not closed
     assert "closer bug" in caplog.text
 
 
 def test_a_second_event_loop_fails_fast() -> None:
     """Using one LiveStats (or Planner) from two event loops raises a clear error at once."""
-    stats = LiveStats(Idle(), FORCED)
+    stats = LiveStats(Idle(), planner=FORCED)
     planner = Planner(Idle(), FORCED)
     asyncio.run(stats.load_kernels([K]))
     asyncio.run(planner.kernels([K]))
@@ -182,7 +184,7 @@ async def _make_loader(stats: LiveStats) -> None:
 
 def test_built_outside_a_loop_binds_on_first_use() -> None:
     """Construction needs no running loop (module-level setup); the first use binds it."""
-    stats = LiveStats(Idle(), FORCED)
+    stats = LiveStats(Idle(), planner=FORCED)
 
     async def use() -> list[Any]:
         async with stats:
@@ -191,34 +193,40 @@ def test_built_outside_a_loop_binds_on_first_use() -> None:
     assert asyncio.run(use()) == [None]
 
 
-def test_client_options_need_a_url() -> None:
-    """client_options with a client object is a ConfigError naming the option."""
-    with pytest.raises(ConfigError, match="client_options"):
-        LiveStats(Idle(), client_options={"timeout": 1})
-    with pytest.raises(ConfigError, match="cache_entries"):
-        LiveStats(Idle(), cache_entries=0)
+def test_a_client_config_needs_a_url() -> None:
+    """client= (a ClientConfig) with a client object is a ConfigError naming it; config
+    fields are checked where they are built, naming the bad field."""
+    with pytest.raises(ConfigError, match=r"client= .*only when LiveStats is given a URL"):
+        LiveStats(Idle(), client=ClientConfig(timeout=1))
+    with pytest.raises(ConfigError, match=r"ClientConfig.timeout"):
+        ClientConfig(timeout=0)
+    with pytest.raises(ConfigError, match=r"ClientConfig.timeout must be > 0 seconds.*number"):
+        ClientConfig(timeout="30s")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"ClientConfig: pass either auth or bearer_token"):
+        ClientConfig(auth=("u", "p"), bearer_token="t")
+    with pytest.raises(ConfigError, match=r"CacheConfig.kernel_entries"):
+        CacheConfig(kernel_entries=0)
+    with pytest.raises(ConfigError, match=r"PlannerConfig.page_deadline.*seconds"):
+        PlannerConfig(page_deadline="30s")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"RefreshConfig.interval"):
+        RefreshConfig(interval=0)
+    with pytest.raises(ConfigError, match=r"FinalConfig.settle"):
+        FinalConfig(settle=-1)
+    with pytest.raises(ConfigError, match=r"CacheConfig.agent_entries"):
+        LiveStats(Idle(), cache=CacheConfig(agent_entries=0))
 
 
-def _readme_manager_snippet() -> str:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Using it in the manager", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None
-    return match.group(1)
-
-
-async def test_the_readme_manager_snippet_closes_what_it_opens(serve: Serve) -> None:
-    """The README's snippet runs as written (URL swapped) and leaves nothing open."""
-    fake = FakePrometheus()
-    fake.set_reply("query", Reply.vector([(ROW, 2048)]))
-    url = await serve(fake)
-    snippet = _readme_manager_snippet().replace("http://prometheus:9090", url)
-    assert "aclose()" in snippet
-    source = "async def _snippet(kernel_id):\n" + textwrap.indent(snippet, "    ")
-    source += "\n    return stats, payload\n"
-    namespace: dict[str, Any] = {}
-    exec(compile(source, str(README), "exec"), namespace)
-    stats, payload = await namespace["_snippet"](K)
-    assert isinstance(payload, dict) and payload["mem"]["current"] == "2048"
-    assert stats.closed
-    assert stats.client._session is None or stats.client._session.closed
+async def test_a_client_config_reaches_the_client_it_builds() -> None:
+    """Every ClientConfig field is the PrometheusClient argument of its name; the page
+    deadline follows the built client's timeout; headers cannot change behind its back."""
+    headers = {"X-Scope-OrgID": "team-a"}
+    config = ClientConfig(timeout=3.0, bearer_token="secret", headers=headers, compress=True)
+    headers["X-Scope-OrgID"] = "changed"
+    async with LiveStats("http://prom.test", client=config) as stats:
+        client = stats.client
+        assert isinstance(client, PrometheusClient)
+        assert client.timeout == 3.0 and stats.planner.page_deadline == pytest.approx(3.6)
+        assert client._headers["X-Scope-OrgID"] == "team-a"
+        assert client._headers["Authorization"] == "Bearer secret"
+        assert client._headers["Accept-Encoding"] == "gzip"
+    assert "secret" not in repr(config)

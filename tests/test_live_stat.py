@@ -21,6 +21,7 @@ from promstat.renderer import (
     render_agent,
     render_kernel,
     to_json,
+    to_msgpack,
 )
 
 # ----------------------------------------------------------------------------- numbers
@@ -731,3 +732,35 @@ def test_formatting_memos_stay_bounded_and_agree_with_formatting() -> None:
     assert len(live_stat._DECIMAL_MEMO) <= limit
     assert len(live_stat._INTEGRAL_MEMO) <= limit
     assert live_stat._fmt_decimal("1.0005") == "1" == format_decimal("1.0005")
+
+
+# Short text (fixstr, str8) and two-byte characters long enough for str16 and str32 headers.
+_TEXT = st.text(max_size=300) | st.sampled_from([31, 32, 255, 256, 65_535, 65_536]).map("é".__mul__)
+_LEAF = st.dictionaries(st.text(max_size=40), st.none() | _TEXT, max_size=8)
+_NESTED = _LEAF | st.dictionaries(st.text(), _LEAF)
+_PAYLOAD = st.dictionaries(st.text(max_size=20), _NESTED, max_size=6)
+
+
+@given(_PAYLOAD)
+def test_to_msgpack_writes_the_bytes_the_agent_writes(payload: dict[str, object]) -> None:
+    """to_msgpack (msgspec) gives msgpack.packb(use_bin_type=True)'s bytes, frozen or not,
+    for every string length class (fixstr, str8, str16, str32) and map size."""
+    import msgpack
+
+    from promstat.payload import freeze
+
+    expected = msgpack.packb(payload, use_bin_type=True)
+    assert to_msgpack(payload) == expected
+    assert to_msgpack(freeze(payload)) == expected
+    assert msgpack.unpackb(expected, raw=False, strict_map_key=False) == payload
+
+
+def test_to_msgpack_of_a_rendered_payload_round_trips() -> None:
+    """A rendered, read-only kernel payload packs to bytes that unpack to the same dict."""
+    import msgpack
+
+    payload = render_kernel({"mem": {"current": "1024", "capacity": "4096"}}, frozen=True)
+    assert payload is not None
+    data = to_msgpack(payload)
+    assert data == msgpack.packb(dict(payload), use_bin_type=True)
+    assert msgpack.unpackb(data, raw=False) == payload

@@ -6,6 +6,7 @@ import asyncio
 import gc
 
 import pytest
+from _support.waiting import loop_turns
 
 from promstat.errors import BatchSizeMismatchError, ClosedError, PromstatError
 from promstat.loader import DataLoader, FetchResult, SharedLoader
@@ -129,9 +130,10 @@ async def test_batch_is_skipped_when_every_caller_cancelled_before_dispatch() ->
     pending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await pending
-    await asyncio.sleep(0.01)
-    assert fn.calls == []
-    assert await loader.load("a") == "v:a"  # the cancelled key was not cached
+    # A later load's batch goes out after the cancelled one would have: had that one been
+    # sent, it would be in the calls before this one. The cancelled key was not cached.
+    assert await loader.load("a") == "v:a"
+    assert fn.calls == [["a"]]
 
 
 async def test_in_flight_batch_is_cancelled_when_its_last_caller_goes() -> None:
@@ -139,7 +141,7 @@ async def test_in_flight_batch_is_cancelled_when_its_last_caller_goes() -> None:
     slow = Hanging()
     loader: DataLoader[str, object] = DataLoader(slow)
     task = asyncio.ensure_future(loader.load_many(["a", "b"]))
-    await asyncio.sleep(0.01)
+    await slow.started.wait()
     task.cancel()
     await asyncio.wait_for(slow.stopped.wait(), 5)
 
@@ -169,7 +171,7 @@ async def test_cancelled_waiter_leaves_at_once_and_the_last_one_stops_the_batch(
     await slow.started.wait()
     assert first.cancel() is True
     assert first.cancel() is False  # a second cancel is a no-op, as on any future
-    await asyncio.sleep(0.01)
+    await loop_turns(5)  # a cancel reaches the batch within a turn or two, if it ever does
     assert not slow.stopped.is_set() and not second.done()
     second.cancel()
     await asyncio.wait_for(slow.stopped.wait(), 5)
@@ -181,20 +183,24 @@ async def test_cancelled_waiter_leaves_at_once_and_the_last_one_stops_the_batch(
 async def test_without_cache_each_tick_gets_its_own_batch_answer() -> None:
     """With cache=False a key loaded in two ticks has two batches; each caller gets its own."""
     count = 0
+    first_in_flight, release_first = asyncio.Event(), asyncio.Event()
 
     async def numbered(keys: list[str]) -> list[object]:
         nonlocal count
         count += 1
         mine = count
-        await asyncio.sleep(0.05 if mine == 1 else 0.0)  # the first batch lands last
+        if mine == 1:  # the first batch lands last
+            first_in_flight.set()
+            await release_first.wait()
         return [f"{k}#{mine}" for k in keys]
 
     loader: DataLoader[str, object] = DataLoader(numbered, cache=False)
     first = loader.load("a")
-    await asyncio.sleep(0.01)  # the first batch is in flight
+    await first_in_flight.wait()
     second = loader.load("a")
     assert await second == "a#2"
     assert not first.done()  # the second batch's answer did not go to the first caller
+    release_first.set()
     assert await first == "a#1"
 
 
@@ -260,19 +266,28 @@ class Clock:
         return self.now
 
 
+class Gate:
+    """Holds fetches until released; ``started`` is set when the first one begins."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+
 def fetcher(
     answers: dict[str, object] | None = None,
     *,
-    delay: float = 0.0,
+    gate: Gate | None = None,
     uncacheable: set[str] | None = None,
 ) -> tuple[list[list[str]], object]:
-    """A SharedLoader fetch function that records calls."""
+    """A SharedLoader fetch function that records calls (and waits at ``gate``, if given)."""
     calls: list[list[str]] = []
 
     async def fetch(keys: list[str]) -> FetchResult[str, object]:
         calls.append(list(keys))
-        if delay:
-            await asyncio.sleep(delay)
+        if gate is not None:
+            gate.started.set()
+            await gate.release.wait()
         values = {k: (answers or {}).get(k, f"v:{k}") for k in keys}
         return FetchResult(values, set(uncacheable or ()) & set(keys))  # type: ignore[arg-type]
 
@@ -281,9 +296,15 @@ def fetcher(
 
 async def test_shared_loader_single_flight_across_concurrent_requests() -> None:
     """Two requests loading overlapping keys at once share one fetch per key."""
-    calls, fetch = fetcher(delay=0.05)
+    gate = Gate()
+    calls, fetch = fetcher(gate=gate)
     shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=10)  # type: ignore[arg-type]
-    a, b = await asyncio.gather(shared.batch_load(["k1", "k2"]), shared.batch_load(["k2", "k3"]))
+    both = asyncio.gather(shared.batch_load(["k1", "k2"]), shared.batch_load(["k2", "k3"]))
+    await gate.started.wait()
+    await loop_turns(5)  # both requests have asked before any fetch answers
+    assert shared.inflight == 3
+    gate.release.set()
+    a, b = await both
     assert a == ["v:k1", "v:k2"] and b == ["v:k2", "v:k3"]
     assert sorted(k for call in calls for k in call) == ["k1", "k2", "k3"]
 
@@ -352,13 +373,16 @@ async def test_shared_fetch_failure_answers_every_key_with_the_error() -> None:
 
 async def test_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
     """When one request is cancelled, another request waiting for the same keys still gets them."""
-    calls, fetch = fetcher(delay=0.05)
+    gate = Gate()
+    calls, fetch = fetcher(gate=gate)
     shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60)  # type: ignore[arg-type]
     first = asyncio.ensure_future(shared.batch_load(["a"]))
-    await asyncio.sleep(0.01)
+    await gate.started.wait()
     second = asyncio.ensure_future(shared.batch_load(["a"]))
     await asyncio.sleep(0)
     first.cancel()
+    await loop_turns(3)
+    gate.release.set()
     assert await second == ["v:a"]
     assert calls == [["a"]]
 
@@ -378,19 +402,27 @@ async def test_abandoned_callers_leave_no_unretrieved_exception() -> None:
     reports: list[dict[str, object]] = []
     asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reports.append(ctx))
 
+    gate, fetched = Gate(), []
+
     async def failing(keys: list[str]) -> FetchResult[str, object]:
-        await asyncio.sleep(0.05)
+        gate.started.set()
+        await gate.release.wait()
+        fetched.append(keys)
         return FetchResult({k: PromstatError(f"no {k}") for k in keys})
 
     shared: SharedLoader[str, object] = SharedLoader(failing, ttl=60)
     gone = [asyncio.ensure_future(shared.batch_load(["a", "b"])) for _ in range(3)]
     staying = asyncio.ensure_future(shared.batch_load(["b", "c"]))
-    await asyncio.sleep(0.01)
+    await gate.started.wait()
+    await loop_turns(5)
     for task in gone:
         task.cancel()
+    await asyncio.gather(*gone, return_exceptions=True)
+    gate.release.set()  # the abandoned keys' fetch fails after its callers left
     out = await staying
     assert [str(e) for e in out] == ["no b", "no c"]
-    await asyncio.sleep(0.1)  # the abandoned keys' fetch fails after its callers left
+    await loop_turns(10)  # the abandoned keys' fetch has answered too (it was released)
+    assert shared.inflight == 0
     del gone
     gc.collect()
     assert reports == []
@@ -398,10 +430,11 @@ async def test_abandoned_callers_leave_no_unretrieved_exception() -> None:
 
 async def test_aclose_answers_waiters_and_rejects_new_loads() -> None:
     """aclose() cancels fetches in flight: waiters get ClosedError; later loads raise it."""
-    _, fetch = fetcher(delay=30)
+    gate = Gate()  # never released: only aclose() ends the fetch
+    _, fetch = fetcher(gate=gate)
     shared: SharedLoader[str, object] = SharedLoader(fetch, ttl=60, name="test loader")  # type: ignore[arg-type]
     waiting = asyncio.ensure_future(shared.batch_load(["a", "b"]))
-    await asyncio.sleep(0.01)
+    await gate.started.wait()
     assert shared.inflight == 2
     await shared.aclose()
     out = await waiting

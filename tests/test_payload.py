@@ -22,11 +22,21 @@ import pytest
 import strawberry
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 
+from promstat import payload
 from promstat import renderer as live_stat
 from promstat.client import PrometheusClient
 from promstat.integrations import json_string
-from promstat.payload import FrozenDict, afreeze_values, freeze, freeze_values, seal, thaw
+from promstat.payload import (
+    FrozenDict,
+    afreeze_values,
+    freeze,
+    freeze_values,
+    frozen,
+    thaw,
+    untrack_payloads,
+)
 from promstat.planner import PlannerConfig
+from promstat.refresh import RefreshConfig
 from promstat.service import LiveStats
 from promstat.testing import lab
 
@@ -111,10 +121,29 @@ def _walk(value: Any) -> Iterator[FrozenDict[Any, Any]]:
             yield from _walk(item)
 
 
-@pytest.mark.skipif(not CPYTHON, reason="sealing is CPython's PyObject_GC_UnTrack")
-def test_rendered_payloads_are_sealed_and_hold_only_strings_and_sealed_dicts() -> None:
-    """Rendered kernel and agent payloads are off the collector's list at every level, and
-    every level holds only what makes that safe: strings, None and sealed payload dicts."""
+@pytest.fixture
+def untracking() -> Iterator[None]:
+    """Opt in to untracking payloads for one test, and out again after it."""
+    untrack_payloads(True)
+    try:
+        yield
+    finally:
+        untrack_payloads(False)
+
+
+def test_payloads_stay_tracked_unless_the_application_opts_in() -> None:
+    """Untracking is off by default: a rendered payload is an ordinary tracked container."""
+    kernel = live_stat.render_kernel(EXPECTED_KERNELS_RAW, frozen=True)
+    assert isinstance(kernel, FrozenDict)
+    assert all(gc.is_tracked(level) for level in _walk(kernel))
+
+
+@pytest.mark.skipif(not CPYTHON, reason="untracking is CPython's PyObject_GC_UnTrack")
+def test_rendered_payloads_are_untracked_and_hold_only_strings_and_untracked_dicts(
+    untracking: None,
+) -> None:
+    """Opted in, rendered kernel and agent payloads are off the collector's list at every
+    level, and every level holds only what makes that safe: strings, None and such dicts."""
     kernel = live_stat.render_kernel(EXPECTED_KERNELS_RAW, frozen=True)
     agent = live_stat.render_agent(*AGENT_RAW, frozen=True)
     assert kernel == live_stat.render_kernel(EXPECTED_KERNELS_RAW)
@@ -122,32 +151,46 @@ def test_rendered_payloads_are_sealed_and_hold_only_strings_and_sealed_dicts() -
     assert len(levels) > 10
     for level in levels:
         assert not gc.is_tracked(level)
-        for item in level.values():
+        for key, item in level.items():
+            assert type(key) is str
             assert item is None or type(item) is str or isinstance(item, FrozenDict), item
     # A plain (unfrozen) rendering is an ordinary dict, tracked or not as CPython decides.
     assert not isinstance(live_stat.render_kernel(EXPECTED_KERNELS_RAW), FrozenDict)
 
 
-@pytest.mark.skipif(not CPYTHON, reason="sealing is CPython's PyObject_GC_UnTrack")
-def test_freeze_seals_leaves_of_atomic_values_only() -> None:
-    """freeze() seals a leaf of strings/numbers/None, never one holding a container, and a
-    sealed dict is freed by reference counting and still copies, pickles and compares."""
-    frozen = freeze({"m": {"current": "1", "n": 2, "x": None}, "t": {"items": [1, 2]}})
-    assert not gc.is_tracked(frozen["m"])
-    assert gc.is_tracked(frozen["t"])  # holds a tuple: the collector keeps watching it
-    assert gc.is_tracked(frozen)  # the outer level of an arbitrary value is not sealed
-    leaf = seal(FrozenDict(a="1"))
-    assert not gc.is_tracked(leaf)
-    assert pickle.loads(pickle.dumps(leaf)) == leaf == copy.deepcopy(leaf) == {"a": "1"}
+@pytest.mark.skipif(not CPYTHON, reason="untracking is CPython's PyObject_GC_UnTrack")
+def test_only_string_keys_and_atomic_values_are_untracked(untracking: None) -> None:
+    """freeze() and frozen() untrack a dict of str keys and atomic values only: a non-string
+    key, a tuple value or a tracked dict value keeps the collector watching it."""
+    out = freeze({"m": {"current": "1", "n": 2, "x": None}, "t": {"items": [1, 2]}})
+    assert not gc.is_tracked(out["m"])
+    assert gc.is_tracked(out["t"])  # holds a tuple: the collector keeps watching it
+    assert gc.is_tracked(out)  # holds a tracked dict
+    assert gc.is_tracked(frozen({1: "x"}))  # a key that is not a str
+    assert gc.is_tracked(frozen({"a": FrozenDict(b=[1])}))
+    assert not gc.is_tracked(frozen({"a": frozen({"b": "1"})}))
+
+
+@pytest.mark.skipif(not CPYTHON, reason="untracking is CPython's PyObject_GC_UnTrack")
+def test_an_untracked_payload_is_freed_by_reference_counting_and_still_copies(
+    untracking: None,
+) -> None:
+    """An untracked dict is freed without a collection, and pickles, copies and compares."""
     import weakref
 
-    class Probe(str):
-        """A str subclass: weak-referenceable, so its release can be observed."""
+    leaf = frozen({"a": "1"})
+    assert not gc.is_tracked(leaf)
+    assert pickle.loads(pickle.dumps(leaf)) == leaf == copy.deepcopy(leaf) == {"a": "1"}
 
-    probe = Probe("x")
-    gone = weakref.ref(probe)
-    holder = seal(FrozenDict(a=probe))
-    del probe, holder  # no collection needed: reference counting frees the sealed dict
+    class Probe(FrozenDict[str, str]):
+        """A weak-referenceable FrozenDict, so its release can be observed."""
+
+        __slots__ = ("__weakref__",)
+
+    holder = payload._seal(Probe(a="x"))
+    assert not gc.is_tracked(holder)
+    gone = weakref.ref(holder)
+    del holder  # no collection needed: reference counting frees the untracked dict
     assert gone() is None
 
 
@@ -234,7 +277,12 @@ async def stats(
     """LiveStats on the scenario, with and without refresh-ahead (both caches hand out)."""
     async with PrometheusClient(prom.url) as client:
         config = PlannerConfig(use_recorded=False, fleet_fraction=None)
-        live = LiveStats(client, config, clock=lambda: AT, refresh_ahead=request.param)
+        live = LiveStats(
+            client,
+            planner=config,
+            clock=lambda: AT,
+            refresh=RefreshConfig(enabled=request.param),
+        )
         yield live
         await live.aclose()
 

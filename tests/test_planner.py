@@ -19,11 +19,12 @@ from planner_data import (
 from promstat.client import PrometheusClient
 from promstat.errors import BadDataError, QueryTooLargeError, ResponseTooLargeError
 from promstat.planner import Planner, PlannerConfig
-from promstat.promql import parse_duration
+from promstat.profile import RuleProfile
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.fake import openmetrics_text
+from promstat.testing.stub import StubAPI
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +95,7 @@ async def test_fleet_wide_plan_gives_the_same_answer(client: PrometheusClient) -
 
 async def test_final_stats_at_termination_time(client: PrometheusClient) -> None:
     """final_stats evaluates each kernel at its own time (here: before K4 went silent)."""
-    stats = LiveStats(client, raw_config())
+    stats = LiveStats(client, planner=raw_config())
     out = await stats.final_stats({"44444444-4444-4444-8444-444444444444": T0 + 200, K1: AT})
     assert out[K1] == EXPECTED_KERNELS[K1]
     k4 = out["44444444-4444-4444-8444-444444444444"]
@@ -103,7 +104,7 @@ async def test_final_stats_at_termination_time(client: PrometheusClient) -> None
 
 async def test_history_returns_aligned_rate_series(client: PrometheusClient) -> None:
     """Range queries for several kernels return per-second rates on step-aligned timestamps."""
-    stats = LiveStats(client, raw_config())
+    stats = LiveStats(client, planner=raw_config())
     res = await stats.kernel_history(
         [K1, "missing"], ["cpu_util", "mem"], start=T0 + 301, end=T0 + 607, step=60
     )
@@ -119,7 +120,7 @@ async def test_a_failing_chunk_fails_only_its_own_ids(
 ) -> None:
     """A chunk whose query errors gives its ids that error; other chunks still answer."""
 
-    class Flaky:
+    class Flaky(StubAPI):
         """A client wrapper that fails queries mentioning one id."""
 
         def __init__(self, inner: PrometheusClient) -> None:
@@ -143,7 +144,7 @@ async def test_too_large_chunks_are_split_and_retried(
 ) -> None:
     """A 'too long query' answer halves the chunk until it fits, counting the splits."""
 
-    class Picky:
+    class Picky(StubAPI):
         """A client wrapper that rejects queries naming more than two ids."""
 
         def __init__(self, inner: PrometheusClient) -> None:
@@ -163,7 +164,7 @@ async def test_too_large_chunks_are_split_and_retried(
     assert metrics.snapshot().chunk_splits > 0
 
 
-class Capped:
+class Capped(StubAPI):
     """A client wrapper whose answers are over a size cap when they cover too many kernels.
 
     It raises what ``PrometheusClient(max_response_bytes=...)`` raises: a fleet-wide query
@@ -298,7 +299,7 @@ async def test_victoria_metrics_16k_limit_with_2000_kernels(
         assert isinstance(payload, dict), kid
         assert payload["mem"]["current"] == str(i)
         assert payload["mem"]["capacity"] == "4000"
-    assert parse_duration(PlannerConfig().window) == 300
+    assert RuleProfile().window == 300.0
 
 
 async def test_ids_missing_from_recorded_series_fall_back_to_raw(

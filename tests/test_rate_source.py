@@ -26,6 +26,7 @@ from promstat.expressions import LiveStatExpressions, RateSource
 from promstat.generate.alerts import build_alert_groups
 from promstat.generate.rules import render_rules, rule_tests_apply, write_rules
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
 
@@ -124,7 +125,9 @@ async def test_plain_agent_under_exporter_rules(
             )
             async with PrometheusClient(prom.url) as client:
                 planner = Planner(
-                    client, PlannerConfig(use_recorded=True, interval="1s", rates=rates)
+                    client,
+                    PlannerConfig(use_recorded=True),
+                    profile=RuleProfile(interval=1.0, rates=rates),
                 )
                 kernels = sim.kernel_ids()
                 deadline = time.monotonic() + 60

@@ -19,6 +19,7 @@ from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.generate.rules import write_rules
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.testing import lab
 from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
@@ -160,9 +161,11 @@ async def test_recorded_and_raw_plans_agree(
         seed=7,
     ) as (fleet, client, _, k_at, a_at):
         kernels, agents = fleet.kernel_ids(), fleet.agent_ids()
-        settings = dict(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates)
-        raw = Planner(client, PlannerConfig(use_recorded=False, **settings))
-        rec = Planner(client, PlannerConfig(use_recorded=None, **settings))
+        profile = RuleProfile.parse(
+            interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates
+        )
+        raw = Planner(client, PlannerConfig(use_recorded=False), profile=profile)
+        rec = Planner(client, PlannerConfig(use_recorded=None), profile=profile)
         raw_k, rec_k = await raw.kernels(kernels, at=k_at), await rec.kernels(kernels, at=k_at)
         raw_a, rec_a = await raw.agents(agents, at=a_at), await rec.agents(agents, at=a_at)
     assert rec_k.plan.startswith("recorded") and raw_k.plan.startswith("raw")
@@ -213,10 +216,8 @@ async def test_recorded_plan_is_cheaper_for_the_server(
         # rate series settle the comparison long before
         await asyncio.sleep(14)
         k_at, _ = await _settled_times(client, len(kernels))
-        settings = dict(
-            interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, fleet_fraction=None
-        )
-        planner = Planner(client, PlannerConfig(**settings))
+        profile = RuleProfile.parse(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT)
+        planner = Planner(client, PlannerConfig(fleet_fraction=None), profile=profile)
         raw_q = planner.queries("kernel", kernels, recorded=False)
         rec_q = planner.queries("kernel", kernels, recorded=True)
         raw_samples, raw_bytes = await _server_samples(url, raw_q, k_at)
@@ -318,8 +319,8 @@ def test_recorded_and_raw_agree_on_changing_data(tmp_path: Path) -> None:
     kernel churn with young and terminated kernels, gauges changing every scrape, both
     exporters: at each rule evaluation time the recorded plan (with its raw fallback for
     kernels younger than a rule evaluation) and the raw plan give the same current, capacity,
-    pct and stats.rate. Window statistics may differ on changing data (README, "Known
-    differences"): they are counted and printed (``-s``), not asserted."""
+    pct and stats.rate. Window statistics may differ on changing data (docs/numbers.md,
+    "Known differences"): they are counted and printed (``-s``), not asserted."""
     fleets = [SimulatedFleet(_churny(True, 21)), SimulatedFleet(_churny(False, 22))]
     tags = ("own", "plain")
     om = merge_openmetrics(
@@ -354,9 +355,9 @@ def test_recorded_and_raw_agree_on_changing_data(tmp_path: Path) -> None:
         async def run() -> None:
             nonlocal checked_reset
             async with PrometheusClient(prom.url) as client:
-                settings = dict(interval=f"{S}s", collect_interval=f"{C}s")
-                raw = Planner(client, PlannerConfig(use_recorded=False, **settings))
-                rec = Planner(client, PlannerConfig(use_recorded=None, **settings))
+                profile = RuleProfile(interval=float(S), collect_interval=float(C))
+                raw = Planner(client, PlannerConfig(use_recorded=False), profile=profile)
+                rec = Planner(client, PlannerConfig(use_recorded=None), profile=profile)
                 for at in times:
                     kernels = [RESET_KERNEL, DUP_KERNEL]
                     for f in fleets:

@@ -24,13 +24,16 @@ from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, ExecutionError, PromstatError, TransportError
 from promstat.generate.rules import write_rules
+from promstat.loader import CacheConfig
 from promstat.payload import FrozenDict
 from promstat.planner import _BACKGROUND, BatchOutcome, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.refresh import RefreshConfig, Refresher, WatchedLevel, parse_rfc3339
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
+from promstat.testing.stub import StubAPI
 from promstat.wire import Rule, RuleGroup
 
 INTERVAL = 10.0
@@ -309,19 +312,20 @@ async def test_the_off_switch_starts_no_task_and_sends_every_load_cold() -> None
 
 
 async def test_livestats_refresh_ahead_false_or_cache_ttl_zero_switch_it_off() -> None:
-    """LiveStats' off switches reach the refresher (cache_ttl=0 caches nothing at all)."""
-
-    class NoClient:
-        async def query_vector(self, *args: object, **kwargs: object) -> object:
-            raise AssertionError("not called")
-
-    assert not LiveStats(NoClient(), refresh_ahead=False).refresher.enabled
-    assert not LiveStats(NoClient(), cache_ttl=0).refresher.enabled
-    assert LiveStats(NoClient()).refresher.enabled
+    """LiveStats' off switches reach the refresher (a cache TTL of 0 caches nothing at all),
+    and its interval follows the profile unless RefreshConfig gives one."""
+    assert not LiveStats(StubAPI(), refresh=RefreshConfig(enabled=False)).refresher.enabled
+    assert not LiveStats(StubAPI(), cache=CacheConfig(ttl=0)).refresher.enabled
+    assert LiveStats(StubAPI()).refresher.enabled
+    assert LiveStats(StubAPI(), profile=RuleProfile(interval=30.0)).refresher.config.interval == 30
+    given = LiveStats(StubAPI(), refresh=RefreshConfig(interval=5.0, max_staleness=7.0))
+    assert given.refresher.config.interval == 5.0 and given.refresher.config.staleness == 7.0
     with pytest.raises(ConfigError, match="max_staleness"):
-        LiveStats(NoClient(), max_staleness=0)
+        RefreshConfig(max_staleness=0)
     with pytest.raises(ConfigError, match="watch_intervals"):
-        LiveStats(NoClient(), watch_intervals=0)
+        RefreshConfig(watch_intervals=0)
+    with pytest.raises(ConfigError, match="seconds"):
+        RefreshConfig(interval="15s")  # type: ignore[arg-type]
 
 
 async def test_aclose_stops_the_task_mid_refresh_and_leaves_nothing_behind() -> None:
@@ -356,12 +360,8 @@ async def test_aclose_stops_the_task_mid_refresh_and_leaves_nothing_behind() -> 
 async def test_livestats_aclose_stops_both_levels() -> None:
     """LiveStats.aclose stops the refresh tasks of kernels and agents."""
 
-    class EmptyClient:
-        async def query_vector(self, query: str, **kwargs: object) -> object:
-            return _EmptyResult()
-
     before = asyncio.all_tasks()
-    stats = LiveStats(EmptyClient(), PlannerConfig(use_recorded=True))
+    stats = LiveStats(StubAPI(), planner=PlannerConfig(use_recorded=True))
     assert await stats.load_kernels(["k"]) == [None]
     assert await stats.load_agents(["a"]) == [None]
     assert len(asyncio.all_tasks() - before) == 2
@@ -524,17 +524,21 @@ async def test_livestats_refreshes_a_real_prometheus_in_the_background(
     """Pages after the first read memory; the refresher keeps it fresh in planner chunks."""
     prom, ids = scraped
     metrics = PromstatMetrics()
+    profile = RuleProfile(interval=1.0, window=60.0, lookback=60.0)
     config = PlannerConfig(
-        interval="1s",
-        window="60s",
-        lookback="60s",
         use_recorded=True,
         fleet_fraction=None,
         max_alternatives=2,  # 3 kernels -> 2 chunks per refresh, as a big page would be
     )
     async with PrometheusClient(prom.url, observer=metrics) as client:
         # A generous staleness bound: a busy CI machine may delay a refresh by seconds.
-        stats = LiveStats(client, config, metrics=metrics, max_staleness=30.0)
+        stats = LiveStats(
+            client,
+            profile=profile,
+            planner=config,
+            refresh=RefreshConfig(max_staleness=30.0),
+            metrics=metrics,
+        )
         before = asyncio.all_tasks()
         try:
             first = await stats.load_kernels(ids)

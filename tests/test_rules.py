@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -10,11 +9,11 @@ import pytest
 import yaml
 
 from promstat.catalog import Catalog
+from promstat.cli import build_parser
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, RuleError
 from promstat.generate.rules import (
     SCENARIO,
-    add_cli,
     build_rule_files,
     render_rule_tests,
     render_rules,
@@ -169,8 +168,7 @@ def test_scenario_series_cover_the_required_cases() -> None:
 
 def test_cli_render_and_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`rules render` writes the files; `rules check` parses its directory argument."""
-    parser = argparse.ArgumentParser(prog="promstat")
-    add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["rules", "render", "--output", str(tmp_path)])
     assert args.handler(args) == 0
     assert _tree(tmp_path) == _tree(RULES_DIR)
@@ -219,3 +217,75 @@ def test_kernel_shards_make_one_group_each_with_the_same_records() -> None:
             assert selectors and all(f'kernel_id=~"{shard}"' in sel for sel in selectors)
     with pytest.raises(ConfigError, match="kernel_shards"):
         build_rule_files(kernel_shards=3)
+
+
+def test_rules_render_flags_are_one_rule_profile(tmp_path: Path) -> None:
+    """`rules render` parses its flags into one RuleProfile (durations as strings) and writes
+    exactly what the generator writes for that profile's settings."""
+    from promstat.cli.rules import profile_from_args, write_profile_rules
+    from promstat.profile import RuleProfile
+
+    argv = ["rules", "render", "--output", str(tmp_path / "cli"), "--interval", "30s",
+            "--window", "2m", "--collect-interval", "1m", "--rates", "exporter",
+            "--kernel-shards", "4"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    profile = profile_from_args(args)
+    assert profile == RuleProfile(
+        interval=30.0, window=120.0, collect_interval=60.0, rates="exporter", kernel_shards=4
+    )
+    assert args.handler(args) == 0
+    write_rules(
+        tmp_path / "direct", interval="30s", window="2m", collect_interval="1m",
+        rates="exporter", kernel_shards=4,
+    )  # fmt: skip
+    assert _tree(tmp_path / "cli") == _tree(tmp_path / "direct")
+    assert write_profile_rules(tmp_path / "again", RuleProfile()) == sorted(
+        (tmp_path / "again").rglob("*.yml")
+    )
+    assert _tree(tmp_path / "again") == _tree(RULES_DIR)
+    bad = build_parser().parse_args(["rules", "render", "--output", "x", "--interval", "soon"])
+    with pytest.raises(ConfigError):
+        profile_from_args(bad)
+
+
+def test_rules_render_names_file(tmp_path: Path) -> None:
+    """--names renames series for relabelled setups; unknown names are refused."""
+    from promstat.cli.rules import load_names
+
+    names = tmp_path / "names.yml"
+    names.write_text("container_metric: site_container_utilization\n", encoding="utf-8")
+    out = tmp_path / "out"
+    parser = build_parser()
+    args = parser.parse_args(["rules", "render", "--output", str(out), "--names", str(names)])
+    assert args.handler(args) == 0
+    text = (out / "promstat-kernel.rules.yml").read_text(encoding="utf-8")
+    assert "kernel_metric:site_container_utilization:live_stat" in text
+    assert "backendai_container_utilization" not in text
+    names.write_text("container: x\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown name"):
+        load_names(str(names))
+
+
+def test_rules_render_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """`promstat rules render --help` names every default, and no meaningless "None"."""
+    from promstat.cli import main
+    from promstat.cli.rules import KERNEL_SHARDS as CLI_SHARDS
+    from promstat.generate.rules import KERNEL_SHARDS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["rules", "render", "--help"])
+    assert exc.value.code == 0
+    raw = capsys.readouterr().out
+    # One entry per option: its help runs until the next line that starts an option.
+    entries = {
+        chunk.split()[0]: " ".join(chunk.split())
+        for chunk in re.split(r"\n(?=  -)", raw.split("options:", 1)[1])
+        if chunk.strip()
+    }
+    for flag, default in [("--interval", "15s"), ("--window", "5m"), ("--lookback", "5m"),
+                          ("--collect-interval", "30s"), ("--kernel-shards", "1"),
+                          ("--rates", "both")]:  # fmt: skip
+        assert entries[flag].endswith(f"(default: {default})"), entries[flag]
+    text = " ".join(raw.split())
+    assert "default: None" not in text
+    assert CLI_SHARDS == KERNEL_SHARDS

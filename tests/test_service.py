@@ -8,12 +8,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, K2, K3, scenario_openmetrics
 
-from promstat.client import PrometheusClient
+from promstat.client import ClientConfig, PrometheusClient
 from promstat.errors import ConfigError, TransportError
+from promstat.loader import CacheConfig
 from promstat.planner import PlannerConfig
+from promstat.refresh import RefreshConfig
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 from promstat.testing import lab
+from promstat.testing.stub import StubAPI
+
+NO_REFRESH = RefreshConfig(enabled=False)
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +40,9 @@ async def counted(prom: lab.PrometheusProcess) -> AsyncIterator[tuple[LiveStats,
     config = PlannerConfig(use_recorded=False, fleet_fraction=None)
     async with (
         PrometheusClient(prom.url, observer=metrics) as client,
-        LiveStats(client, config, metrics=metrics, clock=lambda: AT, refresh_ahead=False) as stats,
+        LiveStats(
+            client, planner=config, metrics=metrics, clock=lambda: AT, refresh=NO_REFRESH
+        ) as stats,
     ):
         yield stats, metrics
 
@@ -58,6 +65,7 @@ async def test_concurrent_requests_share_queries_and_the_cache(
     """Two requests at once cost one plan; a third within the TTL costs no query at all."""
     stats, metrics = counted
     shapes = len(stats.planner.shapes("kernel", recorded=False))
+    await stats.learn_profile()
     await stats.planner.detect("kernel", at=AT)
     before = metrics.snapshot().queries
     one, two = stats.kernel_loader(), stats.kernel_loader()
@@ -79,8 +87,8 @@ async def test_unreachable_server_errors_every_key_and_caches_nothing() -> None:
     metrics = PromstatMetrics()
     url = f"http://127.0.0.1:{lab.free_port()}"
     async with PrometheusClient(url, observer=metrics, timeout=2) as client:
-        config = PlannerConfig(use_recorded=False, detect_failure_ttl=0)
-        stats = LiveStats(client, config, metrics=metrics)
+        config = PlannerConfig(use_recorded=False, detect_backoff=0)
+        stats = LiveStats(client, planner=config, metrics=metrics)
         first = await stats.load_kernels([K1, K2])
         assert all(isinstance(v, TransportError) for v in first)
         calls = metrics.snapshot().queries
@@ -89,27 +97,31 @@ async def test_unreachable_server_errors_every_key_and_caches_nothing() -> None:
         assert metrics.snapshot().queries > calls
 
 
-async def test_a_failed_detection_is_shared_for_a_short_while() -> None:
-    """Within detect_failure_ttl a failed detection answers every load without a new query."""
+async def test_a_failed_detection_is_skipped_but_loads_still_ask() -> None:
+    """Within detect_backoff a load skips detection, yet sends its own queries: a failure
+    is never the answer of a load that did not ask the server."""
     metrics = PromstatMetrics()
     url = f"http://127.0.0.1:{lab.free_port()}"
     async with LiveStats(
-        url, PlannerConfig(detect_failure_ttl=60), metrics=metrics, client_options={"timeout": 2}
+        url,
+        planner=PlannerConfig(detect_backoff=60),
+        metrics=metrics,
+        client=ClientConfig(timeout=2),
     ) as stats:
         first = await stats.load_kernels([K1, K2])
         calls = metrics.snapshot().queries
         second = await stats.load_kernels([K3])
+        shapes = len(stats.planner.shapes("kernel", recorded=False))
     assert all(isinstance(v, TransportError) for v in first + second)
-    assert second[0] is first[0]  # the remembered failure
-    assert metrics.snapshot().queries == calls == 1
+    assert second[0] is not first[0]  # its own query's error, not a remembered one
+    # The second load: no detection, one query per raw shape.
+    assert metrics.snapshot().queries == calls + shapes
 
 
 def test_negative_cache_ttl_is_a_config_error() -> None:
     """A negative TTL is rejected with a message naming it."""
 
-    class NoClient:
-        async def query_vector(self, *args: object, **kwargs: object) -> object:
-            raise AssertionError("not called")
-
-    with pytest.raises(ConfigError, match="cache_ttl"):
-        LiveStats(NoClient(), cache_ttl=-1)
+    with pytest.raises(ConfigError, match=r"CacheConfig.ttl"):
+        LiveStats(StubAPI(), cache=CacheConfig(ttl=-1))
+    with pytest.raises(ConfigError, match=r"CacheConfig.ttl.*seconds"):
+        CacheConfig(ttl="15s")  # type: ignore[arg-type]

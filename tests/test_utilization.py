@@ -20,11 +20,12 @@ from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
 from promstat.generate.rules import write_rules
-from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.renderer import format_pct
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
+from promstat.testing.stub import StubAPI
 from promstat.utilization import (
     MemRule,
     Utilization,
@@ -153,7 +154,7 @@ async def test_window_averages_the_readings_like_the_util_series(
     recorded: lab.PrometheusProcess,
 ) -> None:
     async with PrometheusClient(recorded.url) as prom:
-        got = await Utilization(prom).sessions(SLOTS, RESOURCES, at=AT, window="55s", step="15s")
+        got = await Utilization(prom).sessions(SLOTS, RESOURCES, at=AT, window=55.0, step=15.0)
     # 55s: the subquery reads the 4 ticks AT-45 .. AT whether the range is left-closed
     # (Prometheus 2) or left-open (3); the idle checker averages its readings, skipping None.
     for session in ("s1", "s2"):
@@ -202,13 +203,14 @@ async def test_kernel_pct_for_autoscaling(recorded: lab.PrometheusProcess) -> No
 
 
 def test_bad_arguments_are_config_errors() -> None:
-    util = Utilization(object())  # type: ignore[arg-type]
+    util = Utilization(StubAPI())
     with pytest.raises(ConfigError, match="at least one resource"):
         util.session_query(["s"], [])
     with pytest.raises(ConfigError, match="step needs a window"):
-        util.kernel_query(["k"], ["cpu_util"], step="15s")
-    with pytest.raises(ConfigError):
-        util.session_query(["s"], ["mem"], window="soon")
+        util.kernel_query(["k"], ["cpu_util"], step=15.0)
+    with pytest.raises(ConfigError, match=r"window must be > 0 seconds.*a number"):
+        util.session_query(["s"], ["mem"], window="10m")  # type: ignore[arg-type]
+    assert "[10m:15s]" in util.session_query(["s"], ["mem"], window=600.0, step=15.0)
 
 
 # ---------------------------------------------------------------------------- raw path
@@ -288,7 +290,7 @@ async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
             expressions = LiveStatExpressions(interval="1s", window="4s")
             raw_util = Utilization(client, use_recorded=False, expressions=expressions)
             raw = await raw_util.sessions(slots, RESOURCES, at=at)
-            stats = LiveStats(client, PlannerConfig(interval="1s", window="4s"))
+            stats = LiveStats(client, profile=RuleProfile(interval=1.0, window=4.0))
             payloads = await stats.load_kernels(kernel_ids, at=at)
     for kernel_id, payload in zip(kernel_ids, payloads, strict=True):
         session = fleet.kernel(kernel_id).session_id

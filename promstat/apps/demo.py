@@ -30,14 +30,15 @@ at once). Below the live page the view lists the most recently terminated kernel
 final stats — their ``last_stat``, answered from Prometheus history at their termination time
 (:mod:`promstat.final`), which stays available after the exporter dropped their series.
 
-On a terminal the view redraws in place; otherwise each refresh prints one plain block.
+On a terminal the view redraws in place; otherwise the first refresh and every
+:data:`PLAIN_TABLE_EVERY`-th print the table and the others their one summary line
+(``--table-every``).
 ``--duration`` bounds the run (exit 0 after a clean shutdown); Ctrl-C and SIGTERM stop it
 too. A missing ``prometheus`` binary prints the one-line install hint and exits 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -62,18 +63,20 @@ from promstat.selfmetrics import MetricsSnapshot, PromstatMetrics
 __all__ = [
     "DemoOptions",
     "PageView",
-    "add_demo_cli",
     "format_bytes",
-    "main",
     "render_view",
     "run_demo",
-    "run_demo_cli",
 ]
 
 T = TypeVar("T")
 
 #: Rows of the page shown when the output is not a terminal.
 PLAIN_ROWS = 10
+
+#: When the output is not a terminal, the table is printed every this many refreshes (and on
+#: the first); the refreshes in between print their one summary line. A log file then grows
+#: by about one line per refresh instead of a whole table (~27 lines).
+PLAIN_TABLE_EVERY = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,9 @@ class DemoOptions:
         rows: rows shown on a terminal (default: fit the terminal height).
         lifetime: mean seconds a kernel runs before it terminates (churn).
         ended_rows: terminated kernels listed with their final stats.
+        table_every: print the page table every this many refreshes and a one-line summary
+            in between (``None``: every refresh on a terminal, which redraws in place;
+            :data:`PLAIN_TABLE_EVERY` otherwise).
     """
 
     duration: float | None = None
@@ -110,6 +116,11 @@ class DemoOptions:
     rows: int | None = None
     lifetime: float = 600.0
     ended_rows: int = 5
+    table_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.table_every is not None and self.table_every < 1:
+            raise ConfigError(f"table_every must be >= 1, not {self.table_every!r}")
 
 
 #: A terminated kernel in the view: ``(kernel id, agent id, terminated_at text, last_stat)``.
@@ -420,6 +431,7 @@ async def run_demo(
     from promstat.generate.rules import write_rules
     from promstat.integrations import FleetRegistry
     from promstat.planner import PlannerConfig
+    from promstat.profile import RuleProfile
     from promstat.service import LiveStats
     from promstat.testing import lab
     from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet
@@ -484,15 +496,15 @@ async def run_demo(
             prom_starts,
         )
         metrics = PromstatMetrics()
-        config = PlannerConfig(
+        config = PlannerConfig(detect_ttl=interval_s)
+        profile = RuleProfile.parse(
             interval=options.interval,
             lookback=lookback,
             window=window,
             collect_interval=collect_interval,
-            detect_ttl=interval_s,
         )
         async with PrometheusClient(prom.url, observer=metrics) as client:
-            stats = LiveStats(client, config, metrics=metrics)
+            stats = LiveStats(client, profile=profile, planner=config, metrics=metrics)
             app = make_app(stats, FleetRegistry(fleet), stack=options.stack)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -521,7 +533,7 @@ async def run_demo(
             scrape_limit = time.monotonic() + 60.0
             until = scrape_limit if deadline is None else min(scrape_limit, deadline)
             ready = await _wait_for_data(
-                client, config.names, len(fleet.targets), interval_s, stop_event, until
+                client, profile.names, len(fleet.targets), interval_s, stop_event, until
             )
             if not ready and not stop_event.is_set():
                 if time.monotonic() >= scrape_limit:
@@ -530,6 +542,7 @@ async def run_demo(
                     return 1
                 say("--duration ended before the first complete scrapes")
             rows = _terminal_rows(options, len(header)) if tty else PLAIN_ROWS
+            every = options.table_every or (1 if tty else PLAIN_TABLE_EVERY)
             number, last_plan = 0, "?"
             async with aiohttp.ClientSession() as session:
                 while not stop_event.is_set():
@@ -546,7 +559,11 @@ async def run_demo(
                     if not view.plan.endswith("(cached)"):
                         last_plan = view.plan
                     lines = render_view(view, rows=rows, stamp=time.strftime("%H:%M:%S"))
-                    if tty:
+                    if (number - 1) % every:
+                        # Between tables: the summary line, and errors (never hidden).
+                        for line in [lines[0], *(f"error: {e}" for e in view.errors)]:
+                            say(line)
+                    elif tty:
                         out.write("\x1b[H\x1b[2J" + "\n".join([*header, "", *lines]) + "\n")
                         out.flush()
                     else:
@@ -585,112 +602,3 @@ async def run_demo(
         with contextlib.suppress(Exception):
             out.write("promstat demo: stopped; servers and temp files removed\n")
             out.flush()
-
-
-def _options(args: argparse.Namespace) -> DemoOptions:
-    return DemoOptions(
-        duration=args.duration,
-        agents=args.agents,
-        kernels_per_agent=args.kernels_per_agent,
-        interval=args.interval,
-        measure_interval=args.measure_interval,
-        page_size=args.page_size,
-        port=args.port,
-        stack=args.stack,
-        seed=args.seed,
-        lifetime=args.lifetime,
-    )
-
-
-def run_demo_cli(args: argparse.Namespace) -> int:
-    """Handler of ``promstat demo``: returns the exit code."""
-    try:
-        return asyncio.run(run_demo(_options(args)))
-    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed; cleanup ran
-        return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _lifetime(text: str) -> float:
-    value = float(text)
-    if not value >= 4:
-        raise argparse.ArgumentTypeError(f"must be >= 4 seconds, got {text}")
-    return value
-
-
-def _positive_duration(text: str) -> str:
-    from promstat.promql import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return text
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)"
-    )
-    parser.add_argument("--agents", type=_positive_int, default=20, help="simulated agents (20)")
-    parser.add_argument(
-        "--kernels-per-agent", type=_positive_int, default=50, help="kernels per agent (50)"
-    )
-    parser.add_argument("--interval", default="2s", help="scrape and rule interval (2s)")
-    parser.add_argument(
-        "--measure-interval",
-        type=_positive_duration,
-        default=None,
-        help="how often the simulated agents measure (default: twice --interval, "
-        "as Backend.AI's 30 s measurements vs 15-20 s scrapes)",
-    )
-    parser.add_argument(
-        "--page-size", type=_positive_int, default=200, help="kernels per page (200)"
-    )
-    parser.add_argument("--port", type=int, default=0, help="GraphQL port (0: any free port)")
-    parser.add_argument("--stack", choices=("graphene", "strawberry"), default="graphene")
-    parser.add_argument("--seed", type=int, default=42, help="simulation seed")
-    parser.add_argument(
-        "--lifetime",
-        type=_lifetime,
-        default=600.0,
-        help="mean seconds a kernel runs before it terminates (600)",
-    )
-
-
-def add_demo_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``promstat demo`` on an argparse ``add_subparsers()`` object.
-
-    The parser sets ``handler`` (and ``func``) to :func:`run_demo_cli` (``(args) -> exit code``).
-    """
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "demo",
-        help="simulated fleet + real Prometheus + GraphQL service, with a live kernel page view",
-        description=(
-            "Run a simulated Backend.AI fleet, a real Prometheus scraping it with promstat's "
-            "recording rules, and the GraphQL service, all on loopback; show a kernel list "
-            "page live (numbers, latency, Prometheus queries per page). Needs prometheus."
-        ),
-    )
-    _add_arguments(parser)
-    parser.set_defaults(func=run_demo_cli, handler=run_demo_cli)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m promstat.apps.demo [options]`` (the same options as ``promstat demo``)."""
-    parser = argparse.ArgumentParser(prog="promstat demo")
-    _add_arguments(parser)
-    return run_demo_cli(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,19 +12,18 @@ and a row :class:`~promstat.integrations.Registry`:
 The schema is the legacy subset of :mod:`promstat.integrations.graphene` or the equivalent
 :mod:`promstat.integrations.strawberry` (``stack=``); each request gets fresh loaders.
 
-``promstat serve`` (:func:`add_serve_cli`) runs it against any Prometheus-compatible backend
-with Backend.AI data: rows come from the live series themselves
+``promstat serve`` (:func:`serve` with :class:`ServeOptions`; the flags are parsed in
+:mod:`promstat.cli.serve`) runs it against any Prometheus-compatible backend with Backend.AI
+data: rows come from the live series themselves
 (:class:`~promstat.integrations.PrometheusRegistry`), so no manager database is needed.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import signal
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Final, Literal, cast
 import yaml
 from aiohttp import web
 
-from promstat.errors import ConfigError, PromstatError
+from promstat.errors import ConfigError
 from promstat.expressions import RateSource
 from promstat.integrations import DEFAULT_MAX_BATCH_SIZE, Registry, SchemaExecutor, StatsSource
 from promstat.selfmetrics import PromstatMetrics
@@ -42,12 +41,10 @@ __all__ = [
     "EXAMPLE_QUERY",
     "GraphQLExecutor",
     "ServeOptions",
-    "add_serve_cli",
     "curl_example",
     "load_serve_options",
     "make_app",
     "make_executor",
-    "run_serve",
     "serve",
 ]
 
@@ -240,6 +237,9 @@ class ServeOptions:
         host, port: where the GraphQL service listens.
         stack: ``graphene`` or ``strawberry``.
         interval: scrape interval of the data (cache TTL, rate windows).
+        collect_interval: how often the agents measure (Backend.AI: 30 s); with ``interval``
+            it sizes the window in which a running kernel's values change, which tells it
+            from a terminated kernel whose frozen series the agent still exports.
         lookback, window: planner ranges (must match the recording rules if loaded).
         rates: ``both`` or ``exporter``, as the recording rules were rendered (``promstat
             rules render --rates``); ``exporter`` rules record no kernel current.
@@ -258,6 +258,7 @@ class ServeOptions:
     port: int = 8080
     stack: str = "graphene"
     interval: str = "15s"
+    collect_interval: str = "30s"
     lookback: str = "5m"
     window: str = "5m"
     rates: str = "both"
@@ -270,6 +271,23 @@ class ServeOptions:
         """``url`` with ``path_prefix`` appended."""
         prefix = self.path_prefix.strip("/")
         return self.url.rstrip("/") + (f"/{prefix}" if prefix else "")
+
+    def live_window(self) -> float:
+        """Seconds within which a running kernel's values change: one measurement interval
+        plus two scrape intervals (:class:`~promstat.integrations.PrometheusRegistry`).
+
+        Raises:
+            ConfigError: ``interval`` or ``collect_interval`` is not a positive duration.
+        """
+        from promstat.promql import parse_duration
+
+        seconds = []
+        for name in ("interval", "collect_interval"):
+            value = parse_duration(getattr(self, name))
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, not {getattr(self, name)!r}")
+            seconds.append(value)
+        return seconds[1] + 2 * seconds[0]
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~promstat.client.PrometheusClient` (auth, headers).
@@ -355,6 +373,7 @@ def load_serve_options(
     if not isinstance(options.port, int) or not 0 <= options.port <= 65535:
         raise ConfigError(f"port must be 0..65535, not {options.port!r}")
     RateSource.parse(options.rates)  # a ConfigError naming the choices
+    options.live_window()  # a ConfigError naming a bad interval
     return options
 
 
@@ -365,12 +384,18 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         ConfigError: invalid options.
         OSError: the port could not be bound.
     """
+    from promstat.client import ClientConfig
     from promstat.integrations import PrometheusRegistry
-    from promstat.planner import PlannerConfig
+    from promstat.profile import RuleProfile
     from promstat.service import LiveStats
 
     metrics = PromstatMetrics()
-    config = PlannerConfig(
+    given = (options.interval, options.lookback, options.window, options.rates)
+    default = ServeOptions()
+    defaults = (default.interval, default.lookback, default.window, default.rates)
+    # Settings left at their defaults: read with the loaded rules' profile (LiveStats learns
+    # it from /api/v1/rules); settings given: read with them (a mismatch is logged once).
+    profile = None if given == defaults else RuleProfile.parse(
         interval=options.interval,
         lookback=options.lookback,
         window=options.window,
@@ -388,10 +413,18 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         # LiveStats owns the client it builds from the URL: leaving the block stops the
         # background refresh first, then closes the client.
         async with LiveStats(
-            options.base_url, config, metrics=metrics, client_options=options.client_kwargs()
+            options.base_url,
+            profile=profile,
+            metrics=metrics,
+            client=ClientConfig(**options.client_kwargs()),
         ) as stats:
             client = stats.client
-            registry = PrometheusRegistry(client, names=config.names, ttl=options.registry_ttl)
+            registry = PrometheusRegistry(
+                client,
+                names=stats.profile.names,
+                ttl=options.registry_ttl,
+                live_window=options.live_window(),
+            )
             app = make_app(
                 stats, registry, stack=options.stack, max_batch_size=options.max_batch_size
             )
@@ -412,71 +445,3 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """Handler of ``promstat serve``: returns the exit code (0 after a clean stop, 2 on bad
-    options, 1 when the service could not start)."""
-    overrides = {
-        "url": args.url,
-        "path_prefix": args.path_prefix,
-        "bearer_token": args.bearer_token,
-        "basic_auth": args.basic_auth,
-        "headers": args.header,
-        "tenant": args.tenant,
-        "host": args.host,
-        "port": args.port,
-        "stack": args.stack,
-        "interval": args.interval,
-        "rates": args.rates,
-    }
-    try:
-        options = load_serve_options(args.config, overrides)
-        asyncio.run(serve(options))
-    except ConfigError as exc:
-        print(f"promstat serve: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, PromstatError) as exc:
-        print(f"promstat serve: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return 0
-    return 0
-
-
-def add_serve_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``promstat serve`` on an argparse ``add_subparsers()`` object.
-
-    The parser sets ``handler`` (and ``func``) to :func:`run_serve` (``(args) -> exit code``).
-    """
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "serve",
-        help="serve legacy live_stat list pages over GraphQL from a Prometheus",
-        description=(
-            "Serve Backend.AI's legacy kernel/agent list pages (live_stat as JSONString) over "
-            "GraphQL, reading any Prometheus-compatible API with Backend.AI series. Flags "
-            "override the --config YAML (same keys: url, path_prefix, bearer_token, "
-            "basic_auth, headers, tenant, host, port, stack, interval, ...)."
-        ),
-    )
-    parser.add_argument("--url", help="Prometheus-compatible base URL (http://host:9090)")
-    parser.add_argument("--path-prefix", help="API path prefix, e.g. /select/0/prometheus")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--bearer-token", help="send Authorization: Bearer TOKEN")
-    auth.add_argument("--basic-auth", metavar="USER:PASS", help="HTTP basic auth")
-    parser.add_argument(
-        "--header", action="append", metavar="NAME:VALUE", help="extra request header (repeatable)"
-    )
-    parser.add_argument("--tenant", metavar="ORGID", help="Mimir/Cortex tenant (X-Scope-OrgID)")
-    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys")
-    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="listen port (default 8080; 0 = any)")
-    parser.add_argument("--stack", choices=STACKS, help="GraphQL library (default graphene)")
-    parser.add_argument("--interval", help="scrape interval of the data (default 15s)")
-    parser.add_argument(
-        "--rates",
-        choices=[r.value for r in RateSource],
-        help="as the recording rules were rendered (promstat rules render --rates; default both)",
-    )
-    parser.set_defaults(func=run_serve, handler=run_serve)
-    return parser

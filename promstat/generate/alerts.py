@@ -25,7 +25,6 @@ templates. The files use the ``.yaml`` suffix so the recording-rule drift test (
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re
@@ -51,7 +50,6 @@ __all__ = [
     "AlertRule",
     "AlertSettings",
     "accelerator_util_matchers",
-    "add_cli",
     "alert_summary",
     "alert_tests_apply",
     "build_alert_groups",
@@ -1115,51 +1113,3 @@ async def alert_summary(client: PrometheusClient) -> str:
             text += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + ")"
         parts.append(text)
     return "alerts: " + ", ".join(parts)
-
-
-# -------------------------------------------------------------------------------------------
-# CLI
-
-
-def _cmd_render(args: argparse.Namespace) -> int:
-    catalog = Catalog.from_yaml(Path(args.catalog)) if args.catalog else DEFAULT_CATALOG
-    settings = AlertSettings.from_pairs(args.set or [])
-    for path in write_alerts(
-        args.output, catalog=catalog, settings=settings, catalog_file=args.catalog
-    ):
-        print(path)
-    if not alert_tests_apply(catalog=catalog, settings=settings):
-        print("note: promtool unit tests are only generated for the default settings")
-    return 0
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    for path in check_alerts(args.directory):
-        print(f"ok {path}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alerts render`` and ``alerts check`` on an argparse ``add_subparsers()``.
-
-    Returns:
-        The ``alerts`` parser.
-    """
-    alerts: argparse.ArgumentParser = subparsers.add_parser(
-        "alerts", help="generate and check the alerting rules"
-    )
-    sub = alerts.add_subparsers(dest="alerts_command", required=True)
-    render = sub.add_parser("render", help="write the alerting-rule file (and unit tests)")
-    render.add_argument("--output", required=True, help="directory to write into")
-    render.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="change a threshold or duration (AlertSettings field), e.g. memory_pct=85",
-    )
-    render.add_argument("--catalog", default=None, help="catalog YAML extending the built-in one")
-    render.set_defaults(handler=_cmd_render)
-    check = sub.add_parser("check", help="promtool check rules --lint=all + promtool test rules")
-    check.add_argument("directory", help="directory with *.alerts.yaml (and tests/*.test.yaml)")
-    check.set_defaults(handler=_cmd_check)
-    return alerts

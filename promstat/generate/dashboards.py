@@ -29,7 +29,6 @@ Grafana's provisioning directory.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,7 +50,6 @@ __all__ = [
     "MetricFamily",
     "Panel",
     "Target",
-    "add_cli",
     "build_dashboards",
     "catalog_families",
     "iter_targets",
@@ -939,33 +937,3 @@ def write_dashboards(
     except OSError as exc:
         raise RuleError(f"cannot write dashboards to {str(out)!r}: {exc}") from exc
     return written
-
-
-def _cmd_render(args: argparse.Namespace) -> int:
-    catalog = Catalog.from_yaml(Path(args.catalog)) if args.catalog else DEFAULT_CATALOG
-    for path in write_dashboards(args.output, catalog=catalog, rates=args.rates):
-        print(path)
-    return 0
-
-
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``dashboards render`` on an argparse ``add_subparsers()`` object.
-
-    Returns:
-        The ``dashboards`` parser.
-    """
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "dashboards", help="generate the Grafana dashboards"
-    )
-    sub = parser.add_subparsers(dest="dashboards_command", required=True)
-    render = sub.add_parser("render", help="write the dashboard JSON and provisioning files")
-    render.add_argument("--output", required=True, help="directory to write into")
-    render.add_argument("--catalog", default=None, help="catalog YAML extending the built-in one")
-    render.add_argument(
-        "--rates",
-        choices=[r.value for r in RateSource],
-        default=RateSource.BOTH.value,
-        help="as the recording rules were rendered (promstat rules render --rates)",
-    )
-    render.set_defaults(handler=_cmd_render)
-    return parser

@@ -28,7 +28,6 @@ stale series) with hand-computed expected values; the real-server tests reuse th
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.metadata
 import math
@@ -63,11 +62,8 @@ __all__ = [
     "RuleGroup",
     "Scenario",
     "ScenarioSeries",
-    "add_cli",
     "build_rule_files",
     "check_rules",
-    "cmd_rules_check",
-    "cmd_rules_render",
     "kernel_shard_matchers",
     "render_rule_tests",
     "render_rules",
@@ -914,7 +910,7 @@ def render_rule_tests(
 
 
 # -------------------------------------------------------------------------------------------
-# promtool and the CLI
+# promtool
 
 
 def _promtool() -> str:
@@ -976,88 +972,3 @@ def _check(promtool: str, args: list[str], files: list[str]) -> list[str]:
             f"{proc.stdout}{proc.stderr}".rstrip()
         )
     return files
-
-
-def cmd_rules_render(args: argparse.Namespace) -> int:
-    """Handler of ``promstat rules render``: write the rule files (and unit tests).
-
-    Raises:
-        ConfigError: invalid options or catalog.
-        RuleError: the files could not be written.
-    """
-    catalog = Catalog.from_yaml(Path(args.catalog)) if args.catalog else DEFAULT_CATALOG
-    paths = write_rules(
-        args.output,
-        catalog=catalog,
-        interval=args.interval,
-        window=args.window,
-        lookback=args.lookback,
-        catalog_file=args.catalog,
-        collect_interval=args.collect_interval,
-        kernel_shards=args.kernel_shards,
-        rates=args.rates,
-    )
-    for path in paths:
-        print(path)
-    if not any(p.parent.name == "tests" for p in paths):
-        print(
-            "note: promtool unit tests are only generated for the default durations, catalog "
-            "and --rates both"
-        )
-    return 0
-
-
-def cmd_rules_check(args: argparse.Namespace) -> int:
-    """Handler of ``promstat rules check``: promtool lint + unit tests.
-
-    Raises:
-        RuleError: a check failed.
-        BinaryNotFoundError: promtool is missing.
-    """
-    for path in check_rules(args.directory):
-        print(f"ok {path}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``rules render`` and ``rules check`` on an argparse ``add_subparsers()`` object.
-
-    Each leaf parser sets ``handler`` (``(args) -> exit code``), as promstat.cli expects.
-
-    Returns:
-        The ``rules`` parser.
-    """
-    rules = subparsers.add_parser("rules", help="generate and check recording rules")
-    sub = rules.add_subparsers(dest="rules_command", required=True)
-    render = sub.add_parser("render", help="write the recording-rule files")
-    render.add_argument("--output", required=True, help="directory to write into")
-    render.add_argument("--interval", default=DEFAULT_INTERVAL, help="group interval (scrape)")
-    render.add_argument("--window", default=DEFAULT_WINDOW, help="max/avg window (>= 4x interval)")
-    render.add_argument("--lookback", default=DEFAULT_LOOKBACK, help="instant-query lookback")
-    render.add_argument(
-        "--collect-interval",
-        default=DEFAULT_COLLECT_INTERVAL,
-        help="how often agents measure (sizes the rate window of raw counters; Backend.AI: 30s)",
-    )
-    render.add_argument(
-        "--kernel-shards",
-        type=int,
-        default=1,
-        choices=KERNEL_SHARDS,
-        help="split the kernel rules into groups by kernel_id (evaluated concurrently)",
-    )
-    render.add_argument(
-        "--rates",
-        default=RateSource.BOTH.value,
-        choices=[r.value for r in RateSource],
-        help="counter rates from the agents' rate series and else rate() of the raw counter "
-        "(both, the default), or from the rate series only (exporter: every agent runs "
-        "promstat's exporter; much cheaper to evaluate)",
-    )
-    render.add_argument("--catalog", default=None, help="catalog YAML extending the built-in one")
-    render.set_defaults(handler=cmd_rules_render)
-    check = sub.add_parser("check", help="promtool check rules --lint=all + promtool test rules")
-    check.add_argument("directory", help="directory with *.rules.yml (and tests/*.test.yml)")
-    check.set_defaults(handler=cmd_rules_check)
-    parser: argparse.ArgumentParser = rules
-    return parser

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIVE",
+    "DEFAULT_LIVE_WINDOW",
     "DEFAULT_MAX_BATCH_SIZE",
     "LAST_STAT_VERSION",
     "LEGACY_LIVE_STAT_TTL",
@@ -367,22 +368,52 @@ class _VectorQuery(Protocol):
         ...
 
 
-class PrometheusRegistry(SnapshotRegistry):
-    """Rows from Prometheus itself: the kernels and agents whose series are live now.
+#: Seconds within which a running kernel's values change: Backend.AI agents measure every
+#: 30 s and Prometheus scrapes every 15 s, so one measurement and the scrapes around it fit.
+DEFAULT_LIVE_WINDOW = 30.0 + 2 * 15.0
 
-    Kernels: ``count by (kernel_id, agent_id) (backendai_container_utilization{value_type=
-    "current"})``; agents: the same over ``backendai_device_utilization`` (plus every agent
-    that runs a kernel). Label and metric names follow ``names``, so relabelled setups work.
-    One snapshot (two small queries) is shared for ``ttl`` seconds.
+
+class PrometheusRegistry(SnapshotRegistry):
+    """Rows from Prometheus itself: the running kernels and the agents reporting now.
+
+    A terminated kernel's series stay exported, frozen at their last values, for the agent's
+    detention (``UTILIZATION_METRIC_DETENTION``, 600 s), so "has series" is not "running"
+    (against the demo's churning 1,000 kernel slots, counting series listed 1,730 kernels as
+    RUNNING). Kernels are therefore
+    those with a ``value_type="current"`` series that changed within ``live_window`` seconds
+    (a running container's CPU and network counters move at every measurement), or that
+    appeared within it (one measurement so far)::
+
+        count by (kernel_id, agent_id) (
+            changes(backendai_container_utilization{value_type="current"}[W]) > 0
+          or (backendai_container_utilization{value_type="current"}
+              unless backendai_container_utilization{value_type="current"} offset W))
+
+    A kernel that ended within the last ``live_window`` seconds is still listed.
+    ``live_window=None`` lists every kernel with a series (detained ones too). Agents:
+    ``count by (agent_id)`` over ``backendai_device_utilization`` (plus every agent that runs
+    a kernel). Label and metric names follow ``names``, so relabelled setups work. One
+    snapshot (two small queries) is shared for ``ttl`` seconds.
 
     Args:
         client: a :class:`~promstat.client.PrometheusClient` (anything with ``query_vector``).
         names: metric and label names.
         ttl: seconds a snapshot is reused (default 10).
+        live_window: seconds within which a running kernel's values change: the agents'
+            measurement interval plus two scrape intervals (default
+            :data:`DEFAULT_LIVE_WINDOW`, for 30 s measurements and 15 s scrapes).
+
+    Raises:
+        ConfigError: ``live_window`` is not a positive number of seconds.
     """
 
     def __init__(
-        self, client: _VectorQuery, *, names: SeriesNames | None = None, ttl: float = 10.0
+        self,
+        client: _VectorQuery,
+        *,
+        names: SeriesNames | None = None,
+        ttl: float = 10.0,
+        live_window: float | None = DEFAULT_LIVE_WINDOW,
     ) -> None:
         self.client = client
         self.names = n = names or SeriesNames()
@@ -393,10 +424,20 @@ class PrometheusRegistry(SnapshotRegistry):
             frozen=True,
             gc=False,
         )
-        kernel_query = (
-            f"count by ({n.kernel_label}, {n.agent_label}) "
-            f'({n.container_metric}{{{n.value_type_label}="{n.current_value}"}})'
-        )
+        current = f'{n.container_metric}{{{n.value_type_label}="{n.current_value}"}}'
+        if live_window is None:
+            kernels_expr = current
+        else:
+            from promstat.promql import duration
+
+            if not live_window > 0:
+                raise ConfigError(f"live_window must be > 0 seconds, not {live_window!r}")
+            w = duration(live_window)
+            kernels_expr = (
+                f"changes({current}[{w}]) > 0 or ({current} unless {current} offset {w})"
+            )
+        self.live_window = live_window
+        kernel_query = f"count by ({n.kernel_label}, {n.agent_label}) ({kernels_expr})"
         agent_query = (
             f"count by ({n.agent_label}) "
             f'({n.device_metric}{{{n.value_type_label}="{n.current_value}"}})'

@@ -63,11 +63,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal, DecimalException
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from promstat.agent.exporter import Measured
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, NodeCurrent
 from promstat.errors import ConfigError, TransportError
+from promstat.renderer import to_msgpack
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -548,11 +549,9 @@ class LegacyStatContext:
 
 
 def pack(payload: Mapping[str, Any] | Mapping[int, Any]) -> bytes:
-    """msgpack as Backend.AI's wrapper packs a stats dict (``use_bin_type=True``)."""
-    import msgpack
-
-    data: bytes = msgpack.packb(payload, use_bin_type=True)
-    return data
+    """msgpack as Backend.AI's wrapper packs a stats dict (:func:`promstat.renderer.to_msgpack`);
+    process payloads have integer pids as keys."""
+    return to_msgpack(cast("Mapping[str, Any]", payload))
 
 
 class ValkeyPublisher:

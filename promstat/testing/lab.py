@@ -62,6 +62,7 @@ __all__ = [
     "free_port",
     "openmetrics_to_prometheus_text",
     "require_binary",
+    "restart_prometheus",
     "running_processes",
     "start_prometheus",
     "start_redis",
@@ -273,10 +274,14 @@ class ManagedProcess:
         lines = data.decode("utf-8", "replace").splitlines()
         return "\n".join(lines[-n:])
 
-    def stop(self) -> None:
+    def stop(self, *, keep_data_dir: bool = False) -> None:
         """Stop the server and remove its temporary data directory; idempotent.
 
         Sends SIGTERM, waits up to :data:`STOP_GRACE_SECONDS`, then SIGKILL.
+
+        Args:
+            keep_data_dir: leave even a temporary data directory in place (for
+                :func:`restart_prometheus`, which hands its removal to the new process).
         """
         with self._stop_lock:
             if self._stopped:
@@ -290,7 +295,8 @@ class ManagedProcess:
                 with _registry_lock:
                     _registry.pop(id(self), None)
                 self._log.close()
-                self._cleanup_dir()
+                if not keep_data_dir:
+                    self._cleanup_dir()
 
     def _send_sigterm(self) -> None:
         if self._popen.poll() is None:
@@ -742,6 +748,51 @@ def start_prometheus(
         )
 
     return _start_with_retries("prometheus", data_dir, prepare, spawn, ready)
+
+
+def restart_prometheus(
+    old: PrometheusProcess, *, startup_timeout: float = 60.0
+) -> PrometheusProcess:
+    """Start Prometheus again on the same port, data directory and command line.
+
+    Stops ``old`` first when it still runs (keeping its data directory), the way an operator's
+    restart or a crash-and-respawn does; what was stored (backfilled blocks, the WAL) is
+    served again. A temporary data directory stays owned: the new process removes it on
+    :meth:`~ManagedProcess.stop`.
+
+    Args:
+        old: the server to restart (running or stopped with ``keep_data_dir=True``).
+        startup_timeout: seconds to wait for ``/-/ready``.
+
+    Returns:
+        The new :class:`PrometheusProcess` (``old`` stays stopped).
+
+    Raises:
+        LabError: the data directory is gone, or the server did not become ready (for
+            example because another process took the port in the meantime).
+    """
+    owned = old._owns_data_dir
+    old.stop(keep_data_dir=True)
+    if not old.data_dir.is_dir():
+        raise LabError(f"{old.name}: cannot restart, {old.data_dir} was removed")
+    proc = PrometheusProcess(
+        name=old.name, argv=old.argv, port=old.port, data_dir=old.data_dir, owns_data_dir=False
+    )
+    for attr in ("config_path", "tsdb_path", "scrape_targets", "scrape_interval",
+                 "evaluation_interval", "rule_files"):  # fmt: skip
+        setattr(proc, attr, getattr(old, attr))
+    try:
+        proc.wait_ready(
+            lambda: _http_ok(f"{proc.url}/-/ready"), timeout=startup_timeout, what="ready again"
+        )
+    except BaseException:
+        if owned:  # nobody else will remove it now
+            shutil.rmtree(old.data_dir, ignore_errors=True)
+        raise
+    # Only a restarted server takes over the removal of a temporary directory.
+    proc._owns_data_dir = owned
+    old._owns_data_dir = False
+    return proc
 
 
 # --------------------------------------------------------------------------------------------
