@@ -8,7 +8,9 @@ says:
   per-second rate from the last two samples: ``cpu_util`` in msec/s, ``net_*`` in B/s) or an
   ``accumulating_counter`` (cumulative; live_stat shows the cumulative value: ``cpu_used``,
   ``io_*``);
-* ``unit_hint`` — the string legacy put in ``unit_hint``;
+* ``unit_hint`` — the string legacy put in ``unit_hint`` (for the newest supported Backend.AI:
+  :data:`BACKENDAI_VERSION`; :meth:`Catalog.for_backendai` gives older agents' hints, e.g.
+  kernel ``cpu_util`` is ``"millicores"`` from 26.9 and ``"percent"`` before);
 * ``stats`` — which ``stats.*`` keys legacy published for kernels (its ``stats_filter``);
 * ``capacity`` — what a kernel's ``capacity`` is when the agent exports no capacity series;
 * ``integral`` — whether consumers ``int()`` the values, so they must be integer strings;
@@ -46,19 +48,60 @@ from typing import Any
 from promstat.errors import ConfigError
 
 __all__ = [
+    "BACKENDAI_VERSION",
     "DEFAULT_CATALOG",
     "SENTINEL_CAPACITY",
+    "UNIT_HINT_CHANGES",
     "Capacity",
     "Catalog",
     "Kind",
     "MetricSpec",
     "NodeCurrent",
     "rated_counters",
+    "unit_hint_for",
 ]
 
 #: Upstream's capacity for metrics that have none (``2**63-1``): keeps ``pct`` near zero and
 #: keeps ``capacity`` an integer string.
 SENTINEL_CAPACITY = "9223372036854775807"
+
+#: The newest Backend.AI whose payloads the built-in catalog reproduces (the default).
+BACKENDAI_VERSION = "26.9"
+
+#: Kernel ``unit_hint`` changes by Backend.AI version: metric -> ((first version, hint), ...),
+#: oldest first; before the first entry the hint was ``"percent"``. 26.9 (upstream PR #14642,
+#: agent ``docker/intrinsic.py``, manager ``CONTAINER_METRIC_UNIT_HINTS``) names kernel and
+#: process ``cpu_util`` by its unit, msec of CPU per second: ``"millicores"``.
+UNIT_HINT_CHANGES: Mapping[str, tuple[tuple[tuple[int, int], str], ...]] = {
+    "cpu_util": (((26, 9), "millicores"),),
+}
+_HINT_BEFORE_CHANGES = "percent"
+
+
+def _parse_version(version: str) -> tuple[int, int]:
+    """``"26.9"``, ``"26.9.6"``, ``"26.4.4rc1"`` -> (year, minor)."""
+    parts = version.strip().split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or "x")
+    except (IndexError, ValueError):
+        raise ConfigError(
+            f"backendai_version must look like '26.9' or '26.9.6', not {version!r}"
+        ) from None
+
+
+def unit_hint_for(metric: str, version: str) -> str | None:
+    """The kernel ``unit_hint`` Backend.AI ``version`` wrote for ``metric``, if it changed
+    across versions (see :data:`UNIT_HINT_CHANGES`); ``None`` for metrics that never changed."""
+    changes = UNIT_HINT_CHANGES.get(metric)
+    if not changes:
+        return None
+    wanted = _parse_version(version)
+    hint = _HINT_BEFORE_CHANGES
+    for since, changed in changes:
+        if wanted >= since:
+            hint = changed
+    return hint
+
 
 #: ``stats.*`` keys promstat can compute (legacy's ``min``/``sum``/``diff`` were lifetime
 #: artefacts of one agent process and no consumer reads them).
@@ -147,7 +190,7 @@ _UTIL = MetricSpec(unit_hint="percent", stats=("avg", "max"))
 _BUILTIN_EXACT: dict[str, MetricSpec] = {
     "cpu_util": MetricSpec(
         kind=Kind.RATE_COUNTER,
-        unit_hint="percent",
+        unit_hint="millicores",  # 26.9; Catalog.for_backendai("26.4") gives "percent"
         stats=("avg", "max"),
         node_unit_hint="msec",
         node_stats=(),
@@ -206,6 +249,8 @@ class Catalog:
     exact: Mapping[str, MetricSpec]
     patterns: tuple[tuple[str, MetricSpec], ...] = ()
     default: MetricSpec = MetricSpec()
+    #: The Backend.AI version whose payloads this catalog's unit hints match.
+    backendai_version: str = BACKENDAI_VERSION
     _compiled: tuple[tuple[re.Pattern[str], MetricSpec], ...] = field(
         init=False, repr=False, compare=False
     )
@@ -260,6 +305,32 @@ class Catalog:
             exact={**self.exact, **(exact or {})},
             patterns=(*patterns, *self.patterns),
             default=self.default,
+            backendai_version=self.backendai_version,
+        )
+
+    def for_backendai(self, version: str) -> Catalog:
+        """Return this catalog with the kernel unit hints Backend.AI ``version`` wrote.
+
+        The one setting for payloads that must match an agent fleet byte for byte: rendering,
+        dual publishing and ``promstat compare`` all read unit hints from the catalog. Only
+        hints listed in :data:`UNIT_HINT_CHANGES` move, and only where they still hold one of
+        the versioned values, so a hint customised in code or YAML is kept::
+
+            DEFAULT_CATALOG.for_backendai("26.4").lookup("cpu_util").unit_hint  # "percent"
+
+        Raises:
+            ConfigError: ``version`` is not ``"YY.N"`` or ``"YY.N.P"``.
+        """
+        _parse_version(version)
+        exact = dict(self.exact)
+        for metric, changes in UNIT_HINT_CHANGES.items():
+            spec = exact.get(metric)
+            versioned = {_HINT_BEFORE_CHANGES, *(hint for _, hint in changes)}
+            hint = unit_hint_for(metric, version)
+            if spec is not None and hint is not None and spec.unit_hint in versioned:
+                exact[metric] = replace(spec, unit_hint=hint)
+        return Catalog(
+            exact=exact, patterns=self.patterns, default=self.default, backendai_version=version
         )
 
     @classmethod

@@ -598,6 +598,18 @@ class PrometheusClient:
         headers: extra headers on every request (e.g. ``X-Scope-OrgID`` for Mimir/Cortex).
         ca_file: PEM bundle to verify the server certificate with.
         verify_tls: ``False`` disables certificate verification.
+        ssl_context: the :class:`ssl.SSLContext` to connect with (aiohttp's ``ssl=``), for
+            client certificates or an internal CA that Python 3.13's stricter default
+            verification rejects: ``ssl.create_default_context()`` there sets
+            ``VERIFY_X509_STRICT``, which refuses CA certificates without the RFC 5280
+            extensions many internal CAs lack (e.g. a critical ``basicConstraints``). Relax only
+            that flag rather than verification::
+
+                ctx = ssl.create_default_context(cafile="internal-ca.pem")
+                ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+                PrometheusClient("https://prometheus.internal:9090", ssl_context=ctx)
+
+            Not together with ``ca_file`` or ``verify_tls=False`` (the context decides both).
         params: extra parameters on every request (``dedup``, ``partial_response``, ``nocache``).
         retry: retry policy.
         max_connections: connection pool size of an owned session.
@@ -624,7 +636,8 @@ class PrometheusClient:
             they are what the caller keeps. ``None``: no bound.
 
     Raises:
-        ConfigError: an argument is invalid (bad URL, both auth kinds, unreadable CA file).
+        ConfigError: an argument is invalid (bad URL, both auth kinds, unreadable CA file,
+            ssl_context together with ca_file or verify_tls).
     """
 
     def __init__(
@@ -639,6 +652,7 @@ class PrometheusClient:
         headers: Mapping[str, str] | None = None,
         ca_file: str | None = None,
         verify_tls: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
         params: Mapping[str, str] | None = None,
         retry: RetryPolicy = RetryPolicy(),  # frozen, so sharing the default is safe
         max_connections: int = 32,
@@ -696,7 +710,13 @@ class PrometheusClient:
             self._headers["Authorization"] = _basic_auth_header(auth)
         self._headers.update(headers or {})
         self._ssl: ssl.SSLContext | bool = True
-        if not verify_tls:
+        if ssl_context is not None:
+            if ca_file is not None or not verify_tls:
+                raise ConfigError(
+                    "pass either ssl_context or ca_file/verify_tls: the context decides both"
+                )
+            self._ssl = ssl_context
+        elif not verify_tls:
             self._ssl = False
         elif ca_file is not None:
             try:

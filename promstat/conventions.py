@@ -49,6 +49,8 @@ class SeriesNames:
 
     container_metric: str = "backendai_container_utilization"
     device_metric: str = "backendai_device_utilization"
+    #: Per-process series of the agent (``collect_per_container_process_stat``).
+    process_metric: str = "backendai_process_utilization"
     kernel_label: str = "kernel_id"
     agent_label: str = "agent_id"
     session_label: str = "session_id"
@@ -57,6 +59,9 @@ class SeriesNames:
     container_metric_label: str = "container_metric_name"
     device_metric_label: str = "device_metric_name"
     device_label: str = "device_id"
+    process_metric_label: str = "process_metric_name"
+    container_label: str = "container_id"
+    pid_label: str = "pid"
     value_type_label: str = "value_type"
     stat_label: str = "stat"
     current_value: str = "current"

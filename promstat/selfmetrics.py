@@ -288,6 +288,7 @@ class PromstatMetrics:
                 CounterMetricFamily,
                 HistogramMetricFamily,
             )
+            from prometheus_client.registry import Collector
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise ConfigError(
                 "PromstatMetrics.register needs prometheus_client: "
@@ -296,7 +297,9 @@ class PromstatMetrics:
 
         metrics = self
 
-        class _Collector:
+        # A subclass, not only a structural match: prometheus_client before 0.22 (Backend.AI
+        # 26.9 pins 0.21) types register() with an abstract class, later ones with a Protocol.
+        class _Collector(Collector):
             def collect(self) -> Iterator[Any]:
                 snap = metrics.snapshot()
                 yield CounterMetricFamily(

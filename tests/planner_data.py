@@ -133,7 +133,7 @@ def _m(current: str, capacity: str, pct: str, unit: str, **stats: str) -> dict[s
 
 EXPECTED_KERNELS: dict[str, dict[str, Any] | None] = {
     K1: {
-        "cpu_util": _m("1000", "1000", "100", "percent", max="1000", avg="1000"),
+        "cpu_util": _m("1000", "1000", "100", "millicores", max="1000", avg="1000"),
         "cpu_used": _m("600000", SENTINEL, "0", "msec"),
         "mem": _m("4294967296", "8589934592", "50", "bytes", max="4294967296"),
         "io_read": _m("2457600", SENTINEL, "0", "bytes", rate="4096"),
@@ -149,13 +149,13 @@ EXPECTED_KERNELS: dict[str, dict[str, Any] | None] = {
         # are the reset is 0 (legacy's diff 0); later windows holding the reset count the
         # post-reset 7500 as increase: 127500 per 135 s = 944.4 on the steps, 112500 / 120 s =
         # 937.5 at AT; avg over the 20 steps (15 x 1000, 0, 4 x 944.4) = 938.889
-        "cpu_util": _m("937.5", "1000", "93.75", "percent", max="1000", avg="938.889"),
+        "cpu_util": _m("937.5", "1000", "93.75", "millicores", max="1000", avg="938.889"),
         # max over the duplicate, never the sum: capacity 4 GiB, not 8 GiB
         "mem": _m("2147483648", "4294967296", "50", "bytes", max="2147483648"),
     },
     K3: {
         # a single sample: rate 0, never the raw counter (15000)
-        "cpu_util": _m("0", "1000", "0", "percent", max="0", avg="0"),
+        "cpu_util": _m("0", "1000", "0", "millicores", max="0", avg="0"),
         "mem": _m("1073741824", "2147483648", "50", "bytes", max="1073741824"),
     },
     K4: None,

@@ -26,7 +26,7 @@ def test_sentinel_is_int64_max() -> None:
 @pytest.mark.parametrize(
     ("name", "kind", "unit_hint", "stats", "capacity", "integral"),
     [
-        ("cpu_util", Kind.RATE_COUNTER, "percent", {"avg", "max"}, Capacity.SERIES, False),
+        ("cpu_util", Kind.RATE_COUNTER, "millicores", {"avg", "max"}, Capacity.SERIES, False),
         ("cpu_used", Kind.ACCUMULATING_COUNTER, "msec", set(), Capacity.SENTINEL, False),
         ("mem", Kind.GAUGE, "bytes", {"max"}, Capacity.SERIES, True),
         ("io_read", Kind.ACCUMULATING_COUNTER, "bytes", {"rate"}, Capacity.SENTINEL, True),
@@ -319,3 +319,13 @@ def test_from_yaml_one_line_text() -> None:
     """Flow-style YAML on one line is YAML text, not a path."""
     catalog = Catalog.from_yaml("metrics: [{name: tpu_util, unit_hint: percent}]")
     assert catalog.lookup("tpu_util").unit_hint == "percent"
+
+
+def test_backendai_version_must_parse() -> None:
+    """A version that is not "YY.N[.P]" is a configuration error, not a silent default."""
+    for bad in ("", "26", "x.9", "latest"):
+        with pytest.raises(ConfigError, match="backendai_version"):
+            DEFAULT_CATALOG.for_backendai(bad)
+    yaml_based = Catalog.from_yaml("metrics: []", base=DEFAULT_CATALOG.for_backendai("26.4"))
+    assert yaml_based.backendai_version == "26.4"
+    assert yaml_based.lookup("cpu_util").unit_hint == "percent"

@@ -16,6 +16,7 @@ from promstat.agent.exporter import (
     TEXT_CONTENT_TYPE,
     ExporterServer,
     KernelState,
+    Measured,
     UtilizationExporter,
     container_series,
     device_series,
@@ -27,7 +28,9 @@ from promstat.agent.exporter import (
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+ClientFactory = Callable[
+    [web.Application], Awaitable["TestClient[web.Request, web.Application]"]
+]  # quoted: TestClient is generic only from aiohttp 3.11 (the floor is 3.10.10)
 
 K1 = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 K2 = "6fa459ea-ee8a-3ca4-894e-db77e160355e"
@@ -499,3 +502,44 @@ def test_remove_device_forgets_its_rate() -> None:
     assert exporter.series_count == 0
     exporter.observe_device("net_tx", "node", 500, at=20.0)
     assert _rate_lines(exporter) == {"net_tx/node": 0.0}
+
+
+def test_process_series_follow_the_agents_family_and_lifecycle() -> None:
+    """backendai_process_utilization: the agent's labels and order; an ended process stays for
+    the detention, then leaves; the family appears only once a process was measured."""
+    now = [0.0]
+    exp = UtilizationExporter("i-a", clock=lambda: now[0], detention=600, publish_rates=False)
+    exp.add_kernel(K1, session_id="s", user_id="u")
+    assert b"backendai_process_utilization" not in exp.render()
+    assert exp.observe_process(K1, "c1", 7, "cpu_util", "1500", "1000", at=0.0)
+    assert exp.observe_process(K1, "c1", 8, "mem", 4096, at=0.0)
+    body = exp.render().decode()
+    assert (
+        'backendai_process_utilization{process_metric_name="cpu_util",agent_id="i-a",'
+        f'kernel_id="{K1}",session_id="s",user_id="u",project_id="undefined",'
+        'container_id="c1",pid="7",value_type="capacity"} 1000\n'
+    ) in body
+    assert "# TYPE backendai_process_utilization gauge\n" in body
+    assert exp.process_ids(K1) == [("c1", 7), ("c1", 8)]
+    assert exp.end_process(K1, "c1", 8, at=0.0)
+    assert not exp.end_process(K1, "c1", 8)  # already ending
+    now[0] = 599.0
+    assert exp.process_ids(K1) == [("c1", 7), ("c1", 8)]
+    now[0] = 600.0
+    assert exp.process_ids(K1) == [("c1", 7)]
+    exp.terminate_kernel(K1)
+    assert exp.observe_process(K1, "c1", 7, "cpu_util", "1600") is False  # frozen with it
+    with pytest.raises(ConfigError, match="not registered"):
+        exp.observe_process("nope", "c1", 7, "cpu_util", 1)
+
+
+def test_node_measurements_reach_listeners_only() -> None:
+    seen: list[Measured] = []
+    exp = UtilizationExporter("i-a", clock=lambda: 5.0)
+    exp.add_listener(seen.append)
+    before = exp.render()
+    exp.observe_node("disk", "0", "0", at=3.0)
+    assert exp.render() == before  # no series: Prometheus sums the devices
+    assert seen == [Measured("i-a", "disk", "0", "0", 3.0, node=True)]
+    with pytest.raises(ConfigError):
+        exp.observe_node("disk", "x")

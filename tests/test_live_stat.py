@@ -278,7 +278,9 @@ def test_format_pct_ties_from_rationals(numerator: int, denominator: int, shift:
 
 # ----------------------------------------------------------------------------- kernels
 
-# Reference section 1.7, keys in legacy's order within each metric.
+# Reference section 1.7 (an agent before 26.9: kernel cpu_util's unit_hint "percent"), keys in
+# legacy's order within each metric.
+PRE_26_9 = DEFAULT_CATALOG.for_backendai("26.4")
 LEGACY_KERNEL: dict[str, dict[str, str]] = {
     "cpu_util": {
         "current": "500.011",
@@ -364,7 +366,7 @@ RAW_KERNEL: dict[str, dict[str, str]] = {
 
 def test_render_kernel_rebuilds_legacy_example() -> None:
     """Raw per-metric values render to the legacy kernel payload of section 1.7."""
-    rendered = render_kernel(RAW_KERNEL)
+    rendered = render_kernel(RAW_KERNEL, catalog=PRE_26_9)
     assert rendered == LEGACY_KERNEL
     assert rendered is not None
     assert list(rendered) == sorted(LEGACY_KERNEL)  # metrics sorted by name
@@ -374,7 +376,7 @@ def test_render_kernel_rebuilds_legacy_example() -> None:
 
 def test_render_kernel_json_is_graphene_jsonstring() -> None:
     """to_json gives json.dumps defaults, so clients json.loads it back unchanged."""
-    rendered = render_kernel(RAW_KERNEL)
+    rendered = render_kernel(RAW_KERNEL, catalog=PRE_26_9)
     text = to_json(rendered)
     assert text == json.dumps(rendered)
     assert text is not None
@@ -382,6 +384,26 @@ def test_render_kernel_json_is_graphene_jsonstring() -> None:
     assert json.loads(text) == LEGACY_KERNEL
     assert to_json(None) is None
     assert to_json({"x": {"unit_hint": "°C"}}) == '{"x": {"unit_hint": "\\u00b0C"}}'
+
+
+def test_unit_hints_follow_the_backendai_version() -> None:
+    """Kernel cpu_util: "millicores" from 26.9 (the default), "percent" for older agents."""
+    raw = {"cpu_util": {"current": "500", "capacity": "1000"}}
+    assert DEFAULT_CATALOG.backendai_version == "26.9"
+    for version, hint in (("26.9", "millicores"), ("26.9.6", "millicores"), ("27.1", "millicores"),
+                          ("26.4.4", "percent"), ("25.15", "percent")):  # fmt: skip
+        rendered = render_kernel(raw, catalog=DEFAULT_CATALOG.for_backendai(version))
+        assert rendered is not None
+        assert rendered["cpu_util"]["unit_hint"] == hint, version
+    agent = render_agent({}, {"cpu_util": {"0": raw["cpu_util"]}}, catalog=PRE_26_9)
+    assert agent is not None
+    assert agent["devices"]["cpu_util"]["0"]["unit_hint"] == "msec"  # node hint never changed
+    # A hint set by the operator is not a versioned one: it stays.
+    custom = DEFAULT_CATALOG.extended(
+        {"cpu_util": MetricSpec(kind=Kind.RATE_COUNTER, unit_hint="m")}
+    )
+    assert custom.for_backendai("26.4").lookup("cpu_util").unit_hint == "m"
+    assert DEFAULT_CATALOG.for_backendai("26.4").for_backendai("26.9") == DEFAULT_CATALOG
 
 
 def test_render_kernel_empty_is_none() -> None:
@@ -420,7 +442,7 @@ def test_render_kernel_missing_capacity_and_stats() -> None:
             "current": "1.604",
             "capacity": "1000",
             "pct": "0.16",
-            "unit_hint": "percent",
+            "unit_hint": "millicores",
             "stats.max": "1.604",
             "stats.avg": "1.604",
         },
@@ -678,7 +700,7 @@ def test_render_agent_and_kernel_layouts_do_not_mix() -> None:
     agent = render_agent(raw, {})
     assert kernel is not None
     assert agent is not None
-    assert kernel["cpu_util"]["unit_hint"] == "percent"
+    assert kernel["cpu_util"]["unit_hint"] == "millicores"
     assert "stats.max" in kernel["cpu_util"]
     assert agent["node"]["cpu_util"] == {
         "current": "500",

@@ -247,7 +247,7 @@ async def test_a_1000_kernel_page_costs_at_most_four_queries(
                 "current": "500",
                 "capacity": "1000",
                 "pct": "50",
-                "unit_hint": "percent",
+                "unit_hint": "millicores",
                 "stats.max": "600",
                 "stats.avg": "450",
             }

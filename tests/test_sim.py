@@ -496,3 +496,50 @@ def test_each_measurement_is_observed_once() -> None:
     ticks = {fleet.measured_at(agent_id, E + dt) for dt in range(0, 150, 7)}
     # the measurement before the first scrape's (for its rate), then one per tick
     assert times == ticks | {min(ticks) - 30}
+
+
+def test_processes_are_measured_with_their_kernel_and_dual_published() -> None:
+    """processes_per_kernel: backendai_process_utilization per process, values the model's
+    (shares of the kernel's), and per-container process payloads for the publisher."""
+    from promstat.agent.exporter import process_series
+    from promstat.migration.publisher import LegacyStatContext
+
+    ctx = LegacyStatContext()
+    config = dataclasses.replace(PER_SECOND, processes_per_kernel=2)
+    clock = FakeClock(E + 100)
+    fleet = SimulatedFleet(config, clock=clock, listeners=[ctx.observe])
+    fleet.step()
+    clock.now = E + 101
+    fleet.step()
+    agent_id = fleet.agent_ids()[0]
+    kernel_id = fleet.kernel_ids(agent_id=agent_id)[0]
+    k = fleet.kernel(kernel_id)
+    cid = fleet.container_id(kernel_id)
+    assert re.fullmatch(r"[0-9a-f]{64}", cid)
+    series = parse_exposition(fleet.exporters[agent_id].render().decode())
+    for index, pid in enumerate((1000, 1001)):
+        for metric in ("cpu_util", "cpu_used", "mem", "io_read", "io_write"):
+            cur, cap = fleet.process_sample(kernel_id, index, metric, E + 101)
+            name = process_series(
+                config.names,
+                metric=metric,
+                agent_id=agent_id,
+                kernel_id=kernel_id,
+                owner=(k.session_id, k.user_id, k.project_id),
+                container_id=cid,
+                pid=pid,
+                value_type="current",
+            )
+            assert series[name] == cur
+            assert (cap is not None) == (metric == "cpu_util")
+    # Shares add up to the kernel: 1/3 + 2/3 of its CPU counter.
+    total = sum(fleet.process_sample(kernel_id, i, "cpu_used", E + 101)[0] for i in (0, 1))
+    assert math.isclose(total, fleet.sample(kernel_id, "cpu_used", E + 101)[0])
+    payload = ctx.process_payload(cid, agent_id)
+    assert list(payload) == [1000, 1001]
+    assert payload[1000]["cpu_util"]["unit_hint"] == "millicores"
+    assert cid in ctx.dirty_containers
+    # Without processes_per_kernel nothing changes: no process family at all.
+    plain = SimulatedFleet(PER_SECOND, clock=FakeClock(E + 100))
+    plain.step()
+    assert b"backendai_process_utilization" not in plain.exporters[agent_id].render()

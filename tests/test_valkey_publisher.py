@@ -18,6 +18,7 @@ from promstat.migration.publisher import (
     MovingStatistics,
     ValkeyPublisher,
     legacy_spec,
+    pack,
     replay,
     serializable_value,
 )
@@ -69,7 +70,7 @@ def test_kernel_payload_follows_the_agents_stat_context() -> None:
         "current": "0",
         "capacity": "1000",
         "pct": "0",
-        "unit_hint": "percent",
+        "unit_hint": "millicores",
         "stats.max": "1290.608",
         "stats.avg": "1290.608",
     }
@@ -89,7 +90,7 @@ def test_kernel_payload_follows_the_agents_stat_context() -> None:
         "current": "500",
         "capacity": "1000",
         "pct": "50",
-        "unit_hint": "percent",
+        "unit_hint": "millicores",
         "stats.max": "16290.608",
         "stats.avg": "8790.608",
     }
@@ -316,3 +317,55 @@ async def test_simulated_fleet_dual_publishes_exact_legacy_values(
     finally:
         await publisher.close()
         await client.aclose()
+
+
+def test_node_measurement_wins_over_devices_and_exists_without_them() -> None:
+    """The agent's node entry is the plugin's per-node value: disk with every partition
+    filtered out is zeros (no device); a given node value is used as is, not the devices'
+    sum."""
+    ctx = LegacyStatContext()
+    ctx.observe(Measured("i-a", "disk", "0", "0", 0.0, node=True))
+    ctx.observe(device("mem", "root", 10, 100, 0.0))
+    ctx.observe(Measured("i-a", "mem", "12", "100", 0.0, node=True))
+    ctx.end_collection("i-a")
+    payload = ctx.agent_payload("i-a")
+    assert "disk" not in payload["devices"]
+    assert payload["node"]["disk"] == {
+        "current": "0",
+        "capacity": "0",
+        "pct": "0.00",
+        "unit_hint": "bytes",
+    }
+    assert payload["node"]["mem"]["current"] == "12"
+    assert list(payload["node"]) == ["disk", "mem"]  # plugin (measurement) order
+
+
+def test_process_payloads_are_per_container_with_integer_pids() -> None:
+    ctx = LegacyStatContext(forget_after=100)
+    for at, used in ((0.0, "100"), (30.0, "1600")):
+        for pid in (7, 8):
+            ctx.observe(
+                Measured("i-a", "cpu_util", used, "1000", at, "k1", container_id="c1", pid=pid)
+            )
+    assert ctx.dirty_containers == {"c1": "i-a"}
+    payload = ctx.process_payload("c1", "i-a")
+    assert list(payload) == [7, 8]
+    assert payload[7]["cpu_util"] == {
+        "current": "50",
+        "capacity": "1000",
+        "pct": "5",
+        "unit_hint": "millicores",
+        "stats.max": "1600",
+        "stats.avg": "850",
+    }
+    assert msgpack.unpackb(pack(payload), strict_map_key=False) == payload
+    # An exited process stays until forget_after past the first collection that missed it
+    # (the agent's lazy_remove_process_metric starts there), then leaves.
+    for at in (60.0, 159.0, 160.0):
+        ctx.observe(Measured("i-a", "cpu_util", "1700", "1000", at, "k1", container_id="c1", pid=7))
+        kept = list(ctx.process_payload("c1", "i-a"))
+        assert kept == ([7, 8] if at < 160 else [7]), at
+    # A container no longer measured at all leaves after forget_after (its kernel ended).
+    ctx.observe(device("mem", "root", 1, 2, 261.0))
+    ctx.end_collection("i-a")
+    assert ctx.process_payload("c1", "i-a") == {}

@@ -2,5 +2,7 @@
 
 Nothing in the manager-side core imports this package. :mod:`promstat.agent.exporter` serves
 the raw utilization series (with ``value_type="rate"``, the rate between the agent's last two
-measurements) on an aiohttp ``/metrics`` endpoint.
+measurements) on an aiohttp ``/metrics`` endpoint. An agent that keeps serving its own
+``prometheus_client`` registry adds the same rate series there with
+:class:`promstat.agent.collector.RateCollector` (needs the ``prometheus`` extra).
 """

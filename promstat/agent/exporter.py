@@ -7,6 +7,8 @@ the agent's label names in the agent's order (:class:`~promstat.conventions.Seri
     backendai_container_utilization{container_metric_name, agent_id, kernel_id, session_id,
                                     user_id, project_id, value_type}
     backendai_device_utilization{device_metric_name, agent_id, device_id, value_type}
+    backendai_process_utilization{process_metric_name, agent_id, kernel_id, session_id,
+                                  user_id, project_id, container_id, pid, value_type}
 
 and the agent's *raw* semantics: ``value_type="current"`` is the raw measurement (counters such
 as ``cpu_util``, ``net_*`` and ``io_*`` are cumulative), ``value_type="capacity"`` exists only
@@ -23,8 +25,17 @@ The rules and the planner prefer this series and fall back to a windowed ``rate(
 counter for agents that do not export it (upstream agents), so mixed fleets work.
 
 A measurement flows as ``observe_container(kernel_id, metric, current, capacity, at=t)`` /
-``observe_device(metric, device_id, current, capacity, at=t)``: ``at`` is the measurement time
-(default: the exporter's clock); observing the same ``at`` again changes no rate.
+``observe_device(metric, device_id, current, capacity, at=t)`` /
+``observe_process(kernel_id, container_id, pid, metric, current, capacity, at=t)``: ``at`` is
+the measurement time (default: the exporter's clock); observing the same ``at`` again changes no
+rate. ``observe_node(metric, current, capacity, at=t)`` passes a plugin's per-node value (the
+agent's ``NodeMeasurement.per_node``) to the listeners only: the agent exports no node series
+(Prometheus sums the devices), but its Valkey payload has a node entry even when a plugin
+reported no device (``disk`` with every partition filtered out).
+
+Processes belong to their kernel: they freeze and leave with it. A process that exited is
+ended with :meth:`UtilizationExporter.end_process`; its series stay for the detention, as the
+agent's ``lazy_remove_process_metric`` keeps them.
 
 Lifecycle (the agent's ``lazy_remove_container_metric``):
 :meth:`UtilizationExporter.terminate_kernel` freezes a kernel's series at their last values;
@@ -63,6 +74,7 @@ __all__ = [
     "CONTAINER_HELP",
     "DEVICE_HELP",
     "OPENMETRICS_CONTENT_TYPE",
+    "PROCESS_HELP",
     "RATE_METRICS",
     "TEXT_CONTENT_TYPE",
     "ExporterServer",
@@ -75,6 +87,7 @@ __all__ = [
     "escape_label_value",
     "format_value",
     "make_app",
+    "process_series",
     "wants_openmetrics",
 ]
 
@@ -86,6 +99,7 @@ OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; 
 #: ``# HELP`` text of the two families.
 CONTAINER_HELP: Final = "Backend.AI container utilization: raw measurement (current) and capacity."
 DEVICE_HELP: Final = "Backend.AI device utilization: raw measurement (current) and capacity."
+PROCESS_HELP: Final = "Backend.AI process utilization: raw measurement (current) and capacity."
 
 #: Counters whose per-second rate live_stat shows (``cpu_util``, ``net_*``: ``current``;
 #: ``io_*``: ``stats.rate``): the exporter publishes ``value_type="rate"`` for these.
@@ -113,8 +127,12 @@ def _legacy_rate(last: _Last | None, at: float, value: float) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    """One measurement as a listener sees it (a container's when ``kernel_id`` is set, else a
-    device's), with the values exactly as passed to the exporter."""
+    """One measurement as a listener sees it, with the values exactly as passed to the exporter.
+
+    A process's when ``pid`` is set (with ``kernel_id`` and ``container_id``), else a
+    container's when ``kernel_id`` is set, else the node's when ``node`` is set, else a
+    device's.
+    """
 
     agent_id: str
     metric: str
@@ -124,6 +142,10 @@ class Measured:
     at: float
     kernel_id: str | None = None
     device_id: str | None = None
+    #: A plugin's per-node value (:meth:`UtilizationExporter.observe_node`).
+    node: bool = False
+    container_id: str | None = None
+    pid: int | None = None
 
 
 #: Called with every recorded measurement (e.g. the legacy Valkey publisher).
@@ -233,6 +255,42 @@ def container_series(
     )
 
 
+def process_series(
+    names: SeriesNames,
+    *,
+    metric: str,
+    agent_id: str,
+    kernel_id: str,
+    owner: tuple[str, str, str],
+    container_id: str,
+    pid: int,
+    value_type: str,
+) -> str:
+    """Return ``name{labels}`` of a process series, labels in the agent's order.
+
+    Args:
+        names: metric and label names.
+        metric: the ``process_metric_name`` value.
+        agent_id: the ``agent_id`` value.
+        kernel_id: the ``kernel_id`` value.
+        owner: the (session, user, project) label values.
+        container_id: the ``container_id`` value.
+        pid: the ``pid`` value (the process id in the agent's namespace).
+        value_type: ``names.current_value`` or ``names.capacity_value``.
+
+    Returns:
+        The series text, label values escaped, as the exporter writes it.
+    """
+    n = names
+    return (
+        f"{n.process_metric}{{{n.process_metric_label}={_q(metric)},"
+        f"{n.agent_label}={_q(agent_id)},{n.kernel_label}={_q(kernel_id)},"
+        f"{n.session_label}={_q(owner[0])},{n.user_label}={_q(owner[1])},"
+        f"{n.project_label}={_q(owner[2])},{n.container_label}={_q(container_id)},"
+        f"{n.pid_label}={_q(str(pid))},{n.value_type_label}={_q(value_type)}}}"
+    )
+
+
 def device_series(
     names: SeriesNames, *, metric: str, agent_id: str, device_id: str, value_type: str
 ) -> str:
@@ -256,10 +314,25 @@ def device_series(
     )
 
 
+# (container id, pid, metric, value type) -> line; (container id, pid) -> a process.
+_ProcKey = tuple[str, int, str, str]
+_Proc = tuple[str, int]
+
+
 class _Kernel:
     """One kernel's series: label prefixes and full exposition lines, in observation order."""
 
-    __slots__ = ("kernel_id", "last", "lines", "owner", "prefixes", "state")
+    __slots__ = (
+        "kernel_id",
+        "last",
+        "lines",
+        "owner",
+        "prefixes",
+        "process_ends",
+        "process_last",
+        "process_lines",
+        "state",
+    )
 
     def __init__(self, kernel_id: str, owner: tuple[str, str, str]) -> None:
         self.kernel_id = kernel_id
@@ -270,6 +343,10 @@ class _Kernel:
         # Last measurement of each rated counter.
         self.last: dict[str, _Last] = {}
         self.state = KernelState.LIVE
+        # Its processes' lines, last rated measurements, and when ended processes leave.
+        self.process_lines: dict[_ProcKey, bytes] = {}
+        self.process_last: dict[tuple[str, int, str], _Last] = {}
+        self.process_ends: dict[_Proc, float] = {}
 
 
 class UtilizationExporter:
@@ -334,6 +411,9 @@ class UtilizationExporter:
             )
             for fmt in (False, True)
         }
+        self._process_headers = {
+            fmt: self._family_header(n.process_metric, PROCESS_HELP) for fmt in (False, True)
+        }
 
     @staticmethod
     def _family_header(metric: str, help_text: str) -> bytes:
@@ -380,6 +460,10 @@ class UtilizationExporter:
             prefix = self._container_prefix(fresh, key)
             fresh.lines[key] = prefix + line[len(rec.prefixes[key]) :]
         fresh.last = rec.last
+        for pkey, line in rec.process_lines.items():
+            fresh.process_lines[pkey] = self._process_prefix(fresh, pkey) + line.rsplit(b" ", 1)[1]
+        fresh.process_last = rec.process_last
+        fresh.process_ends = rec.process_ends
         self._kernels[rec.kernel_id] = fresh
         self._version += 1
 
@@ -461,6 +545,122 @@ class UtilizationExporter:
             )
         return True
 
+    def _process_prefix(self, rec: _Kernel, key: _ProcKey) -> bytes:
+        text = process_series(
+            self.names,
+            metric=key[2],
+            agent_id=self.agent_id,
+            kernel_id=rec.kernel_id,
+            owner=rec.owner,
+            container_id=key[0],
+            pid=key[1],
+            value_type=key[3],
+        )
+        return (text + " ").encode()
+
+    def observe_process(
+        self,
+        kernel_id: str,
+        container_id: str,
+        pid: int,
+        metric: str,
+        current: float | str,
+        capacity: float | str | None = None,
+        *,
+        at: float | None = None,
+    ) -> bool:
+        """Record one process measurement (the agent's ``observe_process_metric``).
+
+        Args:
+            kernel_id: the kernel the container runs (registered with :meth:`add_kernel`).
+            container_id: the container id (the agent's process keys in Valkey are these).
+            pid: the process id.
+            metric: e.g. ``"cpu_util"``, ``"cpu_used"``, ``"mem"``, ``"io_read"``.
+            current: the raw value (cumulative for counters).
+            capacity: the measurement's capacity, or ``None``.
+            at: when the value was measured, as for :meth:`observe_container`.
+
+        Returns:
+            ``True`` if recorded; ``False`` if the kernel is detained.
+
+        Raises:
+            ConfigError: the kernel was never added, or a value is not a number.
+        """
+        rec = self._kernels.get(kernel_id)
+        if rec is None:
+            raise ConfigError(
+                f"kernel {kernel_id!r} is not registered with agent {self.agent_id!r}; "
+                "call add_kernel() first"
+            )
+        if rec.state is not KernelState.LIVE:
+            return False
+        n = self.names
+        value = _as_float(current, metric)
+        lines = [(n.current_value, value)]
+        if capacity is not None:
+            lines.append((n.capacity_value, _as_float(capacity, f"{metric} capacity")))
+        if metric in self.rate_metrics:
+            when = self.clock() if at is None else at
+            last_key = (container_id, pid, metric)
+            rate = _legacy_rate(rec.process_last.get(last_key), when, value)
+            if rate is not None:
+                rec.process_last[last_key] = (when, value)
+                lines.append((n.rate_value, rate))
+        # A process measured again is alive again (a pid seen after its end, as the agent).
+        rec.process_ends.pop((container_id, pid), None)
+        for value_type, v in lines:
+            key = (container_id, pid, metric, value_type)
+            line = rec.process_lines.get(key)
+            if line is not None:  # reuse the label prefix: up to the value
+                prefix = line[: line.rindex(b" ") + 1]
+            else:
+                prefix = self._process_prefix(rec, key)
+            rec.process_lines[key] = prefix + _fmt(v) + b"\n"
+        self._version += 1
+        if self._listeners:
+            self._notify(
+                Measured(
+                    self.agent_id,
+                    metric,
+                    current,
+                    capacity,
+                    self._now(at),
+                    kernel_id,
+                    container_id=container_id,
+                    pid=pid,
+                )
+            )
+        return True
+
+    def end_process(
+        self, kernel_id: str, container_id: str, pid: int, *, at: float | None = None
+    ) -> bool:
+        """A process exited: keep its series for the detention, then remove them.
+
+        The agent's ``lazy_remove_process_metric``. A later measurement of the same pid keeps
+        it (the end is cancelled).
+
+        Returns:
+            ``True`` if the process had series and was not already ending.
+        """
+        rec = self._kernels.get(kernel_id)
+        proc = (container_id, pid)
+        if rec is None or proc in rec.process_ends:
+            return False
+        if not any(k[:2] == proc for k in rec.process_lines):
+            return False
+        rec.process_ends[proc] = (self.clock() if at is None else at) + self.detention
+        self._expire(self.clock())
+        return True
+
+    def process_ids(self, kernel_id: str) -> list[tuple[str, int]]:
+        """The (container id, pid) pairs exported for a kernel, in first-observation order."""
+        self._expire(self.clock())
+        rec = self._kernels.get(kernel_id)
+        if rec is None:
+            return []
+        return list(dict.fromkeys(k[:2] for k in rec.process_lines))
+
     def terminate_kernel(self, kernel_id: str, *, at: float | None = None) -> bool:
         """Freeze a kernel's series and schedule their removal after the detention.
 
@@ -517,6 +717,9 @@ class UtilizationExporter:
 
     def _expire(self, now: float) -> int:
         removed = 0
+        for rec in self._kernels.values():
+            if rec.process_ends:
+                self._expire_processes(rec, now)
         heap = self._expiry
         while heap and heap[0][0] <= now:
             _, _, rec = heapq.heappop(heap)
@@ -526,6 +729,16 @@ class UtilizationExporter:
         if removed:
             self._version += 1
         return removed
+
+    def _expire_processes(self, rec: _Kernel, now: float) -> None:
+        gone = {proc for proc, deadline in rec.process_ends.items() if deadline <= now}
+        if not gone:
+            return
+        for proc in gone:
+            del rec.process_ends[proc]
+        rec.process_lines = {k: v for k, v in rec.process_lines.items() if k[:2] not in gone}
+        rec.process_last = {k: v for k, v in rec.process_last.items() if k[:2] not in gone}
+        self._version += 1
 
     def expire(self) -> int:
         """Remove kernels whose detention has passed (also done lazily by every render).
@@ -595,6 +808,37 @@ class UtilizationExporter:
             )
             self._notify(m)
 
+    def observe_node(
+        self,
+        metric: str,
+        current: float | str,
+        capacity: float | str | None = None,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Pass a plugin's per-node measurement to the listeners (no series is exported).
+
+        The agent's ``NodeMeasurement.per_node``: its Valkey payload's ``node`` entry comes
+        from it, not from the devices, so a plugin reporting no device (``disk`` with every
+        partition filtered out: zeros) still has one. Prometheus sums the device series.
+
+        Args:
+            metric: node metric name, e.g. ``"disk"``.
+            current: the raw value (cumulative for counters).
+            capacity: the capacity, or ``None``.
+            at: when the value was measured, as for :meth:`observe_device`.
+
+        Raises:
+            ConfigError: a value is not a number.
+        """
+        _as_float(current, metric)
+        if capacity is not None:
+            _as_float(capacity, f"{metric} capacity")
+        if self._listeners:
+            self._notify(
+                Measured(self.agent_id, metric, current, capacity, self._now(at), node=True)
+            )
+
     def remove_device(self, metric: str, device_id: str) -> bool:
         """Remove a device metric's series (current, capacity and rate) now.
 
@@ -644,7 +888,9 @@ class UtilizationExporter:
     def series_count(self) -> int:
         """Number of exported series (both families, both value types)."""
         self._expire(self.clock())
-        return sum(len(r.lines) for r in self._kernels.values()) + len(self._device_lines)
+        return sum(
+            len(r.lines) + len(r.process_lines) for r in self._kernels.values()
+        ) + len(self._device_lines)
 
     def __len__(self) -> int:
         """Number of exported kernels, live or detained."""
@@ -659,6 +905,12 @@ class UtilizationExporter:
             extend(rec.lines.values())
         parts.append(device_header)
         extend(self._device_lines.values())
+        # The process family only once a process was measured: agents without process
+        # collection expose exactly the two families.
+        if any(rec.process_lines for rec in self._kernels.values()):
+            parts.append(self._process_headers[openmetrics])
+            for rec in self._kernels.values():
+                extend(rec.process_lines.values())
         if openmetrics:
             parts.append(b"# EOF\n")
         return parts

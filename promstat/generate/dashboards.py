@@ -323,7 +323,8 @@ def _current_unit(spec: MetricSpec, *, node: bool) -> tuple[str, str]:
     """Grafana unit and a title suffix for a metric's ``current`` values."""
     hint = spec.unit_hint_node if node else spec.unit_hint
     if spec.kind is Kind.RATE_COUNTER:
-        if hint.lower() == "percent":  # cpu_util: msec of CPU per second
+        # cpu_util: msec of CPU per second ("millicores" since Backend.AI 26.9, "percent" before)
+        if hint.lower() in ("percent", "millicores"):
             return "short", "msec/s"
         if node and spec.node_current is NodeCurrent.INTERVAL_DIFF:
             return "ms", "msec per interval"

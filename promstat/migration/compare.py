@@ -648,6 +648,9 @@ class CompareOptions:
     timeout: float = 30.0
     tolerances: Tolerances = field(default_factory=Tolerances)
     catalog: Catalog = DEFAULT_CATALOG
+    #: The fleet's Backend.AI version, when its unit hints differ from ``catalog``'s
+    #: (``"26.4"``: kernel ``cpu_util`` in ``"percent"``); ``None`` keeps ``catalog`` as is.
+    backendai_version: str | None = None
     kernel_ttl: int | None = 86400
     stale_after: float = 120.0
 
@@ -670,9 +673,14 @@ async def run_compare(options: CompareOptions) -> tuple[float, list[Report]]:
     from promstat.service import LiveStats
 
     at = time.time() if options.at is None else options.at
+    catalog = options.catalog
+    if options.backendai_version is not None:
+        # Both sides must use the fleet's unit hints: promstat renders with them and the
+        # exact unit_hint field is judged with them.
+        catalog = catalog.for_backendai(options.backendai_version)
     config = PlannerConfig(use_recorded=options.use_recorded)
     profile = RuleProfile.parse(
-        catalog=options.catalog, interval=options.interval, window=options.window
+        catalog=catalog, interval=options.interval, window=options.window
     )
     reports: list[Report] = []
     async with PrometheusClient(options.prom_url, timeout=options.timeout) as prom:
@@ -704,7 +712,7 @@ async def run_compare(options: CompareOptions) -> tuple[float, list[Report]]:
                     legacy.values,
                     promstat,
                     level=level,
-                    catalog=options.catalog,
+                    catalog=catalog,
                     tolerances=options.tolerances,
                     undecodable=legacy.undecodable,
                     stale=legacy.stale,

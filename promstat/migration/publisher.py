@@ -19,6 +19,9 @@ What is written, as the agent's ``StatContext`` did (``agent/stats.py``):
 * agent payloads: ``msgpack({"node": {metric: MetricValue}, "devices": {metric: {device_id:
   MetricValue}}})`` under the bare agent id, ``EX`` 4 x the node interval
   (``_METRIC_TTL_FACTOR``);
+* process payloads (``collect_per_container_process_stat``): ``msgpack({pid: {metric:
+  MetricValue}})`` (integer pids) under the bare container id, ``EX`` 4 x the process
+  interval, for containers with a process measured since the last write;
 * every number through legacy ``_to_serializable_value`` (3-decimal quantize, exponent
   removed), ``pct`` through its 2-decimal variant or the literal ``"0.00"``;
 * legacy stat semantics from the same measurements: ``MovingStatistics`` over the raw values
@@ -32,9 +35,12 @@ What is written, as the agent's ``StatContext`` did (``agent/stats.py``):
   node/device capacities have no fallback (``None``). Only the ``stats.*`` keys of the
   metric's ``stats_filter`` are published (taken from the catalog, which mirrors the plugins).
 
-The node entry is built from the device measurements of one collection (the agent's plugins
-report both): devices summed, capacity summed or ``max`` per the catalog's ``node_capacity``
-(the CPU interval), ``None`` when no device has one. Measurement times are the exporter's
+The node entry is the plugin's per-node measurement when the exporter passes one
+(:meth:`~promstat.agent.exporter.UtilizationExporter.observe_node`, as the agent's
+``NodeMeasurement.per_node``: a ``disk`` entry of zeros when every partition was filtered
+out), otherwise it is built from the device measurements of one collection: devices summed,
+capacity summed or ``max`` per the catalog's ``node_capacity`` (the CPU interval), ``None``
+when no device has one. Measurement times are the exporter's
 (``Measured.at``), so rates are exact in simulations with a fake clock.
 
 One *collection* is the device measurements of one measurement time (``Measured.at``): a
@@ -57,7 +63,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal, DecimalException
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from promstat.agent.exporter import Measured
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, NodeCurrent
@@ -295,17 +301,38 @@ class LegacyMetric:
 
 
 class _Agent:
-    """One agent's legacy state: per-kernel, per-device and node metrics."""
+    """One agent's legacy state: per-kernel, per-process, per-device and node metrics."""
 
-    __slots__ = ("device_round", "devices", "kernel_seen", "kernels", "node", "round_at")
+    __slots__ = (
+        "container_at",
+        "device_round",
+        "devices",
+        "kernel_seen",
+        "kernels",
+        "node",
+        "node_round",
+        "process_missing",
+        "process_seen",
+        "processes",
+        "round_at",
+    )
 
     def __init__(self) -> None:
         self.kernels: dict[str, dict[str, LegacyMetric]] = {}
         self.kernel_seen: dict[str, float] = {}
+        # container id -> pid -> metric (the agent's process_metrics).
+        self.processes: dict[str, dict[int, dict[str, LegacyMetric]]] = {}
+        self.process_seen: dict[tuple[str, int], float] = {}
+        # container id -> its latest process collection; (container, pid) -> the collection
+        # that first missed the pid (the agent's lazy_remove_process_metric starts there).
+        self.container_at: dict[str, float] = {}
+        self.process_missing: dict[tuple[str, int], float] = {}
         self.devices: dict[str, dict[str, LegacyMetric]] = {}
         self.node: dict[str, LegacyMetric] = {}
         # Device measurements of the current collection: metric -> device -> (value, capacity).
         self.device_round: dict[str, dict[str, tuple[Decimal, Decimal | None]]] = {}
+        # Per-node measurements of the current collection: metric -> (value, capacity).
+        self.node_round: dict[str, tuple[Decimal, Decimal | None]] = {}
         self.round_at = -math.inf
 
 
@@ -331,6 +358,7 @@ class LegacyStatContext:
         self._specs: dict[tuple[str, bool], LegacySpec] = {}
         self.dirty_kernels: dict[str, str] = {}  # kernel id -> agent id, in measurement order
         self.dirty_agents: set[str] = set()
+        self.dirty_containers: dict[str, str] = {}  # container id -> agent id
 
     def _spec(self, metric: str, node: bool) -> LegacySpec:
         spec = self._specs.get((metric, node))
@@ -350,6 +378,25 @@ class LegacyStatContext:
         agent = self._agents.get(m.agent_id)
         if agent is None:
             agent = self._agents[m.agent_id] = _Agent()
+        if m.pid is not None and m.container_id is not None:
+            per_pid = agent.processes.setdefault(m.container_id, {})
+            proc_metrics = per_pid.setdefault(m.pid, {})
+            proc_metric = proc_metrics.get(m.metric)
+            if proc_metric is None:
+                # collect_per_container_process_stat: as a kernel's, capacity or first value
+                first_capacity = capacity if capacity else value
+                proc_metrics[m.metric] = LegacyMetric(
+                    self._spec(m.metric, False), value, first_capacity, m.at
+                )
+            else:
+                proc_metric.update(value, capacity, m.at)
+            agent.process_seen[m.container_id, m.pid] = m.at
+            agent.process_missing.pop((m.container_id, m.pid), None)
+            agent.container_at[m.container_id] = max(
+                m.at, agent.container_at.get(m.container_id, m.at)
+            )
+            self.dirty_containers[m.container_id] = m.agent_id
+            return
         if m.kernel_id is not None:
             metrics = agent.kernels.get(m.kernel_id)
             if metrics is None:
@@ -366,12 +413,17 @@ class LegacyStatContext:
             agent.kernel_seen[m.kernel_id] = m.at
             self.dirty_kernels[m.kernel_id] = m.agent_id
             return
-        device_id = m.device_id if m.device_id is not None else ""
-        if agent.device_round and m.at != agent.round_at:
+        if (agent.device_round or agent.node_round) and m.at != agent.round_at:
             # A new measurement time starts a new collection: the agent folds each collection
             # into the node before measuring again, even when one write carries two of them
             # (a fleet catching up observes its previous measurement first).
             self._fold(agent)
+        if m.node:
+            agent.node_round[m.metric] = (value, capacity)
+            agent.round_at = m.at
+            self.dirty_agents.add(m.agent_id)
+            return
+        device_id = m.device_id if m.device_id is not None else ""
         devices = agent.devices.get(m.metric)
         if devices is None:
             devices = agent.devices[m.metric] = {}
@@ -392,40 +444,95 @@ class LegacyStatContext:
         catalog entry says ``node_capacity="max"``; ``None`` when no device had one.
         """
         agent = self._agents.get(agent_id)
-        if agent is not None and agent.device_round:
+        if agent is not None and (agent.device_round or agent.node_round):
             self._fold(agent)
 
     def _fold(self, agent: _Agent) -> None:
         at = agent.round_at
-        for name, per_device in agent.device_round.items():
-            spec = self.catalog.lookup(name)
-            total = _ZERO
-            caps: list[Decimal] = []
-            for value, capacity in per_device.values():
-                total = _CTX.add(total, value)
-                if capacity is not None:
-                    caps.append(capacity)
-            node_capacity: Decimal | None = None
-            if caps:
-                node_capacity = max(caps) if spec.node_capacity == "max" else sum(caps, _ZERO)
+        # The plugin's per-node values where given (the agent's node entries), else the
+        # devices combined; metrics in plugin order: node measurements come first.
+        names = dict.fromkeys([*agent.node_round, *agent.device_round])
+        for name in names:
+            given = agent.node_round.get(name)
+            if given is not None:
+                total, node_capacity = given
+            else:
+                total, node_capacity = self._combine(name, agent.device_round[name])
             node = agent.node.get(name)
             if node is None:
                 agent.node[name] = LegacyMetric(self._spec(name, True), total, node_capacity, at)
             else:
                 node.update(total, node_capacity, at)
         agent.device_round = {}
-        # The agent forgets a kernel's metrics after its detention; so does this context.
+        agent.node_round = {}
+        # The agent forgets a kernel's (and an exited process's) metrics after its detention;
+        # so does this context.
         horizon = at - self.forget_after
         for kernel_id, seen in list(agent.kernel_seen.items()):
             if seen < horizon:
                 del agent.kernel_seen[kernel_id]
                 agent.kernels.pop(kernel_id, None)
+        # A container no longer measured at all (its kernel ended): its processes go after
+        # the detention, as remove_kernel_metric's lazy process removal.
+        for container_id, seen in list(agent.container_at.items()):
+            if seen < horizon:
+                del agent.container_at[container_id]
+                for pid in agent.processes.pop(container_id, {}):
+                    agent.process_seen.pop((container_id, pid), None)
+                    agent.process_missing.pop((container_id, pid), None)
+
+    def _prune_processes(self, agent: _Agent, container_id: str) -> None:
+        """The agent keeps an exited process in its payload until the removal it scheduled
+        at the first collection that missed it runs, ``forget_after`` later."""
+        latest = agent.container_at.get(container_id)
+        per_pid = agent.processes.get(container_id)
+        if latest is None or not per_pid:
+            return
+        for pid in list(per_pid):
+            if agent.process_seen.get((container_id, pid), latest) >= latest:
+                continue
+            missing_at = agent.process_missing.setdefault((container_id, pid), latest)
+            if latest - missing_at >= self.forget_after:
+                del per_pid[pid]
+                agent.process_seen.pop((container_id, pid), None)
+                del agent.process_missing[container_id, pid]
+
+    def _combine(
+        self, name: str, per_device: Mapping[str, tuple[Decimal, Decimal | None]]
+    ) -> tuple[Decimal, Decimal | None]:
+        spec = self.catalog.lookup(name)
+        total = _ZERO
+        caps: list[Decimal] = []
+        for value, capacity in per_device.values():
+            total = _CTX.add(total, value)
+            if capacity is not None:
+                caps.append(capacity)
+        node_capacity: Decimal | None = None
+        if caps:
+            node_capacity = max(caps) if spec.node_capacity == "max" else sum(caps, _ZERO)
+        return total, node_capacity
 
     def kernel_payload(self, kernel_id: str, agent_id: str) -> dict[str, dict[str, str | None]]:
         """The legacy kernel value (metrics in first-measurement order, as the agent)."""
         agent = self._agents.get(agent_id)
         metrics = agent.kernels.get(kernel_id, {}) if agent is not None else {}
         return {name: metric.to_serializable_dict() for name, metric in metrics.items()}
+
+    def process_payload(
+        self, container_id: str, agent_id: str
+    ) -> dict[int, dict[str, dict[str, str | None]]]:
+        """The legacy process value of one container: ``{pid: {metric: MetricValue}}``
+        (pids and metrics in first-measurement order, as the agent). An exited process stays
+        until ``forget_after`` after the first collection that missed it, then leaves."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return {}
+        self._prune_processes(agent, container_id)
+        per_pid = agent.processes.get(container_id, {})
+        return {
+            pid: {name: metric.to_serializable_dict() for name, metric in metrics.items()}
+            for pid, metrics in per_pid.items()
+        }
 
     def agent_payload(self, agent_id: str) -> dict[str, Any]:
         """The legacy agent value ``{"node": ..., "devices": ...}``."""
@@ -441,9 +548,10 @@ class LegacyStatContext:
         }
 
 
-def pack(payload: Mapping[str, Any]) -> bytes:
-    """msgpack as Backend.AI's wrapper packs a stats dict (:func:`promstat.renderer.to_msgpack`)."""
-    return to_msgpack(payload)
+def pack(payload: Mapping[str, Any] | Mapping[int, Any]) -> bytes:
+    """msgpack as Backend.AI's wrapper packs a stats dict (:func:`promstat.renderer.to_msgpack`);
+    process payloads have integer pids as keys."""
+    return to_msgpack(cast("Mapping[str, Any]", payload))
 
 
 class ValkeyPublisher:
@@ -458,6 +566,8 @@ class ValkeyPublisher:
         catalog: metric specs (see :class:`LegacyStatContext`).
         node_interval: the agents' node collection interval; agent keys expire after
             :data:`AGENT_TTL_FACTOR` times this.
+        process_interval: the agents' process collection interval; process keys expire
+            after :data:`AGENT_TTL_FACTOR` times this.
         kernel_ttl: expiry of kernel keys (legacy: 24 h).
         forget_after: see :class:`LegacyStatContext`.
         auto_flush: schedule a write on the running loop when measurements arrive.
@@ -475,16 +585,19 @@ class ValkeyPublisher:
         *,
         catalog: Catalog = DEFAULT_CATALOG,
         node_interval: float = 30.0,
+        process_interval: float = 30.0,
         kernel_ttl: int = KERNEL_TTL,
         forget_after: float = 600.0,
         auto_flush: bool = True,
         own_client: bool = False,
     ) -> None:
-        if not node_interval > 0 or kernel_ttl <= 0:
-            raise ConfigError("node_interval and kernel_ttl must be > 0")
+        if not node_interval > 0 or not process_interval > 0 or kernel_ttl <= 0:
+            raise ConfigError("node_interval, process_interval and kernel_ttl must be > 0")
         self.redis = redis
         self.context = LegacyStatContext(catalog=catalog, forget_after=forget_after)
+        # int(interval * 4), as the agent's _metric_ttl (truncated, at least 1 s).
         self.agent_ttl = max(1, int(node_interval * AGENT_TTL_FACTOR))
+        self.process_ttl = max(1, int(process_interval * AGENT_TTL_FACTOR))
         self.kernel_ttl = int(kernel_ttl)
         self.auto_flush = auto_flush
         self.own_client = own_client
@@ -541,29 +654,35 @@ class ValkeyPublisher:
 
     async def _flush_locked(self) -> int:
         ctx = self.context
-        kernels, agents = ctx.dirty_kernels, ctx.dirty_agents
-        ctx.dirty_kernels, ctx.dirty_agents = {}, set()
+        kernels, agents, containers = ctx.dirty_kernels, ctx.dirty_agents, ctx.dirty_containers
+        ctx.dirty_kernels, ctx.dirty_agents, ctx.dirty_containers = {}, set(), {}
         for agent_id in agents:
             ctx.end_collection(agent_id)
-        if not kernels and not agents:
+        count = len(kernels) + len(agents) + len(containers)
+        if not count:
             return 0
         pipe = self.redis.pipeline(transaction=False)  # the agent's non-atomic batch
         for kernel_id, agent_id in kernels.items():
             pipe.set(kernel_id, pack(ctx.kernel_payload(kernel_id, agent_id)), ex=self.kernel_ttl)
         for agent_id in sorted(agents):
             pipe.set(agent_id, pack(ctx.agent_payload(agent_id)), ex=self.agent_ttl)
+        for container_id, agent_id in containers.items():
+            payload = ctx.process_payload(container_id, agent_id)
+            pipe.set(container_id, pack(payload), ex=self.process_ttl)
         try:
             await pipe.execute()
         except Exception as exc:  # redis raises its own tree; callers see one promstat error
             # Keep them dirty so the next write carries the latest payloads.
             for kernel_id, agent_id in kernels.items():
                 ctx.dirty_kernels.setdefault(kernel_id, agent_id)
+            for container_id, agent_id in containers.items():
+                ctx.dirty_containers.setdefault(container_id, agent_id)
             ctx.dirty_agents |= agents
             url = _redis_url(self.redis)
-            what = f"writing {len(kernels) + len(agents)} legacy live_stat keys failed: {exc}"
+            what = f"writing {count} legacy live_stat keys failed: {exc}"
             raise TransportError(what, url=url) from exc
-        self.writes += len(kernels) + len(agents)
-        return len(kernels) + len(agents)
+        self.writes += count
+        return count
 
     async def close(self) -> None:
         """Wait for a scheduled write, write what is left, close an owned client."""

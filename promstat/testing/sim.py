@@ -36,6 +36,14 @@ production. A kernel is measured first at its start and last at its end (the val
 freezes at). With ``publish_rates`` (default) the exporter also publishes each counter's
 ``value_type="rate"`` between the last two measurements (see :mod:`promstat.agent.exporter`).
 
+Processes (``processes_per_kernel``, default 0): each kernel's container (id
+:meth:`SimulatedFleet.container_id`, 64 hex digits) runs that many processes, pids ``1000 +
+i``, measured with the kernel as the agent's process collection does: ``cpu_util``
+(capacity 1000) and ``cpu_used`` (the kernel's CPU counter times the process's share ``(i + 1)
+/ (n (n + 1) / 2)``), ``mem``, ``io_read``, ``io_write`` (the kernel's, times the share, in
+integer bytes). They freeze and leave with their kernel. The OpenMetrics backfill carries no
+process series.
+
 Use :meth:`SimulatedFleet.sample`, :meth:`SimulatedFleet.device_sample` (the value measured
 last before a time) and :meth:`SimulatedFleet.expected_rate` to compute expected query results.
 
@@ -96,6 +104,10 @@ _DISK_DEVICE: Final = "/dev/nvme0n1p2"
 _MASK64: Final = (1 << 64) - 1
 #: A live fleet forgets kernels whose series vanished longer ago than this (seconds).
 _FORGET_AFTER: Final = 86400.0
+
+#: Process metrics in the agent's plugin order (CPUPlugin, MemoryPlugin process measures).
+_PROCESS_METRICS: Final = ("cpu_util", "cpu_used", "mem", "io_read", "io_write")
+_FIRST_PID: Final = 1000
 
 #: Container metrics in the agent's plugin order (CPU, memory, then accelerators).
 _BASE_METRICS: Final = (
@@ -183,6 +195,8 @@ class FleetConfig:
             measure_interval``, Unix seconds); ``None`` draws one per agent from the seed.
         publish_rates: export the agent-computed ``value_type="rate"`` series (promstat's
             exporter); ``False`` exports raw counters only, as upstream agents do.
+        processes_per_kernel: processes measured in each kernel's container
+            (``backendai_process_utilization`` and the per-container process keys).
     """
 
     agents: int = 20
@@ -199,10 +213,11 @@ class FleetConfig:
     measure_interval: float = 30.0
     measure_offset: float | None = None
     publish_rates: bool = True
+    processes_per_kernel: int = 0
 
     def __post_init__(self) -> None:
-        if self.agents < 0 or self.kernels_per_agent < 0:
-            raise ConfigError("agents and kernels_per_agent must be >= 0")
+        if self.agents < 0 or self.kernels_per_agent < 0 or self.processes_per_kernel < 0:
+            raise ConfigError("agents, kernels_per_agent and processes_per_kernel must be >= 0")
         if not 0.0 <= self.gpu_agent_ratio <= 1.0:
             raise ConfigError(f"gpu_agent_ratio must be in [0, 1], not {self.gpu_agent_ratio!r}")
         if not self.gauge_period > 0 or not self.node_interval > 0:
@@ -503,6 +518,18 @@ class _FleetModel:
             return cur, [float(k.gpus * 100)] * len(cur)
         raise ConfigError(f"kernel {k.kernel_id} does not report metric {metric!r}")
 
+    def process_values(
+        self, k: SimKernel, index: int, metric: str, times: Sequence[float]
+    ) -> Values:
+        """Current and capacity values of process ``index`` of a kernel at ``times``."""
+        n = self.config.processes_per_kernel
+        share = (index + 1) / (n * (n + 1) / 2)
+        cur, _ = self.kernel_values(k, metric, times)
+        if metric in _CPU_COUNTERS:
+            values = [c * share for c in cur]
+            return values, ([1000.0] * len(values) if metric == "cpu_util" else None)
+        return [float(math.floor(c * share)) for c in cur], None
+
     def device_values(
         self, a: SimAgent, metric: str, device_id: str, times: Sequence[float]
     ) -> Values:
@@ -727,6 +754,7 @@ class SimulatedFleet:
                         exporter.observe_container(
                             k.kernel_id, metric, cur[0], cap[0] if cap else None, at=when
                         )
+                    self._observe_processes(exporter, k, when)
             if k.end is not None and now >= k.end:
                 exporter.terminate_kernel(k.kernel_id, at=float(k.end))
         tick = model.tick(agent, now)
@@ -751,7 +779,39 @@ class SimulatedFleet:
             for kernel_id in [k for k in observed if k and k not in live]:
                 del observed[kernel_id]
 
+    def _observe_processes(self, exporter: UtilizationExporter, k: SimKernel, at: float) -> None:
+        n = self.config.processes_per_kernel
+        if not n:
+            return
+        container_id = self.container_id(k.kernel_id)
+        for index in range(n):
+            for metric in _PROCESS_METRICS:
+                cur, cap = self._model.process_values(k, index, metric, (at,))
+                exporter.observe_process(
+                    k.kernel_id,
+                    container_id,
+                    _FIRST_PID + index,
+                    metric,
+                    cur[0],
+                    cap[0] if cap else None,
+                    at=at,
+                )
+
     # -- model queries for tests ----------------------------------------------------------
+
+    def container_id(self, kernel_id: str) -> str:
+        """The container id of a kernel (64 hex digits, from the seed)."""
+        key = self.kernel(kernel_id).key
+        return "".join(f"{_mix64(key ^ (0x5EED + part)):016x}" for part in range(4))
+
+    def process_sample(
+        self, kernel_id: str, index: int, metric: str, t: float
+    ) -> tuple[float, float | None]:
+        """Process ``index``'s (current, capacity) as measured last at or before ``t``."""
+        k = self.kernel(kernel_id)
+        at, _ = self._model.kernel_times(k, self._model.agents[k.agent_id], t)
+        cur, cap = self._model.process_values(k, index, metric, (at,))
+        return cur[0], cap[0] if cap else None
 
     def agent_ids(self) -> list[str]:
         """Agent ids in order (``i-sim-0000`` ...)."""
