@@ -160,9 +160,10 @@ def _rule_groups(url: str) -> dict[str, tuple[float, str, dict[str, float]]]:
     out = {}
     for g in doc["data"]["groups"]:
         rules: dict[str, float] = {}
-        for r in g.get("rules", []):
+        for i, r in enumerate(g.get("rules", [])):
             key = ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items()))
-            rules[key or r.get("name", "?")] = float(r.get("evaluationTime", 0.0))
+            # Several rules may write one stat (split by the series they read): number them.
+            rules[f"{i:02d} {key or r.get('name', '?')}"] = float(r.get("evaluationTime", 0.0))
         out[g["name"]] = (
             float(g.get("evaluationTime", 0.0)), str(g.get("lastEvaluation", "")), rules
         )
@@ -211,12 +212,31 @@ async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: floa
     return pages, round(statistics.median(took), 1)
 
 
-def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float) -> None:
-    """Child process: serve a simulated fleet's exporters until killed or ``seconds`` pass."""
+#: Agent layouts of the rule-cost fleet: which agents export ``value_type="rate"`` series.
+LAYOUTS = ("plain", "exporter", "mixed")
+
+
+def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float,
+                     layout: str = "exporter") -> None:
+    """Child process: serve a simulated fleet's exporters until killed or ``seconds`` pass.
+
+    ``layout``: ``plain`` agents export raw counters only (every Backend.AI agent today),
+    ``exporter`` agents run promstat's exporter (rate series too), ``mixed`` has every other
+    agent of each kind (a fleet half way through its migration).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
 
     async def serve() -> None:
         fleet = SimulatedFleet(FleetConfig(agents=agents,
-                                           kernels_per_agent=-(-kernels // agents), seed=7))
+                                           kernels_per_agent=-(-kernels // agents), seed=7,
+                                           publish_rates=layout != "plain"))
+        if layout == "mixed":
+            # One fleet, so agent and kernel ids stay unique; every other agent drops its
+            # rate series (what publish_rates=False does at construction).
+            for i, exporter in enumerate(fleet._exporters.values()):  # noqa: SLF001
+                if i % 2:
+                    exporter.rate_metrics = frozenset()
         await fleet.start()
         port_file.write_text(json.dumps(fleet.targets))  # noqa: ASYNC240 - once, tiny
         try:
@@ -230,6 +250,7 @@ def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float)
 def measure_rules_cost(
     kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
     page: int = 1000, rates: str = "both", kernel_shards: int = 1, pages: bool = True,
+    layout: str = "exporter",
 ) -> dict[str, Any]:
     """Prometheus CPU and rule evaluation time on a live fleet of ``kernels`` kernels.
 
@@ -238,6 +259,8 @@ def measure_rules_cost(
             --kernel-shards``).
         pages: also measure the Prometheus CPU of polling a page through promstat and
             through upstream's queries (one minute each).
+        layout: which agents export rate series (:data:`LAYOUTS`): ``plain`` (none, every
+            Backend.AI agent today), ``exporter`` (all) or ``mixed`` (every other agent).
 
     Returns:
         ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), the same without the
@@ -259,7 +282,8 @@ def measure_rules_cost(
         child = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from benchmarks.matrix import _live_fleet_main as m; "
-             f"m({kernels}, {agents}, __import__('pathlib').Path(sys.argv[1]), {total})",
+             f"m({kernels}, {agents}, __import__('pathlib').Path(sys.argv[1]), {total}, "
+             f"{layout!r})",
              str(targets_file)],
             cwd=ROOT, text=True,
         )
@@ -330,6 +354,7 @@ def measure_rules_cost(
         return {
             "kernels": kernels,
             "agents": agents,
+            "layout": layout,
             "rates": rates,
             "kernel_shards": kernel_shards,
             "interval_s": interval,
