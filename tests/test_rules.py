@@ -68,18 +68,26 @@ def test_groups_interval_names_and_order() -> None:
     assert (ag.name, ag.interval) == ("promstat.agent.live_stat", "30s")
     n = SeriesNames()
     korder = [(r.record, r.labels.get("stat")) for r in kg.rules]
+    # current is one rule per metric kind (gauges and accumulating counters; rate counters)
     assert korder == [
         (n.kernel_live_stat, "current"),
         (n.kernel_live_stat, "capacity"),
+        (n.kernel_live_stat, "current"),
         (n.kernel_live_stat, "rate"),
         (n.kernel_live_stat, "max"),
         (n.kernel_live_stat, "avg"),
     ]
+    # A rule reading a recorded stat comes after every rule that records it (a group's rules
+    # run one after another at the same timestamp).
+    for i, r in enumerate(kg.rules):
+        for stat in re.findall(rf'{re.escape(n.kernel_live_stat)}{{stat="(\w+)"', r.expr):
+            writers = [j for j, w in enumerate(kg.rules) if w.labels.get("stat") == stat]
+            assert writers and max(writers) < i, (r.labels, stat)
     aorder = [(r.record, r.labels["stat"]) for r in ag.rules]
     dev = [(n.device_live_stat, s) for s in ("current", "capacity", "rate", "max", "avg")]
     node = [(n.agent_live_stat, s) for s in ("current", "capacity", "rate", "max", "avg")]
     assert aorder == dev + node
-    assert "[2m]" in kg.rules[4].expr
+    assert "[2m]" in kg.rules[4].expr and "[2m]" in kg.rules[5].expr
 
 
 @pytest.mark.parametrize(("interval", "window"), [("15s", "59s"), ("1m", "3m"), ("30s", "1m30s")])
@@ -129,7 +137,9 @@ def test_names_are_configurable() -> None:
     }
     for rule in kernel.groups[0].rules:
         assert "backendai" not in rule.expr
-        assert "kid" in rule.expr
+        # grouped by the configured labels, or reading the recorded family (which has them)
+        assert "kid" in rule.expr or 'ctr_util:live_stat{kind="current"' in rule.expr
+        assert "kernel_id" not in rule.expr and "stat=" not in rule.expr
         assert set(rule.labels) <= {"kind"}
     tests = render_rule_tests(names=names)["tests/promstat-kernel.test.yml"]
     assert 'kid="k1"' in tests and "kernel_id" not in tests

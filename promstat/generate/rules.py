@@ -29,7 +29,6 @@ stale series) with hand-computed expected values; the real-server tests reuse th
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.metadata
 import math
 import shutil
@@ -259,18 +258,12 @@ def build_rule_files(
     kernel_groups: list[RuleGroup[RecordingRule]] = []
     shard_matchers = kernel_shard_matchers(names, kernel_shards)
     for i, matchers in enumerate(shard_matchers):
-        kernel: list[RecordingRule] = []
-        if ex.records_kernel_values:
-            for s in ("current", "capacity", "rate"):
-                kernel += rule(names.kernel_live_stat, s, ex.kernel(s, matchers=matchers))
-            window_of = ex.kernel_recorded_window
-        else:
-            # rates=exporter: current/capacity/rate are the exporter's own series; readers
-            # take them raw and only the window stats are recorded (RateSource).
-            window_of = ex.kernel_exporter_window
-        for s in ("max", "avg"):
-            over_window = functools.partial(window_of, matchers=matchers)
-            kernel += rule(names.kernel_live_stat, s, _or_none(over_window, s))
+        # rates=exporter: current/capacity/rate are the exporter's own series; readers take
+        # them raw and only the window stats are recorded (RateSource).
+        kernel = [
+            RecordingRule(names.kernel_live_stat, expr, {stat: s})
+            for s, expr in ex.kernel_rules(matchers=matchers)
+        ]
         name = "promstat.kernel.live_stat"
         if kernel_shards > 1:
             name += f".shard{i}of{kernel_shards}"
@@ -953,9 +946,10 @@ def check_rules(directory: str | Path) -> list[str]:
     if not rule_files:
         raise RuleError(f"no *.rules.yml files in {str(root)!r}")
     promtool = _promtool()
-    # Sharded kernel groups record the same series names and labels on purpose (each for its
-    # own kernels), which promtool's only lint, duplicate-rules, cannot tell from a mistake.
-    sharded = [f for f in rule_files if ".shard" in Path(f).read_text(encoding="utf-8")]
+    # Sharded kernel groups, and a stat split into one rule per metric kind, record the same
+    # series names and labels on purpose (each for its own, disjoint series), which
+    # promtool's only lint, duplicate-rules, cannot tell from a mistake.
+    sharded = [f for f in rule_files if _records_twice(Path(f))]
     lintable = [f for f in rule_files if f not in sharded]
     done: list[str] = []
     if lintable:
@@ -966,6 +960,24 @@ def check_rules(directory: str | Path) -> list[str]:
     if test_files:
         done += _check(promtool, ["test", "rules"], test_files)
     return done
+
+
+def _records_twice(path: Path) -> bool:
+    """Whether two rules of ``path`` record the same name with the same labels."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False  # promtool reports what is wrong with the file
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for group in doc.get("groups") or ():
+        for rule in group.get("rules") or ():
+            if "record" not in rule:
+                continue
+            key = (str(rule["record"]), tuple(sorted((rule.get("labels") or {}).items())))
+            if key in seen:
+                return True
+            seen.add(key)
+    return False
 
 
 def _check(promtool: str, args: list[str], files: list[str]) -> list[str]:
