@@ -53,6 +53,7 @@ from promstat.errors import LabError
 from promstat.generate.rules import write_rules
 from promstat.integrations import FleetRegistry
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.promql import parse_duration
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
@@ -519,7 +520,8 @@ async def run_soak(options: SoakOptions, out: Any = None) -> SoakReport:
     metrics = PromstatMetrics()
     try:
         written = write_rules(
-            tmp / "rules", interval=options.interval, window=window, lookback=window
+            tmp / "rules",
+            RuleProfile.parse(interval=options.interval, window=window, lookback=window),
         )
         rule_files = [p for p in written if p.name.endswith(".rules.yml")]
         await fleet.start()

@@ -29,6 +29,7 @@ from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
 from promstat.generate.rules import render_rules, write_rules
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.renderer import render_kernel
 from promstat.service import LiveStats
 from promstat.testing import lab
@@ -40,8 +41,9 @@ K = "11111111-1111-4111-8111-111111111111"
 
 
 def _rules(**options: Any) -> list[dict[str, Any]]:
-    doc = yaml.safe_load(render_rules(**options)[KERNEL_RULES])
-    return [r for g in doc["groups"] for r in g["rules"]]
+    doc = yaml.safe_load(render_rules(RuleProfile.parse(**options))[KERNEL_RULES])
+    # the live_stat rules (not the profile rule, which reads nothing)
+    return [r for g in doc["groups"] for r in g["rules"] if r["record"].endswith(":live_stat")]
 
 
 def test_exporter_rules_record_only_the_window_stats() -> None:
@@ -244,7 +246,8 @@ async def test_readers_get_the_page_numbers_without_recorded_copies(
     recorded ``current``/``capacity``/``rate`` (there is none). A planner left at
     ``rates="both"`` finds no recorded plan there and logs the layout it found."""
     rules = write_rules(
-        tmp_path, interval="1s", window="4s", collect_interval="1s", rates="exporter"
+        tmp_path,
+        RuleProfile.parse(interval="1s", window="4s", collect_interval="1s", rates="exporter"),
     )
     config = FleetConfig(
         agents=2,
@@ -349,7 +352,8 @@ def test_alerts_and_dashboards_render_for_the_exporter_rules(tmp_path: Path) -> 
     import json
 
     from promstat.cli import main as cli_main
-    from promstat.generate.alerts import AlertSettings, alert_tests_apply, render_alerts
+    from promstat.generate.alert_tests import alert_tests_apply
+    from promstat.generate.alerts import AlertSettings, render_alerts
 
     copies = [f'stat="{s}"' for s in ("current", "capacity", "rate")]
     exporter_alerts = next(iter(render_alerts(settings=AlertSettings(rates="exporter")).values()))

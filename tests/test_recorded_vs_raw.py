@@ -19,6 +19,7 @@ from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.generate.rules import write_rules
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.testing import lab
 from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet_openmetrics
 
@@ -122,7 +123,8 @@ async def scraped_fleet(
     last evaluation times (see :func:`_settled_times`).
     """
     rule_files = write_rules(
-        tmp_path / "rules", interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates
+        tmp_path / "rules",
+        RuleProfile.parse(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates),
     )
     # the agents' rate series are exact whatever the scrape jitter; constant gauges and no
     # churn keep the window statistics comparable

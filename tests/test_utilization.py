@@ -21,6 +21,7 @@ from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions
 from promstat.generate.rules import write_rules
 from promstat.planner import PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.renderer import format_pct
 from promstat.service import LiveStats
 from promstat.testing import lab
@@ -252,7 +253,7 @@ async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
 ) -> None:
     """The pct from the generated rules' current and capacity, joined to sessions, equals
     the raw computation."""
-    rule_files = write_rules(tmp_path / "rules", interval="1s", window="4s")
+    rule_files = write_rules(tmp_path / "rules", RuleProfile.parse(interval="1s", window="4s"))
     config = FleetConfig(
         agents=2,
         kernels_per_agent=4,
