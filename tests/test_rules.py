@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
@@ -266,3 +269,39 @@ def test_recommended_kernel_shards(kernels: int, shards: int) -> None:
     matchers can split into, at most 16)."""
     assert recommended_kernel_shards(kernels) == shards
     assert shards in KERNEL_SHARDS
+
+
+def test_the_manager_core_never_imports_the_generators() -> None:
+    """A manager's imports (the service, planner, profile, expressions) load no generator and
+    no jinja2: the generators sit one level down and only the CLI and tools import them."""
+    code = (
+        "import sys, promstat, promstat.service, promstat.planner, promstat.profile, "
+        "promstat.expressions; "
+        "print(sorted(m for m in sys.modules if m.startswith('promstat.generate') "
+        "or m == 'jinja2'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_generated_headers_come_from_strict_templates() -> None:
+    """Rules, rule tests, alerts and alert tests are written one way: a jinja2 template with
+    StrictUndefined carries the header, so a missing value fails instead of rendering empty."""
+    from promstat.generate import _common
+
+    assert _common._ENV.undefined is jinja2.StrictUndefined
+    names = sorted(p.name for p in _common.TEMPLATES.glob("*.j2"))
+    assert names == [
+        "alert_tests.yaml.j2",
+        "alerts.yaml.j2",
+        "rule_tests.yml.j2",
+        "rules.yml.j2",
+    ]
+    for name in names:
+        text = _common.render_generated(name, command="promstat x render", body="a: 1\n")
+        first = text.splitlines()[0]
+        assert first.endswith("(promstat x render). DO NOT EDIT.") and "a: 1" in text
+        with pytest.raises(jinja2.UndefinedError):
+            _common._ENV.get_template(name).render(command="c", body="b")  # no version
