@@ -53,6 +53,7 @@ from promstat.catalog import DEFAULT_CATALOG, Kind
 from promstat.conventions import SeriesNames
 from promstat.errors import LabError
 from promstat.generate.rules import RecordingRule, build_rule_files
+from promstat.profile import RuleProfile
 from promstat.renderer import render_kernel
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet, write_fleet_openmetrics
@@ -275,7 +276,9 @@ def _staged_rule_files(spec: FleetSpec, names: SeriesNames, workdir: Path) -> li
     """Write one rule file per dependency stage (every group split the same way)."""
     interval = f"{spec.step}s"
     files = build_rule_files(
-        names=names, interval=interval, window=f"{spec.window}s", lookback=f"{spec.window}s"
+        RuleProfile.parse(
+            names=names, interval=interval, window=f"{spec.window}s", lookback=f"{spec.window}s"
+        )
     )
     staged: dict[int, list[dict[str, Any]]] = {}
     for rule_file in files:

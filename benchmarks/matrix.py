@@ -45,7 +45,7 @@ from .contenders import PageResult, PinnedClient, Upstream
 from .fleet import Fleet
 from .polling import process_cpu_seconds
 
-__all__ = ["backend_matrix", "measure_rules_cost"]
+__all__ = ["LAYOUTS", "backend_matrix", "measure_rules_cost", "measure_rules_cost_vm"]
 
 ROOT = Path(__file__).resolve().parent.parent
 Log = Callable[[str], None]
@@ -111,7 +111,8 @@ def backend_matrix(
         start = spec.at - 2 * spec.window - 4 * spec.step
         om = write_fleet_openmetrics(spec.sim_config(), work / "fleet.om.txt", start, spec.at,
                                      spec.step)
-        rules = write_rules(work / "rules", interval=f"{spec.step}s", window=f"{spec.window}s")
+        rules = write_rules(work / "rules",
+                            RuleProfile.parse(interval=f"{spec.step}s", window=f"{spec.window}s"))
         rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
         with lab.start_victoria_metrics(openmetrics=om, disable_cache=True,
                                         import_timeout=900.0) as vm:
@@ -158,14 +159,16 @@ def backend_matrix(
 
 def _rule_groups(url: str) -> dict[str, tuple[float, str, dict[str, float]]]:
     """Group name -> (evaluation time, last evaluation, rule label -> evaluation time)."""
-    with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=30) as resp:
+    # Generous: a 20,000-kernel fleet's rule evaluation keeps the server busy on 2 cores.
+    with urllib.request.urlopen(f"{url}/api/v1/rules?type=record", timeout=120) as resp:
         doc = json.load(resp)
     out = {}
     for g in doc["data"]["groups"]:
         rules: dict[str, float] = {}
-        for r in g.get("rules", []):
+        for i, r in enumerate(g.get("rules", [])):
             key = ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items()))
-            rules[key or r.get("name", "?")] = float(r.get("evaluationTime", 0.0))
+            # Several rules may write one stat (split by the series they read): number them.
+            rules[f"{i:02d} {key or r.get('name', '?')}"] = float(r.get("evaluationTime", 0.0))
         out[g["name"]] = (
             float(g.get("evaluationTime", 0.0)), str(g.get("lastEvaluation", "")), rules
         )
@@ -214,12 +217,31 @@ async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: floa
     return pages, round(statistics.median(took), 1)
 
 
-def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float) -> None:
-    """Child process: serve a simulated fleet's exporters until killed or ``seconds`` pass."""
+#: Agent layouts of the rule-cost fleet: which agents export ``value_type="rate"`` series.
+LAYOUTS = ("plain", "exporter", "mixed")
+
+
+def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float,
+                     layout: str = "exporter") -> None:
+    """Child process: serve a simulated fleet's exporters until killed or ``seconds`` pass.
+
+    ``layout``: ``plain`` agents export raw counters only (every Backend.AI agent today),
+    ``exporter`` agents run promstat's exporter (rate series too), ``mixed`` has every other
+    agent of each kind (a fleet half way through its migration).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
 
     async def serve() -> None:
         fleet = SimulatedFleet(FleetConfig(agents=agents,
-                                           kernels_per_agent=-(-kernels // agents), seed=7))
+                                           kernels_per_agent=-(-kernels // agents), seed=7,
+                                           publish_rates=layout != "plain"))
+        if layout == "mixed":
+            # One fleet, so agent and kernel ids stay unique; every other agent drops its
+            # rate series (what publish_rates=False does at construction).
+            for i, exporter in enumerate(fleet._exporters.values()):
+                if i % 2:
+                    exporter.rate_metrics = frozenset()
         await fleet.start()
         port_file.write_text(json.dumps(fleet.targets))  # noqa: ASYNC240 - once, tiny
         try:
@@ -233,6 +255,7 @@ def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float)
 def measure_rules_cost(
     kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
     page: int = 1000, rates: str = "both", kernel_shards: int = 1, pages: bool = True,
+    layout: str = "exporter",
 ) -> dict[str, Any]:
     """Prometheus CPU and rule evaluation time on a live fleet of ``kernels`` kernels.
 
@@ -241,6 +264,8 @@ def measure_rules_cost(
             --kernel-shards``).
         pages: also measure the Prometheus CPU of polling a page through promstat and
             through upstream's queries (one minute each).
+        layout: which agents export rate series (:data:`LAYOUTS`): ``plain`` (none, every
+            Backend.AI agent today), ``exporter`` (all) or ``mixed`` (every other agent).
 
     Returns:
         ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), the same without the
@@ -262,7 +287,8 @@ def measure_rules_cost(
         child = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from benchmarks.matrix import _live_fleet_main as m; "
-             f"m({kernels}, {agents}, __import__('pathlib').Path(sys.argv[1]), {total})",
+             f"m({kernels}, {agents}, __import__('pathlib').Path(sys.argv[1]), {total}, "
+             f"{layout!r})",
              str(targets_file)],
             cwd=ROOT, text=True,
         )
@@ -272,8 +298,9 @@ def measure_rules_cost(
                 raise RuntimeError("the simulated fleet did not start")
             time.sleep(0.5)
         targets = json.loads(targets_file.read_text())
-        rules = write_rules(work / "rules", interval=f"{interval:g}s", window="5m",
-                            lookback="5m", rates=rates, kernel_shards=kernel_shards)
+        profile = RuleProfile.parse(interval=f"{interval:g}s", window="5m", lookback="5m",
+                                    rates=rates, kernel_shards=kernel_shards)
+        rules = write_rules(work / "rules", profile)
         rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
         with lab.start_prometheus(scrape_targets=targets, scrape_interval=f"{interval:g}s",
                                   evaluation_interval=f"{interval:g}s",
@@ -321,7 +348,7 @@ def measure_rules_cost(
                     # the uncached page's median latency while the rules and scrapes run
                     "page_ms_p50": {"promstat": ms1, "upstream": ms2},
                 }
-            series = prom.query("count({__name__=~\".+\"})")
+            series = _head_series(prom.url)
             # The same scrapes without the rules: the difference is what evaluating them costs
             # Prometheus in CPU (evaluation wall time also counts waiting for a core, and the
             # simulated fleet shares this machine's cores, unlike real agents).
@@ -333,11 +360,12 @@ def measure_rules_cost(
         return {
             "kernels": kernels,
             "agents": agents,
+            "layout": layout,
             "rates": rates,
             "kernel_shards": kernel_shards,
             "interval_s": interval,
             "seconds": seconds,
-            "series": int(float(series[0]["value"][1])) if series else None,
+            "series": series,
             "prometheus_cpu_s_per_min": round(base, 2),
             "prometheus_cpu_s_per_min_without_rules": round(no_rules, 2),
             "rules_cpu_share_of_core": round(max(0.0, base - no_rules) / 60.0, 4),
@@ -366,6 +394,143 @@ def measure_rules_cost(
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _vmalert_iterations(url: str) -> dict[str, tuple[float, float]]:
+    """Group name -> (sum, count) of ``vmalert_iteration_duration_seconds`` (vmalert's own
+    evaluation time per group iteration, from its ``/metrics``)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for suffix, slot in (("_sum{", 0), ("_count{", 1)):
+            prefix = "vmalert_iteration_duration_seconds" + suffix
+            if line.startswith(prefix):
+                labels, value = line[len(prefix):].rsplit("} ", 1)
+                group = next((x.split("=", 1)[1].strip('"') for x in labels.split(",")
+                              if x.startswith("group=")), "?")
+                out.setdefault(group, [0.0, 0.0])[slot] += float(value)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def measure_rules_cost_vm(
+    kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
+    rates: str = "both", kernel_shards: int = 1, layout: str = "exporter",
+) -> dict[str, Any]:
+    """:func:`measure_rules_cost` on VictoriaMetrics + vmalert: the same live fleet scraped
+    by VictoriaMetrics (``-promscrape.config``), the same rules evaluated by vmalert against
+    it and remote-written back.
+
+    Returns:
+        ``vm_cpu_s_per_min`` and ``vmalert_cpu_s_per_min`` with the rules, ``vm_cpu_s_per_min
+        _without_rules`` (vmalert stopped), ``rules_cpu_share_of_core`` (both processes' extra
+        CPU per second), ``group_eval_s`` (vmalert's mean iteration time per group),
+        ``kernel_eval_s``/``kernel_max_group_s``/``kernel_median_group_s`` as for Prometheus.
+    """
+    agents = max(1, kernels // 100)
+    work = Path(tempfile.mkdtemp(prefix="promstat-bench-vmrules-"))
+    child: subprocess.Popen[str] | None = None
+    try:
+        targets_file = work / "targets.json"
+        total = 60 + 4 * interval + seconds * 2 + 120
+        child = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; from benchmarks.matrix import _live_fleet_main as m; "
+             f"m({kernels}, {agents}, __import__('pathlib').Path(sys.argv[1]), {total}, "
+             f"{layout!r})",
+             str(targets_file)],
+            cwd=ROOT, text=True,
+        )
+        limit = time.monotonic() + 120
+        while not targets_file.exists():
+            if child.poll() is not None or time.monotonic() > limit:
+                raise RuntimeError("the simulated fleet did not start")
+            time.sleep(0.5)
+        targets = json.loads(targets_file.read_text())
+        scrape = work / "scrape.yml"
+        scrape.write_text(json.dumps({
+            "global": {"scrape_interval": f"{interval:g}s"},
+            "scrape_configs": [{"job_name": "promstat",
+                                "static_configs": [{"targets": targets}]}],
+        }))
+        profile = RuleProfile.parse(interval=f"{interval:g}s", window="5m", lookback="5m",
+                                    rates=rates, kernel_shards=kernel_shards)
+        rules = write_rules(work / "rules", profile)
+        rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
+        with lab.start_victoria_metrics(extra_flags=[f"-promscrape.config={scrape}"],
+                                        disable_cache=False) as vm:
+            log(f"rules cost (VictoriaMetrics): {kernels} kernels scraped; warming up "
+                f"{4 * interval:g}s")
+            time.sleep(4 * interval)
+            alert = lab.start_vmalert(datasource_url=vm.url, remote_write_url=vm.url,
+                                      rule_files=rule_files,
+                                      evaluation_interval=f"{interval:g}s")
+            try:
+                time.sleep(2 * interval)
+                it0 = _vmalert_iterations(alert.url)
+                v0, a0 = process_cpu_seconds(vm.pid) or 0.0, process_cpu_seconds(alert.pid) or 0.0
+                t0 = time.monotonic()
+                time.sleep(seconds)
+                v1, a1 = process_cpu_seconds(vm.pid) or 0.0, process_cpu_seconds(alert.pid) or 0.0
+                t1 = time.monotonic()
+                it1 = _vmalert_iterations(alert.url)
+            finally:
+                alert.stop()
+            time.sleep(interval)
+            n0, u0 = process_cpu_seconds(vm.pid) or 0.0, time.monotonic()
+            time.sleep(seconds)
+            n1, u1 = process_cpu_seconds(vm.pid) or 0.0, time.monotonic()
+            series = None
+            with contextlib.suppress(Exception):
+                rows = vm.query('count({__name__=~"backendai_.+"})')
+                series = int(float(rows[0]["value"][1])) if rows else None
+        per_min = 60.0 / (t1 - t0)
+        vm_cpu, alert_cpu = (v1 - v0) * per_min, (a1 - a0) * per_min
+        no_rules = (n1 - n0) * 60.0 / (u1 - u0)
+        means = {g: (it1[g][0] - it0.get(g, (0.0, 0.0))[0])
+                 / max(1.0, it1[g][1] - it0.get(g, (0.0, 0.0))[1]) for g in it1}
+        kernel_groups = [v for k, v in means.items() if k.startswith("promstat.kernel.")]
+        return {
+            "backend": "victoriametrics+vmalert",
+            "kernels": kernels,
+            "agents": agents,
+            "layout": layout,
+            "rates": rates,
+            "kernel_shards": kernel_shards,
+            "interval_s": interval,
+            "seconds": seconds,
+            "raw_series": series,
+            "vm_cpu_s_per_min": round(vm_cpu, 2),
+            "vmalert_cpu_s_per_min": round(alert_cpu, 2),
+            "vm_cpu_s_per_min_without_rules": round(no_rules, 2),
+            "rules_cpu_share_of_core": round(max(0.0, vm_cpu + alert_cpu - no_rules) / 60.0, 4),
+            "group_eval_s": {k: round(v, 4) for k, v in means.items()},
+            "kernel_eval_s": round(sum(kernel_groups), 4),
+            "kernel_max_group_s": round(max(kernel_groups, default=0.0), 4),
+            "kernel_median_group_s": round(statistics.median(kernel_groups), 4)
+            if kernel_groups else 0.0,
+        }
+    except Exception as exc:  # reported, not fatal
+        return {"backend": "victoriametrics+vmalert", "kernels": kernels,
+                "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if child is not None:
+            child.terminate()
+            with contextlib.suppress(Exception):
+                child.wait(timeout=30)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _head_series(url: str) -> int | None:
+    """Series in the head block: ``/api/v1/status/tsdb`` (a ``count`` over every series
+    takes longer than a query timeout at 20,000 kernels)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/status/tsdb", timeout=120) as resp:
+            return int(json.load(resp)["data"]["headStats"]["numSeries"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _live_ids(url: str, n: int) -> list[str]:

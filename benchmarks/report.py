@@ -240,27 +240,53 @@ def goals(
                              round(max(values) / min(values), 2), "<=", 1.25))
     runs = [x for x in rules_cost if "kernel_eval_s" in x]
     for x in runs:
-        # Rule evaluation in share of one core per 5,000 kernels: Prometheus' CPU with the
-        # rules minus without them (kernel and agent groups; the kernel group is ~90%).
+        # Issue 23: rule evaluation in share of one core per 5,000 kernels: the server's CPU
+        # with the rules minus without them (kernel and agent groups; VictoriaMetrics runs
+        # add vmalert's CPU). --rates both: at most 5%; --rates exporter: at most 2%.
         if "rules_cpu_share_of_core" not in x:
             continue
-        label = f"--rates {x['rates']} --kernel-shards {x['kernel_shards']}"
-        out.append(_goal(f"rules CPU, share of a core per 5000 kernels, {x['kernels']} "
-                         f"kernels, {label}",
+        out.append(_goal(f"rules CPU, share of a core per 5000 kernels, {_rule_label(x)}",
                          round(x["rules_cpu_share_of_core"] * 5000 / x["kernels"], 4),
-                         "<=", 0.05))
+                         "<=", 0.02 if x["rates"] == "exporter" else 0.05))
     for x in runs:
-        # Flat: the typical (median) kernel group, against the same rules unsharded on the
-        # smallest fleet measured (the slowest group is in the run's own figures).
-        base = min((y for y in runs if y["rates"] == x["rates"] and y["kernel_shards"] == 1),
+        # Flat: the slowest kernel group (the one that must finish within the interval)
+        # against the same rules, agents and backend unsharded on the smallest fleet.
+        base = min((y for y in runs if _same_rules(x, y) and y["kernel_shards"] == 1),
                    key=lambda y: y["kernels"], default=None)
-        if base is None or base is x or not base.get("kernel_median_group_s"):
+        if base is None or base is x or not base.get("kernel_max_group_s"):
             continue
-        out.append(_goal(f"median kernel group, {x['kernels']} ({x['kernel_shards']} shards) / "
-                         f"{base['kernels']} kernels, --rates {x['rates']}",
-                         round(x["kernel_median_group_s"] / base["kernel_median_group_s"], 2),
-                         "<=", 1.25))
+        out.append(_goal(f"slowest kernel group, {x['kernels']} ({x['kernel_shards']} shards) / "
+                         f"{base['kernels']} kernels, {_rule_label(x, sizes=False)}",
+                         round(x["kernel_max_group_s"] / base["kernel_max_group_s"], 2),
+                         "<=", 1.10))
     return out
+
+
+def _same_rules(x: Mapping[str, Any], y: Mapping[str, Any]) -> bool:
+    return all(x.get(k) == y.get(k) for k in ("rates", "layout", "backend"))
+
+
+def _rule_label(x: Mapping[str, Any], *, sizes: bool = True) -> str:
+    """``5000 kernels, plain agents, --rates both --kernel-shards 1 [, VictoriaMetrics]``."""
+    parts = [f"{x['kernels']} kernels"] if sizes else []
+    if x.get("layout"):
+        parts.append(f"{x['layout']} agents")
+    rules = f"--rates {x['rates']}"
+    if sizes:
+        rules += f" --kernel-shards {x['kernel_shards']}"
+    parts.append(rules)
+    if x.get("backend"):
+        parts.append(str(x["backend"]))
+    return ", ".join(parts)
+
+
+def projected_share(x: Mapping[str, Any], kernels: int = 50_000) -> float | None:
+    """The rules' share of a core at ``kernels`` from a run's measured cost per kernel (the
+    rules read a fixed number of series per kernel, so their CPU grows linearly)."""
+    share = x.get("rules_cpu_share_of_core")
+    if share is None or not x.get("kernels"):
+        return None
+    return round(float(share) / float(x["kernels"]) * kernels, 4)
 
 
 def _present(page_doc: Mapping[str, Mapping[str, Any]], name: str) -> bool:
@@ -461,16 +487,34 @@ def _format_goals(doc: Mapping[str, Any]) -> list[str]:
         lines.append("")
     for x in doc.get("rules_cost") or []:
         if "error" in x:
-            lines.append(f"rules cost at {x.get('kernels')} kernels: error {x['error'][:160]}")
+            lines.append(f"rules cost at {x.get('kernels')} kernels "
+                         f"({x.get('backend', 'prometheus')}): error {x['error'][:160]}")
+            continue
+        projected = projected_share(x)
+        groups = ", ".join(
+            f"{g} {v * 1000:.0f} ms ({v / x.get('interval_s', 15.0) * 100:.1f}% of the interval)"
+            for g, v in x["group_eval_s"].items()
+        )
+        if x.get("backend"):
+            lines.append(
+                f"rules cost at {x['kernels']} kernels on {x['backend']} ({_rule_label(x)}): "
+                f"VictoriaMetrics {x['vm_cpu_s_per_min']:.1f} + vmalert "
+                f"{x['vmalert_cpu_s_per_min']:.1f} CPU-s/min "
+                f"({x['vm_cpu_s_per_min_without_rules']:.1f} without vmalert); rules "
+                f"{x['rules_cpu_share_of_core'] * 100:.1f}% of a core, projected at 50,000 "
+                f"kernels {_fmt(projected and projected * 100, '.1f')}%; slowest kernel group "
+                f"{x.get('kernel_max_group_s', 0):.2f} s; groups {groups}"
+            )
             continue
         lines.append(
-            f"rules cost at {x['kernels']} kernels (live scrape, {x['seconds']:.0f}s, rules "
-            f"--rates {x.get('rates', 'both')} --kernel-shards {x.get('kernel_shards', 1)}): "
+            f"rules cost at {x['kernels']} kernels (live scrape, {x['seconds']:.0f}s, "
+            f"{_rule_label(x)}): "
             f"Prometheus {x['prometheus_cpu_s_per_min']:.1f} CPU-s/min "
             f"({_fmt(x.get('prometheus_cpu_s_per_min_without_rules'), '.1f')} without the "
-            f"rules); kernel groups {x.get('kernel_share_of_core', 0) * 100:.1f}% of their "
-            f"interval, slowest kernel group {x.get('kernel_max_group_s', 0):.2f} s; rule groups "
-            + ", ".join(f"{g} {v * 1000:.0f} ms" for g, v in x["group_eval_s"].items())
+            f"rules); rules {x['rules_cpu_share_of_core'] * 100:.1f}% of a core, projected at "
+            f"50,000 kernels {_fmt(projected and projected * 100, '.1f')}%; kernel groups "
+            f"{x.get('kernel_share_of_core', 0) * 100:.1f}% of their interval, slowest kernel "
+            f"group {x.get('kernel_max_group_s', 0):.2f} s; rule groups {groups}"
             + (f"; pages: promstat {x['promstat_prom_cpu_s_per_min']:.1f}, upstream "
                f"{x['upstream_prom_cpu_s_per_min']:.1f} CPU-s/min"
                if "upstream_prom_cpu_s_per_min" in x else "")

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from promstat.client import PrometheusClient
+from promstat.generate.rules import recommended_kernel_shards
 from promstat.loader import CacheConfig
 from promstat.payload import untrack_payloads
 from promstat.planner import PlannerConfig
@@ -60,7 +61,7 @@ from .contenders import (
     promstat_breakdown,
 )
 from .fleet import Fleet, FleetSpec, build_fleet
-from .matrix import backend_matrix, measure_rules_cost
+from .matrix import LAYOUTS, backend_matrix, measure_rules_cost, measure_rules_cost_vm
 from .polling import measure_cold_path, polling_matrix
 
 __all__ = ["Settings", "main", "parse_args", "run"]
@@ -93,11 +94,15 @@ class Settings:
     poll_clients: tuple[int, ...] = (10, 50)
     poll_seconds: float = 10.0
     backends: bool = True
-    # "KERNELS[:RATES[:SHARDS]]": the rules as `promstat rules render --rates --kernel-shards`
-    # 20,000 kernels in 8 shards: one per 2,500 kernels keeps each group at or below the
-    # unsharded 5,000-kernel group here, where the bigger simulated fleet and its ingestion
-    # share the same two cores (4 shards measured 1.6x the 5,000-kernel group's median).
-    rules_cost: tuple[str, ...] = ("5000", "5000:exporter", "20000:exporter:8")
+    # "KERNELS[:RATES[:SHARDS[:LAYOUT]]]": the rules as `promstat rules render --rates
+    # --kernel-shards`, SHARDS by default recommended_kernel_shards(KERNELS) (8 at 20,000: one
+    # per 2,500 kernels), LAYOUT the agents (plain: raw counters only, every Backend.AI agent
+    # today; exporter: promstat's exporter; mixed: half each), by default plain for --rates
+    # both and exporter for --rates exporter.
+    rules_cost: tuple[str, ...] = (
+        "5000", "5000:both:1:mixed", "5000:exporter",
+        "20000", "20000:both:8:mixed", "20000:exporter",
+    )
     rules_cost_seconds: float = 60.0
     png: bool = True
     out: Path = DEFAULT_OUT
@@ -111,25 +116,33 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
 
 
-def rule_run(spec: str) -> tuple[int, str, int]:
-    """``KERNELS[:RATES[:SHARDS]]`` -> ``(kernels, rates, shards)`` (defaults ``both``, 1).
+def rule_run(spec: str) -> tuple[int, str, int, str]:
+    """``KERNELS[:RATES[:SHARDS[:LAYOUT]]]`` -> ``(kernels, rates, shards, layout)``.
+
+    Defaults: ``both``; :func:`~promstat.generate.rules.recommended_kernel_shards` of the
+    fleet; ``plain`` agents for ``both``, ``exporter`` agents for ``exporter``.
 
     Raises:
         ValueError: the spec does not have that form.
     """
     kernels, *rest = spec.split(":")
-    if len(rest) > 2 or not kernels.isdigit() or (len(rest) == 2 and not rest[1].isdigit()):
-        raise ValueError(f"{spec!r}: use KERNELS[:RATES[:SHARDS]]")
+    if len(rest) > 3 or not kernels.isdigit() or (len(rest) >= 2 and not rest[1].isdigit()):
+        raise ValueError(f"{spec!r}: use KERNELS[:RATES[:SHARDS[:LAYOUT]]]")
     if rest and rest[0] not in ("both", "exporter"):
         raise ValueError(f"{spec!r}: RATES is both or exporter")
-    return int(kernels), rest[0] if rest else "both", int(rest[1]) if len(rest) > 1 else 1
+    if len(rest) == 3 and rest[2] not in LAYOUTS:
+        raise ValueError(f"{spec!r}: LAYOUT is one of {', '.join(LAYOUTS)}")
+    rates = rest[0] if rest else "both"
+    shards = int(rest[1]) if len(rest) > 1 else recommended_kernel_shards(int(kernels))
+    layout = rest[2] if len(rest) > 2 else ("plain" if rates == "both" else "exporter")
+    return int(kernels), rates, shards, layout
 
 
 def _rule_runs(text: str) -> tuple[str, ...]:
     runs = []
     for item in filter(None, (x.strip() for x in text.split(","))):
         try:
-            kernels, _, _ = rule_run(item)
+            kernels, *_ = rule_run(item)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         if kernels > 0:
@@ -159,8 +172,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--no-backends", action="store_true",
                    help="skip the VictoriaMetrics + vmalert cold page")
     p.add_argument("--rules-cost", type=_rule_runs,
-                   help="live rule-cost runs, comma-separated KERNELS[:RATES[:SHARDS]] (0: none; "
-                        "full: 5000,5000:exporter,20000:exporter:8)")
+                   help="live rule-cost runs, comma-separated KERNELS[:RATES[:SHARDS[:LAYOUT]]] "
+                        "(0: none; LAYOUT plain, exporter or mixed; full: 5000, "
+                        "5000:both:1:mixed, 5000:exporter and the same at 20000)")
     p.add_argument("--gc-tracked", action="store_true",
                    help="leave cached payloads on the GC's list (promstat's default; the "
                         "benchmark otherwise opts in to untrack_payloads(), as a manager should)")
@@ -475,17 +489,23 @@ def run(settings: Settings) -> dict[str, Any]:
     rules_cost = []
     paged: set[tuple[int, str]] = set()
     for run_spec in settings.rules_cost:
-        kernels, rates, shards = rule_run(run_spec)
-        _log(f"rules cost: live fleet of {kernels} kernels, rules --rates {rates} "
-             f"--kernel-shards {shards}, {settings.rules_cost_seconds:g}s")
+        kernels, rates, shards, layout = rule_run(run_spec)
+        _log(f"rules cost: live fleet of {kernels} kernels ({layout} agents), rules --rates "
+             f"{rates} --kernel-shards {shards}, {settings.rules_cost_seconds:g}s")
         # Page traffic once per fleet size and rates mode: the page's plan follows the mode
         # (--rates exporter pages read the raw series), sharding does not change it.
         rules_cost.append(
             measure_rules_cost(kernels, seconds=settings.rules_cost_seconds, log=_log,
-                               rates=rates, kernel_shards=shards,
+                               rates=rates, kernel_shards=shards, layout=layout,
                                pages=(kernels, rates) not in paged)
         )
         paged.add((kernels, rates))
+        if settings.backends:
+            # The same rules and fleet on VictoriaMetrics + vmalert, reported beside.
+            rules_cost.append(
+                measure_rules_cost_vm(kernels, seconds=settings.rules_cost_seconds, log=_log,
+                                      rates=rates, kernel_shards=shards, layout=layout)
+            )
     decode = decode_benchmark(settings)
     doc = report.build(
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},

@@ -521,7 +521,8 @@ async def run_soak(options: SoakOptions, out: Any = None) -> SoakReport:
     metrics = PromstatMetrics()
     try:
         written = write_rules(
-            tmp / "rules", interval=options.interval, window=window, lookback=window
+            tmp / "rules",
+            RuleProfile.parse(interval=options.interval, window=window, lookback=window),
         )
         rule_files = [p for p in written if p.name.endswith(".rules.yml")]
         await fleet.start()

@@ -502,6 +502,106 @@ class LiveStatExpressions:
             raise QueryBuildError(f"no metric in the catalog publishes stats.{stat}")
         return _join_or(parts)
 
+    def kernel_rules(self, *, matchers: str = "") -> tuple[tuple[str, str], ...]:
+        """The kernel rule group as ``(stat, expr)`` pairs, in evaluation order.
+
+        The values are exactly those of :meth:`kernel` (``current``/``capacity``/``rate``)
+        and :meth:`kernel_recorded_window` (``max``/``avg``), or with
+        :attr:`RateSource.EXPORTER` of :meth:`kernel_exporter_window`; the expressions are
+        shaped for a rule group, whose cost is Prometheus selecting and decoding every raw
+        series once per selector, every interval:
+
+        * no ``or`` chains across disjoint metric sets: a stat whose metrics fall into kinds
+          with different constructions (gauges, rate counters) is one rule per kind, each
+          writing the same record and ``stat`` for its own series (the sets are disjoint
+          by metric name, so no series is written twice);
+        * the counters' rates aggregate once instead of three times: ``max by``
+          over the per-series rates and a ``0`` for every live series without one is the
+          largest rate, or ``0`` (rates are never negative), exactly as ``max by`` of the
+          rates ``or`` ``0``; the staleness guard matches the raw series ``on`` the level's
+          labels without aggregating them first;
+        * the accumulating counters' ``rate`` likewise (it reads raw series only: taking its
+          guard from the ``current`` just recorded would rely on the rule's staleness
+          markers, which backfilled rules and a remote-writing vmalert do not give at the
+          same timestamp);
+        * the window stats read the recorded ``current`` with no outer ``max by``: the rule's
+          ``stat`` label replaces ``stat="current"``, so the result has the level's labels.
+
+        Rules that read recorded series come after the rules that record them.
+
+        Args:
+            matchers: extra matcher text (a rule shard's ``kernel_id`` matcher).
+        """
+        if self.rates is RateSource.EXPORTER:
+            return self._kernel_exporter_rules(matchers)
+        level, n = self._kernel, self.names
+        g = level.group
+        rate_counters = self._rate_counters()
+        out: list[tuple[str, str]] = [
+            ("current", self._latest(level, _NameSet(exclude=rate_counters), matchers)),
+            ("capacity", f"max by ({g}) ({self._sel(level, n.capacity_value, None, matchers)})"),
+        ]
+        if rate_counters:
+            out.append(("current", self._rule_counter_current(rate_counters, matchers)))
+        rated = [
+            m
+            for m in self.catalog.names_of_kind(Kind.ACCUMULATING_COUNTER)
+            if self._has(self.catalog.exact[m], "rate", node=False)
+        ]
+        if rated:
+            out.append(("rate", self._rule_counter_current(rated, matchers)))
+        for stat in WINDOW_STATS:
+            pub = self._publishing(stat, node=False)
+            if pub.empty:
+                continue
+            extra = [matchers] if matchers else []
+            sel = selector(
+                n.kernel_live_stat,
+                eq(n.stat_label, "current"),
+                *pub.matchers(level.name_label),
+                *extra,
+            )
+            out.append((stat, f"{_WINDOW_FUNCS[stat]}({sel}[{self.window}])"))
+        return tuple(out)
+
+    def _rule_counter_current(self, counters: Sequence[str], matchers: str) -> str:
+        """Counters' rate for a rule (rate counters' ``current``, accumulating counters'
+        ``rate``): :meth:`_counter_rate`'s value, aggregated once.
+
+        ``(max by (R) or max by (F or C * 0)) and on C``: the agent's rate series where it
+        has one, else the largest fallback rate of the group's series, else ``0`` for a live
+        series without a rate; kept where a latest sample exists.
+        """
+        level, names = self._kernel, _NameSet(exact=tuple(counters))
+        g = level.group
+        agent = self._sel(level, self.names.rate_value, names, matchers)
+        cur = self._sel(level, self.names.current_value, names, matchers)
+        w = self.rate_window
+        fallback = f"(rate({cur}[{w}]) unless idelta({cur}[{w}]) < 0) or {cur} * 0"
+        return f"(max by ({g}) ({agent}) or max by ({g}) ({fallback})) and on ({g}) {cur}"
+
+    def _kernel_exporter_rules(self, matchers: str) -> tuple[tuple[str, str], ...]:
+        """:meth:`kernel_exporter_window`'s parts, one rule each (disjoint metric names)."""
+        level = self._kernel
+        out: list[tuple[str, str]] = []
+        for stat in WINDOW_STATS:
+            func = _WINDOW_FUNCS[stat]
+            gauges = self._publishing(
+                stat, node=False, kinds=(Kind.GAUGE, Kind.ACCUMULATING_COUNTER)
+            )
+            counters = tuple(
+                m
+                for m in self._rate_counters()
+                if self._has(self.catalog.exact[m], stat, node=False)
+            )
+            if not gauges.empty:
+                sel = self._sel(level, self.names.current_value, gauges, matchers)
+                out.append((stat, f"max by ({level.group}) ({func}({sel}[{self.window}]))"))
+            if counters:
+                sel = self._sel(level, self.names.rate_value, _NameSet(exact=counters), matchers)
+                out.append((stat, f"max by ({level.group}) ({func}({sel}[{self.window}]))"))
+        return tuple(out)
+
     def kernel_stat_of(self, value_type: str, metric: str) -> str:
         """The stat a raw kernel series stands for under :attr:`RateSource.EXPORTER`: the
         stat whose :meth:`kernel` expression selects it, ``""`` when none does.

@@ -17,6 +17,7 @@ import yaml
 
 from promstat.conventions import SeriesNames
 from promstat.generate.rules import build_rule_files
+from promstat.profile import RuleProfile
 from promstat.testing import lab
 
 NAMES = SeriesNames()
@@ -52,7 +53,7 @@ def _backfill_rules(
 def _stage_files(c: int, s: int, workdir: Path, kernel_shards: int) -> list[Path]:
     """The kernel and agent rules in two stages: base stats, then what reads them."""
     files = build_rule_files(
-        interval=f"{s}s", collect_interval=f"{c}s", kernel_shards=kernel_shards
+        RuleProfile.parse(interval=f"{s}s", collect_interval=f"{c}s", kernel_shards=kernel_shards)
     )
     stages: list[list[dict[str, Any]]] = [[], []]
     for rule_file in files:

@@ -16,22 +16,20 @@ import promql_parser
 import pytest
 import yaml
 
-from promstat.apps.demo import DemoOptions, run_demo
+from promstat.apps.demo import DemoOptions, alert_summary, run_demo
 from promstat.catalog import Catalog
 from promstat.cli import build_parser
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, RuleError
+from promstat.generate.alert_tests import alert_tests_apply, render_alert_tests
 from promstat.generate.alerts import (
     ALERT_TESTS_FILE,
     ALERTS_FILE,
     AlertSettings,
     accelerator_util_matchers,
-    alert_summary,
-    alert_tests_apply,
     build_alert_groups,
     check_alerts,
     demo_settings,
-    render_alert_tests,
     render_alerts,
     write_alerts,
 )

@@ -11,7 +11,7 @@ import pytest
 from benchmarks import report
 from benchmarks.contenders import CONTENDERS
 from benchmarks.fleet import rule_stages
-from benchmarks.run import Settings, parse_args, run
+from benchmarks.run import Settings, parse_args, rule_run, run
 from promstat.generate.rules import RecordingRule, build_rule_files
 
 A = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
@@ -265,11 +265,12 @@ def test_goals_compare_polling_and_cold_path_with_their_bounds() -> None:
 
 
 def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
-    """Rule CPU is scaled per 5,000 kernels; flatness compares the median kernel group with the
-    same rules unsharded on the smallest fleet."""
+    """Rule CPU is scaled per 5,000 kernels (5% for --rates both, 2% for exporter); flatness
+    compares the slowest kernel group with the same rules, agents and backend unsharded on the
+    smallest fleet (within 10%)."""
 
     def run_(
-        kernels: int, rates: str, shards: int, total: float, worst: float
+        kernels: int, rates: str, shards: int, total: float, worst: float, **extra: str
     ) -> dict[str, object]:
         return {
             "kernels": kernels,
@@ -280,32 +281,48 @@ def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
             "rules_cpu_share_of_core": total / 15.0,
             "kernel_max_group_s": worst,
             "kernel_median_group_s": worst,
+            **extra,
         }
 
     runs = [
-        run_(5000, "both", 1, 2.4, 2.4),
-        run_(5000, "exporter", 1, 0.6, 0.6),
-        run_(20000, "exporter", 4, 2.4, 0.66),
+        run_(5000, "both", 1, 2.4, 2.4, layout="plain"),
+        run_(5000, "exporter", 1, 0.6, 0.6, layout="exporter"),
+        run_(20000, "exporter", 4, 2.4, 0.66, layout="exporter"),
+        run_(5000, "both", 1, 0.6, 0.6, layout="plain", backend="vm"),
+        run_(20000, "both", 8, 2.4, 0.62, layout="plain", backend="vm"),
         {"kernels": 20000, "error": "RuntimeError: boom"},
     ]
     got = {g["goal"]: (g["value"], g["met"]) for g in report.goals({}, [], [], runs)}
     share = "rules CPU, share of a core per 5000 kernels"
-    assert got[f"{share}, 5000 kernels, --rates both --kernel-shards 1"] == (0.16, False)
-    assert got[f"{share}, 5000 kernels, --rates exporter --kernel-shards 1"] == (0.04, True)
-    assert got[f"{share}, 20000 kernels, --rates exporter --kernel-shards 4"] == (0.04, True)
-    flat = "median kernel group, 20000 (4 shards) / 5000 kernels, --rates exporter"
+    both = "plain agents, --rates both --kernel-shards"
+    exporter = "exporter agents, --rates exporter --kernel-shards"
+    assert got[f"{share}, 5000 kernels, {both} 1"] == (0.16, False)
+    assert got[f"{share}, 5000 kernels, {exporter} 1"] == (0.04, False)
+    assert got[f"{share}, 20000 kernels, {exporter} 4"] == (0.04, False)
+    assert got[f"{share}, 5000 kernels, {both} 1, vm"] == (0.04, True)
+    slowest = "slowest kernel group, 20000"
+    flat = f"{slowest} (4 shards) / 5000 kernels, exporter agents, --rates exporter"
     assert got[flat] == (1.1, True)
-    assert len([g for g in got if g.startswith("median kernel group")]) == 1
+    vm_flat = f"{slowest} (8 shards) / 5000 kernels, plain agents, --rates both, vm"
+    assert got[vm_flat] == (1.03, True)
+    assert len([g for g in got if g.startswith("slowest kernel group")]) == 2
+    assert report.projected_share(runs[0]) == round(2.4 / 15.0 / 5000 * 50_000, 4)
+    assert report.projected_share(runs[-1]) is None
 
 
 def test_rule_cost_runs_parse() -> None:
-    """--rules-cost takes KERNELS[:RATES[:SHARDS]]; 0 means none; bad items are errors."""
+    """--rules-cost takes KERNELS[:RATES[:SHARDS[:LAYOUT]]]; 0 means none; bad items are
+    errors; shards default to the recommended count, layouts to the rates mode's agents."""
     assert parse_args(["--rules-cost", "5000,20000:exporter:4"]).rules_cost == (
         "5000",
         "20000:exporter:4",
     )
     assert parse_args(["--rules-cost", "0"]).rules_cost == ()
-    for bad in ("5000:fast", "x", "5000:both:two", "1:both:2:3"):
+    assert rule_run("5000") == (5000, "both", 1, "plain")
+    assert rule_run("20000") == (20000, "both", 8, "plain")
+    assert rule_run("20000:exporter") == (20000, "exporter", 8, "exporter")
+    assert rule_run("5000:both:2:mixed") == (5000, "both", 2, "mixed")
+    for bad in ("5000:fast", "x", "5000:both:two", "1:both:2:3", "1:both:2:mixed:x"):
         with pytest.raises(SystemExit):
             parse_args(["--rules-cost", bad])
 

@@ -34,6 +34,7 @@ from promstat.migration.compare import (
     run_compare,
 )
 from promstat.migration.publisher import ValkeyPublisher
+from promstat.profile import RuleProfile
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
 
@@ -320,7 +321,7 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
     """
     rules: list[Path] = []
     if plan == "recorded":
-        written = write_rules(tmp_path / "rules", interval="1s", window="5m")
+        written = write_rules(tmp_path / "rules", RuleProfile.parse(interval="1s", window="5m"))
         rules = [p for p in written if "test" not in p.name]
     config = FleetConfig(
         agents=3,

@@ -19,12 +19,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from promstat.agent.exporter import ExporterServer, UtilizationExporter
+from promstat.apps.demo import alert_summary
 from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind
 from promstat.cli import build_parser
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
 from promstat.errors import PromstatError
-from promstat.generate.alerts import alert_summary, demo_settings, write_alerts
+from promstat.generate.alerts import demo_settings, write_alerts
 from promstat.generate.dashboards import (
     DASHBOARD_FILES,
     MetricFamily,
@@ -35,6 +36,7 @@ from promstat.generate.dashboards import (
     write_dashboards,
 )
 from promstat.generate.rules import write_rules
+from promstat.profile import RuleProfile
 from promstat.selfmetrics import PromstatMetrics
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
@@ -335,7 +337,9 @@ async def _lab(
     """Simulated fleet + extra agent + promstat's own metrics, scraped with rules and alerts."""
     rules = [
         p
-        for p in write_rules(tmp_path / "rules", interval="1s", window="4s", rates=rates)
+        for p in write_rules(
+            tmp_path / "rules", RuleProfile.parse(interval="1s", window="4s", rates=rates)
+        )
         if p.name.endswith(".rules.yml")
     ]
     settings = dataclasses.replace(demo_settings("1s"), rates=rates)

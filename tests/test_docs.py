@@ -59,6 +59,7 @@ from dual_fleet import DualFleet, dual_fleet, fleet_config
 from promstat.agent.exporter import UtilizationExporter
 from promstat.client import PrometheusClient
 from promstat.generate.rules import write_rules
+from promstat.profile import RuleProfile
 from promstat.service import LiveStats
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
@@ -404,7 +405,8 @@ def _poll(check: Any, what: str, timeout: float = 120.0) -> None:
 @pytest.fixture(scope="module")
 def live_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLab]:
     rules_dir = tmp_path_factory.mktemp("docs-rules")
-    written = write_rules(rules_dir, interval="1s", window="1m", collect_interval="1s")
+    profile = RuleProfile.parse(interval="1s", window="1m", collect_interval="1s")
+    written = write_rules(rules_dir, profile)
     rule_files = [p for p in written if p.name.endswith(".rules.yml")]
     config = FleetConfig(
         agents=2, kernels_per_agent=3, churn=None, seed=7, node_interval=1, measure_interval=1

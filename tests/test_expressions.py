@@ -12,7 +12,7 @@ from promstat.catalog import DEFAULT_CATALOG, Catalog, Kind, MetricSpec
 from promstat.conventions import STATS, SeriesNames
 from promstat.errors import ConfigError, QueryBuildError
 from promstat.expressions import KERNEL_STATS, LiveStatExpressions
-from promstat.generate.rules import SCENARIO
+from promstat.generate.rule_tests import SCENARIO
 from promstat.promql import set_matcher
 from promstat.testing import lab
 from promstat.testing.fake import openmetrics_text

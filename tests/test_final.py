@@ -417,7 +417,7 @@ async def test_final_stats_survive_staleness_markers(
             exporter.observe_container(kernel_id, "mem", float(GiB), float(4 * GiB))
 
     exporter.add_collect_hook(measure)
-    written = write_rules(tmp_path, interval="1s", window="10s", lookback="10s")
+    written = write_rules(tmp_path, RuleProfile.parse(interval="1s", window="10s", lookback="10s"))
     server = ExporterServer(exporter)
     await server.start()
     try:

@@ -82,7 +82,9 @@ def _wait_until(check: Any, what: str, prom: lab.PrometheusProcess) -> None:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLab]:
     """A 4x60 fleet scraped every second by Prometheus with the recording rules loaded."""
     rule_dir = tmp_path_factory.mktemp("rules")
-    written = write_rules(rule_dir, interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
+    written = write_rules(
+        rule_dir, RuleProfile.parse(interval=INTERVAL, window=WINDOW, lookback=LOOKBACK)
+    )
     rule_files = [p for p in written if p.parent == rule_dir]
     fleet = SimulatedFleet(FleetConfig(agents=AGENTS, kernels_per_agent=PER_AGENT, churn=None))
     with (
@@ -380,7 +382,10 @@ def churning(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChurnLab]:
     the rules loaded."""
     rule_dir = tmp_path_factory.mktemp("churn-rules")
     written = write_rules(
-        rule_dir, interval=INTERVAL, window=WINDOW, lookback=LOOKBACK, collect_interval=COLLECT
+        rule_dir,
+        RuleProfile.parse(
+            interval=INTERVAL, window=WINDOW, lookback=LOOKBACK, collect_interval=COLLECT
+        ),
     )
     churn = ChurnConfig(mean_lifetime=12.0, min_lifetime=6.0, max_gap=0.0)
     fleet = SimulatedFleet(

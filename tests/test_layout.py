@@ -238,7 +238,7 @@ async def _wait_for_kernels(prom: lab.PrometheusProcess, kernels: int) -> None:
 def rules_30s(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """promstat's rules rendered at 30 s (by promstat.generate.rules)."""
     out = tmp_path_factory.mktemp("rules-30s")
-    written = write_rules(out, interval="30s")
+    written = write_rules(out, RuleProfile(interval=30.0))
     return [p for p in written if p.parent == out and p.name.endswith(".rules.yml")]
 
 

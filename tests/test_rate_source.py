@@ -24,7 +24,8 @@ from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.expressions import LiveStatExpressions, RateSource
 from promstat.generate.alerts import build_alert_groups
-from promstat.generate.rules import render_rules, rule_tests_apply, write_rules
+from promstat.generate.rule_tests import rule_tests_apply
+from promstat.generate.rules import render_rules, write_rules
 from promstat.planner import Planner, PlannerConfig
 from promstat.profile import RuleProfile
 from promstat.testing import lab
@@ -58,19 +59,19 @@ def test_invalid_rate_source_names_the_choices() -> None:
     with pytest.raises(ConfigError, match=r"rates must be one of 'both', 'exporter', got 'fast'"):
         LiveStatExpressions(rates="fast")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="rates must be one of"):
-        render_rules(rates="fast")
+        render_rules(RuleProfile.parse(rates="fast"))
 
 
 def test_rendered_files_say_their_mode(tmp_path: Path) -> None:
     """The header's command line reproduces the mode; promtool unit tests (a scenario of
     plain agents) are written for ``both`` only."""
-    exporter = render_rules(rates="exporter")
+    exporter = render_rules(RuleProfile.parse(rates="exporter"))
     kernel = exporter["promstat-kernel.rules.yml"]
     assert "promstat rules render --interval 15s --window 5m --rates exporter)" in kernel
     assert "idelta" not in kernel and "rate(" not in kernel
     assert "--rates" not in render_rules()["promstat-kernel.rules.yml"]
-    assert rule_tests_apply() and not rule_tests_apply(rates="exporter")
-    written = write_rules(tmp_path, rates=RateSource.EXPORTER)
+    assert rule_tests_apply() and not rule_tests_apply(RuleProfile.parse(rates="exporter"))
+    written = write_rules(tmp_path, RuleProfile.parse(rates=RateSource.EXPORTER))
     assert sorted(p.name for p in written) == [
         "promstat-agent.rules.yml",
         "promstat-kernel.rules.yml",
@@ -115,7 +116,8 @@ async def test_plain_agent_under_exporter_rules(
     async with SimulatedFleet(config) as sim:
         for rates in ("exporter", "both"):
             rules = write_rules(
-                tmp_path / rates, interval="1s", window="4s", collect_interval="1s", rates=rates
+                tmp_path / rates,
+                RuleProfile.parse(interval="1s", window="4s", collect_interval="1s", rates=rates),
             )
             prom = start_prometheus(
                 scrape_targets=sim.targets,

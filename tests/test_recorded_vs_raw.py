@@ -123,7 +123,8 @@ async def scraped_fleet(
     last evaluation times (see :func:`_settled_times`).
     """
     rule_files = write_rules(
-        tmp_path / "rules", interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates
+        tmp_path / "rules",
+        RuleProfile.parse(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT, rates=rates),
     )
     # the agents' rate series are exact whatever the scrape jitter; constant gauges and no
     # churn keep the window statistics comparable

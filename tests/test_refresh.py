@@ -490,7 +490,7 @@ async def scraped(
 ) -> AsyncIterator[tuple[lab.PrometheusProcess, list[str]]]:
     """A real Prometheus scraping a 3-kernel simulated fleet every 1 s, rules loaded."""
     rule_dir = tmp_path_factory.mktemp("refresh-rules")
-    written = write_rules(rule_dir, interval="1s", window="60s", lookback="60s")
+    written = write_rules(rule_dir, RuleProfile.parse(interval="1s", window="60s", lookback="60s"))
     rule_files = [p for p in written if p.parent == rule_dir and p.name.endswith(".rules.yml")]
     async with SimulatedFleet(
         FleetConfig(agents=1, kernels_per_agent=3, gpu_agent_ratio=0.0, churn=None)

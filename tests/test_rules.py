@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 
@@ -12,14 +15,16 @@ from promstat.catalog import Catalog
 from promstat.cli import build_parser
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, RuleError
+from promstat.generate.rule_tests import SCENARIO, render_rule_tests, rule_tests_apply
 from promstat.generate.rules import (
-    SCENARIO,
+    KERNEL_SHARDS,
+    PROFILE_GROUP,
     build_rule_files,
-    render_rule_tests,
+    recommended_kernel_shards,
     render_rules,
-    rule_tests_apply,
     write_rules,
 )
+from promstat.profile import RuleProfile
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 HEADER = re.compile(
@@ -60,37 +65,46 @@ def test_every_file_has_the_generated_header() -> None:
 
 def test_groups_interval_names_and_order() -> None:
     """Groups run at the interval, and base stats come before what reads them."""
-    kernel, agent = build_rule_files(interval="30s", window="2m")
-    (kg,) = kernel.groups
+    kernel, agent = build_rule_files(RuleProfile.parse(interval="30s", window="2m"))
+    pg, kg = kernel.groups
     (ag,) = agent.groups
+    assert (pg.name, pg.interval) == (PROFILE_GROUP, "30s")
     assert (kg.name, kg.interval) == ("promstat.kernel.live_stat", "30s")
     assert (ag.name, ag.interval) == ("promstat.agent.live_stat", "30s")
     n = SeriesNames()
     korder = [(r.record, r.labels.get("stat")) for r in kg.rules]
+    # current is one rule per metric kind (gauges and accumulating counters; rate counters)
     assert korder == [
         (n.kernel_live_stat, "current"),
         (n.kernel_live_stat, "capacity"),
+        (n.kernel_live_stat, "current"),
         (n.kernel_live_stat, "rate"),
         (n.kernel_live_stat, "max"),
         (n.kernel_live_stat, "avg"),
     ]
+    # A rule reading a recorded stat comes after every rule that records it (a group's rules
+    # run one after another at the same timestamp).
+    for i, r in enumerate(kg.rules):
+        for stat in re.findall(rf'{re.escape(n.kernel_live_stat)}{{stat="(\w+)"', r.expr):
+            writers = [j for j, w in enumerate(kg.rules) if w.labels.get("stat") == stat]
+            assert writers and max(writers) < i, (r.labels, stat)
     aorder = [(r.record, r.labels["stat"]) for r in ag.rules]
     dev = [(n.device_live_stat, s) for s in ("current", "capacity", "rate", "max", "avg")]
     node = [(n.agent_live_stat, s) for s in ("current", "capacity", "rate", "max", "avg")]
     assert aorder == dev + node
-    assert "[2m]" in kg.rules[4].expr
+    assert "[2m]" in kg.rules[4].expr and "[2m]" in kg.rules[5].expr
 
 
 @pytest.mark.parametrize(("interval", "window"), [("15s", "59s"), ("1m", "3m"), ("30s", "1m30s")])
 def test_window_shorter_than_four_intervals_rejected(interval: str, window: str) -> None:
     """window < 4 x interval is a ConfigError naming both values."""
     with pytest.raises(ConfigError, match=r"window .* shorter than 4 x interval"):
-        render_rules(interval=interval, window=window)
+        render_rules(RuleProfile.parse(interval=interval, window=window))
 
 
 def test_window_of_exactly_four_intervals_accepted() -> None:
     """window == 4 x interval is fine."""
-    assert render_rules(interval="15s", window="1m")
+    assert render_rules(RuleProfile.parse(interval="15s", window="1m"))
 
 
 def test_custom_catalog_extends_regexes(tmp_path: Path) -> None:
@@ -102,12 +116,14 @@ def test_custom_catalog_extends_regexes(tmp_path: Path) -> None:
         '  - pattern: "npu\\\\d+_temp"\n    stats: [max]\n',
         encoding="utf-8",
     )
-    kernel, _ = build_rule_files(catalog=Catalog.from_yaml(path))
-    by_stat = {r.labels.get("stat"): r.expr for r in kernel.groups[0].rules}
+    kernel, _ = build_rule_files(RuleProfile.parse(catalog=Catalog.from_yaml(path)))
+    by_stat = {r.labels.get("stat"): r.expr for r in kernel.groups[1].rules}
     assert "tpu_duty" in by_stat["max"] and "tpu_duty" in by_stat["avg"]
     assert "npu\\\\d+_temp" in by_stat["max"]  # PromQL string escaping of the regex
     assert "npu" not in by_stat["avg"]
-    header = render_rules(catalog=Catalog.from_yaml(path), catalog_file="catalog.yml")
+    header = render_rules(
+        RuleProfile.parse(catalog=Catalog.from_yaml(path)), catalog_file="catalog.yml"
+    )
     assert "--catalog catalog.yml)" in header["promstat-kernel.rules.yml"].splitlines()[0]
 
 
@@ -119,26 +135,29 @@ def test_names_are_configurable() -> None:
         kernel_label="kid",
         stat_label="kind",
     )
-    kernel, agent = build_rule_files(names=names)
+    kernel, agent = build_rule_files(RuleProfile.parse(names=names))
     records = {r.record for f in (kernel, agent) for g in f.groups for r in g.rules}
     assert records == {
+        "promstat:ctr_util:rule_profile",
         "kernel_metric:ctr_util:live_stat",
         "agent_device_metric:dev_util:live_stat",
         "agent_metric:dev_util:live_stat",
     }
-    for rule in kernel.groups[0].rules:
+    for rule in kernel.groups[1].rules:
         assert "backendai" not in rule.expr
-        assert "kid" in rule.expr
+        # grouped by the configured labels, or reading the recorded family (which has them)
+        assert "kid" in rule.expr or 'ctr_util:live_stat{kind="current"' in rule.expr
+        assert "kernel_id" not in rule.expr and "stat=" not in rule.expr
         assert set(rule.labels) <= {"kind"}
-    tests = render_rule_tests(names=names)["tests/promstat-kernel.test.yml"]
+    tests = render_rule_tests(RuleProfile.parse(names=names))["tests/promstat-kernel.test.yml"]
     assert 'kid="k1"' in tests and "kernel_id" not in tests
 
 
 def test_rule_tests_only_for_default_durations(tmp_path: Path) -> None:
     """Unit tests are hand-computed for 15s/5m/5m: other durations write rules only."""
     assert rule_tests_apply()
-    assert not rule_tests_apply(interval="30s", window="5m")
-    written = write_rules(tmp_path, interval="30s", window="2m")
+    assert not rule_tests_apply(RuleProfile.parse(interval="30s", window="5m"))
+    written = write_rules(tmp_path, RuleProfile.parse(interval="30s", window="2m"))
     assert sorted(p.name for p in written) == [
         "promstat-agent.rules.yml",
         "promstat-kernel.rules.yml",
@@ -148,9 +167,9 @@ def test_rule_tests_only_for_default_durations(tmp_path: Path) -> None:
 def test_rule_tests_refuse_a_catalog_that_changes_scenario_metrics() -> None:
     """A catalog that redefines a scenario metric cannot reuse the hand-computed values."""
     catalog = Catalog.from_yaml("metrics:\n  - name: mem\n    kind: gauge\n    stats: []\n")
-    assert not rule_tests_apply(catalog=catalog)
+    assert not rule_tests_apply(RuleProfile.parse(catalog=catalog))
     with pytest.raises(RuleError, match="built-in specs"):
-        render_rule_tests(catalog=catalog)
+        render_rule_tests(RuleProfile.parse(catalog=catalog))
 
 
 def test_scenario_series_cover_the_required_cases() -> None:
@@ -203,20 +222,25 @@ def test_kernel_shards_partition_every_id(shards: int) -> None:
 def test_kernel_shards_make_one_group_each_with_the_same_records() -> None:
     """Sharded kernel rules: one group per shard, every rule restricted to its shard, the
     same record names and stat labels as the single group; bad counts are refused."""
-    (single, _), (sharded, _) = build_rule_files(), build_rule_files(kernel_shards=4)
-    assert len(single.groups) == 1 and len(sharded.groups) == 4
+    (single, _), (sharded, _) = (
+        build_rule_files(),
+        build_rule_files(RuleProfile.parse(kernel_shards=4)),
+    )
+    assert len(single.groups) == 2 and len(sharded.groups) == 5
     assert [g.name for g in sharded.groups] == [
-        f"promstat.kernel.live_stat.shard{i}of4" for i in range(4)
+        PROFILE_GROUP,
+        *(f"promstat.kernel.live_stat.shard{i}of4" for i in range(4)),
     ]
-    base = [(r.record, dict(r.labels)) for r in single.groups[0].rules]
-    for group in sharded.groups:
+    assert sharded.groups[0].rules[0].labels["kernel_shards"] == "4"
+    base = [(r.record, dict(r.labels)) for r in single.groups[1].rules]
+    for group in sharded.groups[1:]:
         assert [(r.record, dict(r.labels)) for r in group.rules] == base
         shard = group.rules[0].expr.split('kernel_id=~"', 1)[1].split('"', 1)[0]
         for rule in group.rules:
             selectors = re.findall(r"\{[^}]*\}", rule.expr)
             assert selectors and all(f'kernel_id=~"{shard}"' in sel for sel in selectors)
     with pytest.raises(ConfigError, match="kernel_shards"):
-        build_rule_files(kernel_shards=3)
+        build_rule_files(RuleProfile.parse(kernel_shards=3))
 
 
 def test_rules_render_flags_are_one_rule_profile(tmp_path: Path) -> None:
@@ -235,8 +259,9 @@ def test_rules_render_flags_are_one_rule_profile(tmp_path: Path) -> None:
     )
     assert args.handler(args) == 0
     write_rules(
-        tmp_path / "direct", interval="30s", window="2m", collect_interval="1m",
-        rates="exporter", kernel_shards=4,
+        tmp_path / "direct",
+        RuleProfile.parse(interval="30s", window="2m", collect_interval="1m",
+                          rates="exporter", kernel_shards=4),
     )  # fmt: skip
     assert _tree(tmp_path / "cli") == _tree(tmp_path / "direct")
     assert write_profile_rules(tmp_path / "again", RuleProfile()) == sorted(
@@ -289,3 +314,65 @@ def test_rules_render_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]
     text = " ".join(raw.split())
     assert "default: None" not in text
     assert CLI_SHARDS == KERNEL_SHARDS
+
+
+def test_every_kernel_file_carries_the_profile_rule() -> None:
+    """One cheap rule whose labels are the profile, in its own group of the kernel file: the
+    reader finds it in /api/v1/rules; a profile of other settings renders other labels."""
+    profile = RuleProfile.parse(interval="30s", window="2m", rates="exporter", kernel_shards=2)
+    kernel, agent = build_rule_files(profile)
+    rules = [r for f in (kernel, agent) for g in f.groups for r in g.rules]
+    found = [r for r in rules if r.record == profile.names.profile_info]
+    assert len(found) == 1 and found[0] is kernel.groups[0].rules[0]
+    assert found[0].expr == "vector(1)"
+    assert dict(found[0].labels) == profile.to_labels()
+    assert profile.from_labels(found[0].labels) == profile
+    assert found[0].labels["rates"] == "exporter" and found[0].labels["interval"] == "30s"
+    doc = yaml.safe_load(render_rules(profile)["promstat-kernel.rules.yml"])
+    assert doc["groups"][0]["rules"][0]["labels"] == profile.to_labels()
+
+
+@pytest.mark.parametrize(
+    ("kernels", "shards"), [(0, 1), (5000, 1), (5001, 4), (10000, 4), (20000, 8), (10**6, 16)]
+)
+def test_recommended_kernel_shards(kernels: int, shards: int) -> None:
+    """One group up to 5,000 kernels, then about one shard per 2,500 (a count the shard
+    matchers can split into, at most 16)."""
+    assert recommended_kernel_shards(kernels) == shards
+    assert shards in KERNEL_SHARDS
+
+
+def test_the_manager_core_never_imports_the_generators() -> None:
+    """A manager's imports (the service, planner, profile, expressions) load no generator and
+    no jinja2: the generators sit one level down and only the CLI and tools import them."""
+    code = (
+        "import sys, promstat, promstat.service, promstat.planner, promstat.profile, "
+        "promstat.expressions; "
+        "print(sorted(m for m in sys.modules if m.startswith('promstat.generate') "
+        "or m == 'jinja2'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_generated_headers_come_from_strict_templates() -> None:
+    """Rules, rule tests, alerts and alert tests are written one way: a jinja2 template with
+    StrictUndefined carries the header, so a missing value fails instead of rendering empty."""
+    from promstat.generate import _common
+
+    assert _common._ENV.undefined is jinja2.StrictUndefined
+    names = sorted(p.name for p in _common.TEMPLATES.glob("*.j2"))
+    assert names == [
+        "alert_tests.yaml.j2",
+        "alerts.yaml.j2",
+        "rule_tests.yml.j2",
+        "rules.yml.j2",
+    ]
+    for name in names:
+        text = _common.render_generated(name, command="promstat x render", body="a: 1\n")
+        first = text.splitlines()[0]
+        assert first.endswith("(promstat x render). DO NOT EDIT.") and "a: 1" in text
+        with pytest.raises(jinja2.UndefinedError):
+            _common._ENV.get_template(name).render(command="c", body="b")  # no version

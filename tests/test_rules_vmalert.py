@@ -20,7 +20,7 @@ import pytest
 
 from promstat.conventions import SeriesNames
 from promstat.expressions import KERNEL_STATS, LiveStatExpressions
-from promstat.generate.rules import SCENARIO
+from promstat.generate.rule_tests import SCENARIO
 from promstat.promql import set_matcher
 from promstat.testing import lab
 from promstat.testing.fake import openmetrics_text

@@ -169,7 +169,9 @@ def test_promtool_rates_within_bounds(tmp_path: Path, c: int, s: int) -> None:
     promtool = lab.require_binary("promtool")
     rules = [
         p
-        for p in write_rules(tmp_path, interval=f"{s}s", collect_interval=f"{c}s")
+        for p in write_rules(
+            tmp_path, RuleProfile.parse(interval=f"{s}s", collect_interval=f"{c}s")
+        )
         if p.name.endswith(".rules.yml")
     ]
     test_file = tmp_path / "timing.test.yml"

@@ -254,7 +254,7 @@ async def test_recorded_and_raw_paths_agree_on_a_scraped_fleet_with_rules(
 ) -> None:
     """The pct from the generated rules' current and capacity, joined to sessions, equals
     the raw computation."""
-    rule_files = write_rules(tmp_path / "rules", interval="1s", window="4s")
+    rule_files = write_rules(tmp_path / "rules", RuleProfile.parse(interval="1s", window="4s"))
     config = FleetConfig(
         agents=2,
         kernels_per_agent=4,

@@ -48,11 +48,12 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -60,9 +61,13 @@ from aiohttp import web
 from promstat.errors import BinaryNotFoundError, ConfigError, LabError, PromstatError
 from promstat.selfmetrics import MetricsSnapshot, PromstatMetrics
 
+if TYPE_CHECKING:
+    from promstat.client import PrometheusClient
+
 __all__ = [
     "DemoOptions",
     "PageView",
+    "alert_summary",
     "format_bytes",
     "render_view",
     "run_demo",
@@ -77,6 +82,32 @@ PLAIN_ROWS = 10
 #: the first); the refreshes in between print their one summary line. A log file then grows
 #: by about one line per refresh instead of a whole table (~27 lines).
 PLAIN_TABLE_EVERY = 10
+
+
+async def alert_summary(client: PrometheusClient) -> str:
+    """One line saying how many alerts fire (and are pending) on the server, and which.
+
+    Reads the alerting rules' active alerts (``/api/v1/rules?type=alert``: the same alerts as
+    ``/api/v1/alerts``, grouped by rule), e.g. ``alerts: 2 firing (BackendAIKernelMemoryNear
+    Limit x2), 1 pending (BackendAIAgentNotReporting x1)``.
+    """
+    try:
+        groups = await client.rules("alert")
+    except PromstatError as exc:
+        return f"alerts: unavailable ({' '.join(str(exc).split())})"
+    states: dict[str, Counter[str]] = {"firing": Counter(), "pending": Counter()}
+    for group in groups:
+        for rule in group.rules:
+            for alert in rule.alerts:
+                states.setdefault(alert.state, Counter())[rule.name] += 1
+    parts = []
+    for state in ("firing", "pending"):
+        counts = states[state]
+        text = f"{sum(counts.values())} {state}"
+        if counts:
+            text += " (" + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + ")"
+        parts.append(text)
+    return "alerts: " + ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +174,7 @@ class PageView:
         errors: GraphQL error messages.
         ended: the most recently terminated kernels with their final stats.
         ended_total: terminated kernels the registry knows.
-        alerts: how many alerts fire and which (:func:`promstat.generate.alerts.alert_summary`).
+        alerts: how many alerts fire and which (:func:`alert_summary`).
     """
 
     number: int
@@ -427,7 +458,7 @@ async def run_demo(
     """
     from promstat.apps.serve import curl_example, make_app
     from promstat.client import PrometheusClient
-    from promstat.generate.alerts import alert_summary, demo_settings, write_alerts
+    from promstat.generate.alerts import demo_settings, write_alerts
     from promstat.generate.rules import write_rules
     from promstat.integrations import FleetRegistry
     from promstat.planner import PlannerConfig
@@ -474,13 +505,13 @@ async def run_demo(
     runner: web.AppRunner | None = None
     try:
         rule_dir = tmp / "rules"
-        written = write_rules(
-            rule_dir,
+        profile = RuleProfile.parse(
             interval=options.interval,
             window=window,
             lookback=lookback,
             collect_interval=collect_interval,
         )
+        written = write_rules(rule_dir, profile)
         rule_files = [p for p in written if p.parent == rule_dir and p.name.endswith(".rules.yml")]
         # alerting rules with durations of a few intervals, so a short demo shows them fire
         rule_files += write_alerts(rule_dir / "alerts", settings=demo_settings(options.interval))

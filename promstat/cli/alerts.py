@@ -47,7 +47,8 @@ def run_render(args: argparse.Namespace) -> int:
         RuleError: the files could not be written.
     """
     from promstat.catalog import DEFAULT_CATALOG, Catalog
-    from promstat.generate.alerts import AlertSettings, alert_tests_apply, write_alerts
+    from promstat.generate.alert_tests import alert_tests_apply
+    from promstat.generate.alerts import AlertSettings, write_alerts
 
     catalog = Catalog.from_yaml(Path(args.catalog)) if args.catalog else DEFAULT_CATALOG
     settings = AlertSettings.from_pairs(args.set or [])

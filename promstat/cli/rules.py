@@ -143,26 +143,10 @@ def profile_from_args(args: argparse.Namespace) -> RuleProfile:
 def write_profile_rules(
     output: str | Path, profile: RuleProfile, *, catalog_file: str | None = None
 ) -> list[Path]:
-    """Write the rule files for ``profile`` (the adapter to the generator's keyword API).
-
-    When ``promstat.generate.rules.write_rules`` takes a profile itself this becomes
-    ``write_rules(output, profile, catalog_file=catalog_file)``.
-    """
+    """Write the rule files for ``profile`` (and their promtool tests where they apply)."""
     from promstat.generate.rules import write_rules
-    from promstat.promql import duration
 
-    return write_rules(
-        output,
-        names=profile.names,
-        catalog=profile.catalog,
-        interval=duration(profile.interval),
-        window=duration(profile.window),
-        lookback=duration(profile.lookback),
-        catalog_file=catalog_file,
-        collect_interval=duration(profile.collect_interval),
-        kernel_shards=profile.kernel_shards,
-        rates=profile.rates,
-    )
+    return write_rules(output, profile, catalog_file=catalog_file)
 
 
 def run_render(args: argparse.Namespace) -> int:

@@ -1,94 +1,77 @@
-"""Recording-rule generation: catalog + names + interval + window -> Prometheus rule files.
+"""Recording-rule generation: a :class:`~promstat.profile.RuleProfile` -> Prometheus rule files.
 
 Rules are built as typed values (:class:`RecordingRule`, :class:`RuleGroup`,
 :class:`RuleFile`) whose expressions come from :mod:`promstat.expressions` (the same PromQL
-the planner's raw fallback uses), then emitted as YAML through pyyaml; a jinja2 template in
-``promstat/templates/`` adds the "Code generated ... DO NOT EDIT." header. Two files::
+definitions the planner's raw fallback uses), then emitted as YAML with the generated-file
+header (:mod:`promstat.generate._common`). Two files::
 
-    promstat-kernel.rules.yml   group promstat.kernel.live_stat
+    promstat-kernel.rules.yml   group promstat.profile
+        promstat:<container metric>:rule_profile{interval, window, ..., kernel_shards}
+                                group promstat.kernel.live_stat (or one per shard)
         kernel_metric:<container metric>:live_stat{kernel_id, container_metric_name, stat}
     promstat-agent.rules.yml    group promstat.agent.live_stat
         agent_device_metric:<device metric>:live_stat{agent_id, device_id, device_metric_name, stat}
         agent_metric:<device metric>:live_stat{agent_id, device_metric_name, stat}
 
-Rules of one group run sequentially at the same timestamp, so each group lists the base stats
-(``current``, ``capacity``, ``rate``) before what reads their recorded series (``max``/``avg``
-over the recorded ``current``, node sums over the recorded device series). The group
-``interval`` is the scrape interval; ``collect_interval`` (how often agents measure) sizes the
-``rate()`` window used for agents without a rate series. No ``pct`` series is recorded:
-pages compute ``pct`` from ``current`` and ``capacity`` and nothing read it. With
-``kernel_shards=N`` the kernel group is split into N groups by the first hex digit of
-``kernel_id`` (:func:`kernel_shard_matchers`), which Prometheus evaluates concurrently.
+The profile rule (``vector(1)``, labelled :meth:`RuleProfile.to_labels`) tells a reader how the
+rules were rendered; it finds the rule in ``/api/v1/rules``. Rules of one group run
+sequentially at the same timestamp, so each group lists the base stats (``current``,
+``capacity``, ``rate``) before what reads their recorded series (``max``/``avg`` over the
+recorded ``current``, node sums over the recorded device series). A stat may be recorded by
+several rules, one per metric kind, each for its own metric names
+(:meth:`~promstat.expressions.LiveStatExpressions.kernel_rules`). The group ``interval`` is
+the scrape interval; ``collect_interval`` (how often agents measure) sizes the ``rate()``
+window used for agents without a rate series. No ``pct`` series is recorded: pages compute
+``pct`` from ``current`` and ``capacity``. With ``kernel_shards=N`` the kernel group is split
+into N groups by the first hex digit of ``kernel_id`` (:func:`kernel_shard_matchers`), which
+Prometheus evaluates concurrently; :func:`recommended_kernel_shards` picks N from the fleet.
 
-:func:`render_rule_tests` generates ``promtool test rules`` files from one fixed scenario
-(:data:`SCENARIO`: steady load, a counter reset, a one-sample kernel, a duplicate frozen series
-from a second instance, a metric without capacity, accelerator families matched by pattern, a
-stale series) with hand-computed expected values; the real-server tests reuse the scenario.
+The promtool unit tests of these files are :mod:`promstat.generate.rule_tests`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import math
-import shutil
-import subprocess
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
-import jinja2
 import yaml
 
-from promstat.catalog import DEFAULT_CATALOG, Catalog
 from promstat.conventions import SeriesNames
-from promstat.errors import BinaryNotFoundError, ConfigError, QueryBuildError, RuleError
-from promstat.expressions import LiveStatExpressions, RateSource
-from promstat.promql import parse_duration, set_matcher
+from promstat.errors import ConfigError, QueryBuildError, RuleError
+from promstat.expressions import LiveStatExpressions
+from promstat.generate._common import (
+    AGENT_RULES_FILE,
+    KERNEL_RULES_FILE,
+    dump_yaml,
+    promtool,
+    render_generated,
+    rules_command,
+    run_promtool,
+    write_files,
+)
+from promstat.generate.rule_tests import render_rule_tests, rule_tests_apply
+from promstat.profile import RuleProfile
 
 __all__ = [
     "AGENT_RULES_FILE",
-    "DEFAULT_COLLECT_INTERVAL",
-    "DEFAULT_INTERVAL",
-    "DEFAULT_LOOKBACK",
-    "DEFAULT_WINDOW",
     "KERNEL_RULES_FILE",
     "KERNEL_SHARDS",
-    "SCENARIO",
+    "PROFILE_GROUP",
     "RecordingRule",
     "RuleFile",
     "RuleGroup",
-    "Scenario",
-    "ScenarioSeries",
     "build_rule_files",
     "check_rules",
     "kernel_shard_matchers",
-    "render_rule_tests",
+    "recommended_kernel_shards",
     "render_rules",
-    "rule_tests_apply",
     "write_rules",
 ]
 
-DEFAULT_INTERVAL: Final = "15s"
-DEFAULT_WINDOW: Final = "5m"
-DEFAULT_LOOKBACK: Final = "5m"
-#: Backend.AI agents measure every 30 s by default (``[agent.utilization-metric]``, 26.4.4).
-DEFAULT_COLLECT_INTERVAL: Final = "30s"
-
-_DEFAULT_NAMES: Final = SeriesNames()
-
-KERNEL_RULES_FILE: Final = "promstat-kernel.rules.yml"
-AGENT_RULES_FILE: Final = "promstat-agent.rules.yml"
-
-_TEMPLATES = Path(__file__).parent / "templates"
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(_TEMPLATES),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    autoescape=False,  # YAML, not HTML
-)
+#: The group holding the profile rule (first in the kernel file).
+PROFILE_GROUP: Final = "promstat.profile"
 
 
 # -------------------------------------------------------------------------------------------
@@ -154,33 +137,39 @@ class RuleFile:
         return {"groups": [g.to_dict() for g in self.groups]}
 
 
-def _expressions(
-    names: SeriesNames,
-    catalog: Catalog,
-    interval: str,
-    window: str,
-    lookback: str,
-    collect_interval: str = DEFAULT_COLLECT_INTERVAL,
-    rates: RateSource | str = RateSource.BOTH,
-) -> LiveStatExpressions:
-    # LiveStatExpressions validates the durations; say which operation the error belongs to.
+def _expressions(profile: RuleProfile) -> LiveStatExpressions:
+    # RuleProfile validated the durations already; say which operation an error belongs to.
     try:
-        return LiveStatExpressions(
-            names=names,
-            catalog=catalog,
-            lookback=lookback,
-            window=window,
-            interval=interval,
-            collect_interval=collect_interval,
-            rates=RateSource.parse(rates),
-        )
-    except ConfigError as exc:
+        return profile.expressions
+    except ConfigError as exc:  # pragma: no cover - RuleProfile() raised it first
         raise ConfigError(f"cannot generate rules: {exc}") from exc
 
 
 _HEX: Final = "0123456789abcdef"
 #: Shard counts the kernel group can be split into (each takes whole first hex digits).
 KERNEL_SHARDS: Final = (1, 2, 4, 8, 16)
+#: Kernels per kernel-rule shard that :func:`recommended_kernel_shards` aims at.
+KERNELS_PER_SHARD: Final = 2500
+
+
+def recommended_kernel_shards(kernels: int) -> int:
+    """The kernel-group shard count for a fleet of about ``kernels`` live kernels.
+
+    Sharding does not make the rules cheaper (the same series are read, in more groups): it
+    bounds the slowest group's evaluation time, which must stay well inside the interval,
+    because Prometheus evaluates groups concurrently and a group's rules one after another.
+    One group up to 5,000 kernels; above, one shard per :data:`KERNELS_PER_SHARD` kernels,
+    rounded up to a count :func:`kernel_shard_matchers` can split into (at most 16).
+
+    Raises:
+        ConfigError: ``kernels`` is negative.
+    """
+    if kernels < 0:
+        raise ConfigError(f"kernels must be >= 0, not {kernels!r}")
+    if kernels <= 2 * KERNELS_PER_SHARD:
+        return 1
+    wanted = -(-kernels // KERNELS_PER_SHARD)
+    return next((n for n in KERNEL_SHARDS if n >= wanted), KERNEL_SHARDS[-1])
 
 
 def kernel_shard_matchers(names: SeriesNames, shards: int) -> list[str]:
@@ -208,75 +197,57 @@ def kernel_shard_matchers(names: SeriesNames, shards: int) -> list[str]:
     return out
 
 
-def build_rule_files(
-    *,
-    names: SeriesNames = _DEFAULT_NAMES,
-    catalog: Catalog = DEFAULT_CATALOG,
-    interval: str = DEFAULT_INTERVAL,
-    window: str = DEFAULT_WINDOW,
-    lookback: str = DEFAULT_LOOKBACK,
-    collect_interval: str = DEFAULT_COLLECT_INTERVAL,
-    kernel_shards: int = 1,
-    rates: RateSource | str = RateSource.BOTH,
-) -> tuple[RuleFile, ...]:
+def build_rule_files(profile: RuleProfile | None = None) -> tuple[RuleFile, ...]:
     """Build the kernel and agent rule files as typed values.
 
     Args:
-        names: metric and label names.
-        catalog: metric catalog (which stats each metric publishes).
-        interval: group interval (use the scrape interval).
-        window: ``max``/``avg`` window, at least 4 x ``interval``.
-        lookback: the instant-query lookback (5m).
-        collect_interval: the agents' measurement interval (sizes the raw-counter rate window).
-        kernel_shards: split the kernel group into this many groups by the first hex digit of
-            ``kernel_id`` (:func:`kernel_shard_matchers`). Prometheus evaluates groups
-            concurrently and a group's rules one after another, so a large fleet's kernel
-            rules take ``1 / kernel_shards`` of the wall time per group; the recorded series
-            are the same.
-        rates: where counter rates come from (:class:`~promstat.expressions.RateSource`):
-            ``"both"`` (the agent's rate series, else ``rate()`` of the raw counter) or
-            ``"exporter"`` (the rate series only: every agent runs promstat's exporter). With
-            ``"exporter"`` the kernel group records ``max``/``avg`` only, from the raw series:
-            readers take ``current``/``capacity``/``rate`` from the exporter's series
+        profile: how to render (:class:`~promstat.profile.RuleProfile`; the defaults when
+            ``None``). ``kernel_shards`` splits the kernel group into that many groups by
+            the first hex digit of ``kernel_id`` (:func:`kernel_shard_matchers`): the
+            recorded series are the same. With ``rates="exporter"`` the kernel groups record
+            ``max``/``avg`` only, from the raw series: readers take
+            ``current``/``capacity``/``rate`` from the exporter's series
             (:attr:`~promstat.expressions.LiveStatExpressions.records_kernel_values`).
 
     Returns:
-        ``(kernel file, agent file)``.
+        ``(kernel file, agent file)``; the kernel file starts with the profile group.
 
     Raises:
-        ConfigError: invalid durations, ``window < 4 x interval``, ``lookback < 2 x interval``.
+        ConfigError: ``kernel_shards`` is not one of :data:`KERNEL_SHARDS`.
     """
-    ex = _expressions(names, catalog, interval, window, lookback, collect_interval, rates)
+    profile = profile if profile is not None else RuleProfile()
+    names, interval = profile.names, profile.expressions.interval
+    ex = _expressions(profile)
     stat = names.stat_label
 
     def rule(record: str, s: str, expr: str | None) -> list[RecordingRule]:
         return [] if expr is None else [RecordingRule(record, expr, {stat: s})]
 
-    kernel_groups: list[RuleGroup[RecordingRule]] = []
-    shard_matchers = kernel_shard_matchers(names, kernel_shards)
-    for i, matchers in enumerate(shard_matchers):
-        kernel: list[RecordingRule] = []
-        if ex.records_kernel_values:
-            for s in ("current", "capacity", "rate"):
-                kernel += rule(names.kernel_live_stat, s, ex.kernel(s, matchers=matchers))
-            window_of = ex.kernel_recorded_window
-        else:
-            # rates=exporter: current/capacity/rate are the exporter's own series; readers
-            # take them raw and only the window stats are recorded (RateSource).
-            window_of = ex.kernel_exporter_window
-        for s in ("max", "avg"):
-            over_window = functools.partial(window_of, matchers=matchers)
-            kernel += rule(names.kernel_live_stat, s, _or_none(over_window, s))
+    # One cheap series whose labels are the profile: the reader finds it in /api/v1/rules.
+    profile_group: RuleGroup[RecordingRule] = RuleGroup(
+        PROFILE_GROUP,
+        interval,
+        (RecordingRule(names.profile_info, "vector(1)", profile.to_labels()),),
+    )
+    kernel_groups: list[RuleGroup[RecordingRule]] = [profile_group]
+    shards = profile.kernel_shards
+    for i, matchers in enumerate(kernel_shard_matchers(names, shards)):
+        # rates=exporter: current/capacity/rate are the exporter's own series; readers take
+        # them raw and only the window stats are recorded (RateSource).
+        kernel = [
+            RecordingRule(names.kernel_live_stat, expr, {stat: s})
+            for s, expr in ex.kernel_rules(matchers=matchers)
+        ]
         name = "promstat.kernel.live_stat"
-        if kernel_shards > 1:
-            name += f".shard{i}of{kernel_shards}"
+        if shards > 1:
+            name += f".shard{i}of{shards}"
         kernel_groups.append(RuleGroup(name, interval, tuple(kernel)))
 
     agent: list[RecordingRule] = []
     for s in ("current", "capacity", "rate"):
         agent += rule(names.device_live_stat, s, ex.device(s))
     for s in ("max", "avg"):
-        agent += rule(names.device_live_stat, s, _or_none(ex.device_recorded_window, s))
+        agent += rule(names.device_live_stat, s, _window_or_none(ex, s))
     for s in ("current", "capacity", "rate", "max", "avg"):
         agent += rule(names.agent_live_stat, s, ex.node(s))
 
@@ -289,10 +260,10 @@ def build_rule_files(
     )
 
 
-def _or_none(build: Callable[[str], str], stat: str) -> str | None:
+def _window_or_none(ex: LiveStatExpressions, stat: str) -> str | None:
     # A window stat that no catalog metric publishes (custom catalog) gets no rule.
     try:
-        return build(stat)
+        return ex.device_recorded_window(stat)
     except QueryBuildError:
         return None
 
@@ -301,72 +272,13 @@ def _or_none(build: Callable[[str], str], stat: str) -> str | None:
 # Rendering
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("promstat")
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    # Running from a source tree: the version lives in pyproject.toml.
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    try:
-        with pyproject.open("rb") as fh:
-            return str(tomllib.load(fh)["project"]["version"])
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return "unknown"
-
-
-def _command(
-    interval: str,
-    window: str,
-    lookback: str,
-    catalog_file: str | None,
-    collect_interval: str = DEFAULT_COLLECT_INTERVAL,
-    kernel_shards: int = 1,
-    rates: RateSource | str = RateSource.BOTH,
-) -> str:
-    parts = ["promstat rules render", f"--interval {interval}", f"--window {window}"]
-    if collect_interval != DEFAULT_COLLECT_INTERVAL:
-        parts.append(f"--collect-interval {collect_interval}")
-    source = RateSource.parse(rates)
-    if source is not RateSource.BOTH:
-        parts.append(f"--rates {source.value}")
-    if kernel_shards != 1:
-        parts.append(f"--kernel-shards {kernel_shards}")
-    if lookback != DEFAULT_LOOKBACK:
-        parts.append(f"--lookback {lookback}")
-    if catalog_file:
-        parts.append(f"--catalog {catalog_file}")
-    return " ".join(parts)
-
-
-def _dump(doc: Any) -> str:
-    # One expression per line however long: folded plain scalars are hard to read and diff.
-    return yaml.safe_dump(
-        doc, sort_keys=False, width=math.inf, allow_unicode=True, default_flow_style=False
-    )
-
-
-def _render(template: str, **context: Any) -> str:
-    return _ENV.get_template(template).render(version=_version(), **context)
-
-
 def render_rules(
-    *,
-    names: SeriesNames = _DEFAULT_NAMES,
-    catalog: Catalog = DEFAULT_CATALOG,
-    interval: str = DEFAULT_INTERVAL,
-    window: str = DEFAULT_WINDOW,
-    lookback: str = DEFAULT_LOOKBACK,
-    catalog_file: str | None = None,
-    collect_interval: str = DEFAULT_COLLECT_INTERVAL,
-    kernel_shards: int = 1,
-    rates: RateSource | str = RateSource.BOTH,
+    profile: RuleProfile | None = None, *, catalog_file: str | None = None
 ) -> dict[str, str]:
     """Render the rule files.
 
     Args:
-        names, catalog, interval, window, lookback, collect_interval, kernel_shards, rates: as
-            :func:`build_rule_files`.
+        profile: as :func:`build_rule_files`.
         catalog_file: the catalog file name to record in the header's command line.
 
     Returns:
@@ -375,42 +287,26 @@ def render_rules(
     Raises:
         ConfigError: as :func:`build_rule_files`.
     """
-    files = build_rule_files(
-        names=names,
-        catalog=catalog,
-        interval=interval,
-        window=window,
-        lookback=lookback,
-        collect_interval=collect_interval,
-        kernel_shards=kernel_shards,
-        rates=rates,
-    )
-    # Built first: build_rule_files validates every option (rates included) and says so.
-    command = _command(
-        interval, window, lookback, catalog_file, collect_interval, kernel_shards, rates
-    )
+    profile = profile if profile is not None else RuleProfile()
+    files = build_rule_files(profile)
+    command = rules_command(profile, catalog_file)
     return {
-        f.filename: _render("rules.yml.j2", command=command, body=_dump(f.to_dict())) for f in files
+        f.filename: render_generated("rules.yml.j2", command=command, body=dump_yaml(f.to_dict()))
+        for f in files
     }
 
 
 def write_rules(
     output_dir: str | Path,
+    profile: RuleProfile | None = None,
     *,
-    names: SeriesNames = _DEFAULT_NAMES,
-    catalog: Catalog = DEFAULT_CATALOG,
-    interval: str = DEFAULT_INTERVAL,
-    window: str = DEFAULT_WINDOW,
-    lookback: str = DEFAULT_LOOKBACK,
     catalog_file: str | None = None,
-    collect_interval: str = DEFAULT_COLLECT_INTERVAL,
-    kernel_shards: int = 1,
-    rates: RateSource | str = RateSource.BOTH,
 ) -> list[Path]:
     """Write the rule files, and their promtool unit tests under ``tests/`` when they apply.
 
-    Unit tests are written when :func:`rule_tests_apply` (default durations, and the scenario's
-    metrics keep their built-in catalog specs); otherwise only the rules are written.
+    Unit tests are written when :func:`~promstat.generate.rule_tests.rule_tests_apply`
+    (default durations, ``rates="both"``, and the scenario's metrics keep their built-in
+    catalog specs); otherwise only the rules are written.
 
     Returns:
         The written paths, sorted.
@@ -419,520 +315,22 @@ def write_rules(
         ConfigError: as :func:`build_rule_files`.
         RuleError: a file could not be written.
     """
-    out = Path(output_dir)
-    files = render_rules(
-        names=names,
-        catalog=catalog,
-        interval=interval,
-        window=window,
-        lookback=lookback,
-        catalog_file=catalog_file,
-        collect_interval=collect_interval,
-        kernel_shards=kernel_shards,
-        rates=rates,
-    )
-    if rule_tests_apply(
-        catalog=catalog,
-        interval=interval,
-        window=window,
-        lookback=lookback,
-        collect_interval=collect_interval,
-        rates=rates,
-    ):
-        files.update(render_rule_tests(names=names, catalog=catalog))
-    written: list[Path] = []
-    try:
-        for rel, text in sorted(files.items()):
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
-    except OSError as exc:
-        raise RuleError(f"cannot write rule files to {str(out)!r}: {exc}") from exc
-    return written
-
-
-# -------------------------------------------------------------------------------------------
-# The unit-test scenario
-
-_N: Final = 41  # samples at 0s, 15s, ..., 600s
-_EVAL: Final = 600.0  # seconds after the first sample
-_STEP: Final = 15.0
-
-Value = float | None | Literal["stale"]
-
-
-def _ramp(start: float, step: float, n: int = _N) -> tuple[Value, ...]:
-    return tuple(start + step * i for i in range(n))
-
-
-def _const(value: float, n: int = _N) -> tuple[Value, ...]:
-    return (value,) * n
-
-
-def _stairs(start: float, step: float, repeat: int, n: int = _N) -> tuple[Value, ...]:
-    """A counter measured every ``repeat`` samples: each value stored ``repeat`` times."""
-    return tuple(start + step * (i // repeat) for i in range(n))
-
-
-def _missing(n: int) -> tuple[Value, ...]:
-    return (None,) * n
-
-
-@dataclass(frozen=True, slots=True)
-class ScenarioSeries:
-    """One raw input series of the scenario, one value per 15 s (``None`` = no sample).
-
-    ``entity`` is ``(kernel_id,)`` for container series and ``(agent_id, device_id)`` for
-    device series.
-    """
-
-    level: Literal["kernel", "device"]
-    entity: tuple[str, ...]
-    metric: str
-    value_type: Literal["current", "capacity", "rate"]
-    values: tuple[Value, ...]
-    instance: str = "agent-a:6003"
-
-    def labels(self, names: SeriesNames) -> dict[str, str]:
-        """The series' labels (without ``__name__``)."""
-        if self.level == "kernel":
-            out = {
-                names.kernel_label: self.entity[0],
-                names.container_metric_label: self.metric,
-                names.agent_label: "ag1",
-            }
-        else:
-            out = {
-                names.agent_label: self.entity[0],
-                names.device_label: self.entity[1],
-                names.device_metric_label: self.metric,
-            }
-        out[names.value_type_label] = {
-            "current": names.current_value,
-            "capacity": names.capacity_value,
-            "rate": names.rate_value,
-        }[self.value_type]
-        out["instance"] = self.instance
-        out["job"] = "backendai-agent"
-        return out
-
-    def metric_name(self, names: SeriesNames) -> str:
-        """The raw metric name."""
-        return names.container_metric if self.level == "kernel" else names.device_metric
-
-    @property
-    def has_stale(self) -> bool:
-        """Whether the series holds a staleness marker (not expressible in OpenMetrics)."""
-        return "stale" in self.values
-
-
-Expected = Mapping[tuple[str, ...], Mapping[str, float]]
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """Input series and hand-computed expected values at ``eval_time`` (seconds from start).
-
-    ``kernel``: ``(kernel_id, metric) -> {stat: value}``; ``device``: ``(agent_id,
-    device_id, metric) -> {stat: value}``; ``node``: ``(agent_id, metric) -> {stat: value}``.
-    A stat not listed has no series.
-    ``stale_only`` lists kernels whose values exist only in Prometheus' staleness-aware
-    evaluation (promtool), not in backfilled/imported data.
-    """
-
-    series: tuple[ScenarioSeries, ...]
-    kernel: Expected
-    device: Expected
-    node: Expected
-    stale_only: tuple[str, ...]
-    eval_time: float = _EVAL
-    step: float = _STEP
-
-    def samples(
-        self, start: float, *, names: SeriesNames = _DEFAULT_NAMES, include_stale: bool = False
-    ) -> list[tuple[str, dict[str, str], float, float]]:
-        """``(metric, labels, unix seconds, value)`` samples starting at ``start``.
-
-        Series with a staleness marker are left out unless ``include_stale`` (then the marker
-        and the gaps are simply dropped).
-        """
-        out: list[tuple[str, dict[str, str], float, float]] = []
-        for s in self.series:
-            if s.has_stale and not include_stale:
-                continue
-            labels = s.labels(names)
-            for i, v in enumerate(s.values):
-                if isinstance(v, float | int):
-                    out.append((s.metric_name(names), labels, start + i * self.step, float(v)))
-        return out
-
-    def without_stale(self, table: Expected) -> dict[tuple[str, ...], Mapping[str, float]]:
-        """``table`` without the stale-only kernels."""
-        return {k: v for k, v in table.items() if k[0] not in self.stale_only}
-
-
-# Shape of k1/mem and k5/npu_util: the sample on the window's left edge (t=300s) equals the
-# average of the 20 samples after it, so avg_over_time is the same whether the window includes
-# its left edge (Prometheus 2.x: 21 samples) or not (VictoriaMetrics, Prometheus 3: 20).
-_MEM_K1 = (*_const(110.0, 21), *_const(100.0, 19), 300.0)  # avg (110+19*100+300)/21 = 110
-_NPU_K5 = (*_const(150.0, 20), 165.0, *_const(150.0, 9), 450.0, *_const(150.0, 10))  # avg 165
-
-SCENARIO: Final = Scenario(
-    series=(
-        # k1: steady load. cpu_util +15000 msec per 15 s = 1000 msec/s; net_rx 2000 B/s with no
-        # capacity; io_read cumulative with stats.rate 100 B/s; cpu_used cumulative.
-        ScenarioSeries("kernel", ("k1",), "cpu_util", "current", _ramp(0, 15000)),
-        ScenarioSeries("kernel", ("k1",), "cpu_util", "capacity", _const(1000)),
-        ScenarioSeries("kernel", ("k1",), "mem", "current", _MEM_K1),
-        ScenarioSeries("kernel", ("k1",), "mem", "capacity", _const(1000)),
-        ScenarioSeries("kernel", ("k1",), "net_rx", "current", _ramp(0, 30000)),
-        ScenarioSeries("kernel", ("k1",), "io_read", "current", _ramp(0, 1500)),
-        ScenarioSeries("kernel", ("k1",), "cpu_used", "current", _ramp(0, 15000)),
-        ScenarioSeries("kernel", ("k1",), "io_scratch_size", "current", _const(0)),
-        # k2: counter reset between the last two samples (1170000 -> 30000): the rate is 0, as
-        # legacy's diff (BA-3926), not Prometheus' reset-corrected 30000 / 15 s.
-        ScenarioSeries("kernel", ("k2",), "net_rx", "current", (*_ramp(0, 30000, 40), 30000)),
-        # k7: an agent that exports its own rate (promstat's exporter): taken as is, even
-        # where the raw counter's window says otherwise (stored twice per measurement).
-        ScenarioSeries("kernel", ("k7",), "cpu_util", "current", _stairs(0, 30000, 2)),
-        ScenarioSeries("kernel", ("k7",), "cpu_util", "rate", _const(1000)),
-        ScenarioSeries("kernel", ("k7",), "cpu_util", "capacity", _const(1000)),
-        ScenarioSeries("kernel", ("k7",), "io_read", "current", _stairs(0, 3000, 2)),
-        ScenarioSeries("kernel", ("k7",), "io_read", "rate", _const(100)),
-        # k3: a kernel with a single sample: rate counters show 0, never the raw counter.
-        ScenarioSeries("kernel", ("k3",), "cpu_util", "current", (*_missing(40), 5000)),
-        ScenarioSeries("kernel", ("k3",), "cpu_util", "capacity", (*_missing(40), 1000)),
-        ScenarioSeries("kernel", ("k3",), "mem", "current", (*_missing(40), 42)),
-        # k4: the same kernel also exported by a second instance with frozen values: max, not
-        # sum (sum would double the capacity and add the frozen memory).
-        ScenarioSeries("kernel", ("k4",), "cpu_util", "current", _ramp(0, 15000)),
-        ScenarioSeries("kernel", ("k4",), "cpu_util", "capacity", _const(1000)),
-        ScenarioSeries("kernel", ("k4",), "mem", "current", _const(100)),
-        ScenarioSeries("kernel", ("k4",), "mem", "capacity", _const(1000)),
-        ScenarioSeries("kernel", ("k4",), "cpu_util", "current", _const(7000), "agent-b:6003"),
-        ScenarioSeries("kernel", ("k4",), "cpu_util", "capacity", _const(1000), "agent-b:6003"),
-        ScenarioSeries("kernel", ("k4",), "mem", "current", _const(50), "agent-b:6003"),
-        ScenarioSeries("kernel", ("k4",), "mem", "capacity", _const(1000), "agent-b:6003"),
-        # k5: accelerator families matched by catalog patterns (.+_util, .+_mem).
-        ScenarioSeries("kernel", ("k5",), "npu_util", "current", _NPU_K5),
-        ScenarioSeries("kernel", ("k5",), "npu_util", "capacity", _const(200)),
-        ScenarioSeries("kernel", ("k5",), "foo_mem", "current", _ramp(0, 10)),
-        ScenarioSeries("kernel", ("k5",), "foo_mem", "capacity", _const(8000)),
-        # k6: went stale at 555 s: no current (no rate from a dead series), capacity gone too;
-        # max/avg still cover the window's earlier samples.
-        ScenarioSeries(
-            "kernel", ("k6",), "cpu_util", "current", (*_ramp(0, 15000, 37), "stale", *_missing(3))
-        ),
-        ScenarioSeries(
-            "kernel", ("k6",), "cpu_util", "capacity", (*_const(1000, 37), "stale", *_missing(3))
-        ),
-        # ag1: two cores (500 and 1000 msec/s) with interval capacities 15000 and 15010 msec:
-        # device current = irate * capacity / 1000 (msec per interval); node capacity = max.
-        ScenarioSeries("device", ("ag1", "0"), "cpu_util", "current", _ramp(0, 7500)),
-        ScenarioSeries("device", ("ag1", "0"), "cpu_util", "capacity", _const(15000)),
-        ScenarioSeries("device", ("ag1", "1"), "cpu_util", "current", _ramp(0, 15000)),
-        ScenarioSeries("device", ("ag1", "1"), "cpu_util", "capacity", _const(15010)),
-        ScenarioSeries("device", ("ag1", "root"), "mem", "current", _const(4096)),
-        ScenarioSeries("device", ("ag1", "root"), "mem", "capacity", _const(8192)),
-        ScenarioSeries("device", ("ag1", "node"), "net_rx", "current", _ramp(0, 30000)),
-        ScenarioSeries("device", ("ag1", "0"), "npu_util", "current", _const(50)),
-        ScenarioSeries("device", ("ag1", "0"), "npu_util", "capacity", _const(100)),
-        ScenarioSeries("device", ("ag1", "1"), "npu_util", "current", _const(70)),
-        ScenarioSeries("device", ("ag1", "1"), "npu_util", "capacity", _const(100)),
-        # ag1 node aggregation per kind: power adds up over devices, temperature is the
-        # hottest device (a sum of temperatures means nothing), capacity the per-device limit.
-        ScenarioSeries("device", ("ag1", "0"), "npu_power", "current", _const(100)),
-        ScenarioSeries("device", ("ag1", "0"), "npu_power", "capacity", _const(300)),
-        ScenarioSeries("device", ("ag1", "1"), "npu_power", "current", _const(150)),
-        ScenarioSeries("device", ("ag1", "1"), "npu_power", "capacity", _const(300)),
-        ScenarioSeries("device", ("ag1", "0"), "npu_temperature", "current", _const(60)),
-        ScenarioSeries("device", ("ag1", "0"), "npu_temperature", "capacity", _const(120)),
-        ScenarioSeries("device", ("ag1", "1"), "npu_temperature", "current", _const(75)),
-        ScenarioSeries("device", ("ag1", "1"), "npu_temperature", "capacity", _const(120)),
-        # ag2: a core with one sample (0), a core without capacity (plain rate), and a frozen
-        # duplicate memory series from a second instance.
-        ScenarioSeries("device", ("ag2", "0"), "cpu_util", "current", (*_missing(40), 3000)),
-        ScenarioSeries("device", ("ag2", "0"), "cpu_util", "capacity", (*_missing(40), 15000)),
-        ScenarioSeries("device", ("ag2", "1"), "cpu_util", "current", _ramp(0, 15000)),
-        ScenarioSeries("device", ("ag2", "root"), "mem", "current", _const(2048)),
-        ScenarioSeries("device", ("ag2", "root"), "mem", "capacity", _const(8192)),
-        ScenarioSeries("device", ("ag2", "root"), "mem", "current", _const(1024), "agent-b:6003"),
-        ScenarioSeries("device", ("ag2", "root"), "mem", "capacity", _const(8192), "agent-b:6003"),
-    ),
-    kernel={
-        ("k1", "cpu_util"): {"current": 1000, "capacity": 1000, "max": 1000, "avg": 1000},
-        ("k1", "mem"): {"current": 300, "capacity": 1000, "max": 300},
-        ("k1", "net_rx"): {"current": 2000},
-        ("k1", "io_read"): {"current": 60000, "rate": 100},
-        ("k1", "cpu_used"): {"current": 600000},
-        ("k1", "io_scratch_size"): {"current": 0, "max": 0},
-        ("k2", "net_rx"): {"current": 0},
-        ("k7", "cpu_util"): {"current": 1000, "capacity": 1000, "max": 1000, "avg": 1000},
-        ("k7", "io_read"): {"current": 60000, "rate": 100},
-        ("k3", "cpu_util"): {"current": 0, "capacity": 1000, "max": 0, "avg": 0},
-        ("k3", "mem"): {"current": 42, "max": 42},
-        ("k4", "cpu_util"): {"current": 1000, "capacity": 1000, "max": 1000, "avg": 1000},
-        ("k4", "mem"): {"current": 100, "capacity": 1000, "max": 100},
-        ("k5", "npu_util"): {"current": 150, "capacity": 200, "max": 450, "avg": 165},
-        ("k5", "foo_mem"): {"current": 400, "capacity": 8000, "max": 400},
-        ("k6", "cpu_util"): {"max": 1000, "avg": 1000},
-    },
-    device={
-        ("ag1", "0", "cpu_util"): {"current": 7500, "capacity": 15000},
-        ("ag1", "1", "cpu_util"): {"current": 15010, "capacity": 15010},
-        ("ag1", "root", "mem"): {"current": 4096, "capacity": 8192, "max": 4096},
-        ("ag1", "node", "net_rx"): {"current": 2000},
-        ("ag1", "0", "npu_util"): {"current": 50, "capacity": 100, "max": 50, "avg": 50},
-        ("ag1", "1", "npu_util"): {"current": 70, "capacity": 100, "max": 70, "avg": 70},
-        ("ag1", "0", "npu_power"): {"current": 100, "capacity": 300, "max": 100},
-        ("ag1", "1", "npu_power"): {"current": 150, "capacity": 300, "max": 150},
-        ("ag1", "0", "npu_temperature"): {"current": 60, "capacity": 120},
-        ("ag1", "1", "npu_temperature"): {"current": 75, "capacity": 120},
-        ("ag2", "0", "cpu_util"): {"current": 0, "capacity": 15000},
-        ("ag2", "1", "cpu_util"): {"current": 1000},
-        ("ag2", "root", "mem"): {"current": 2048, "capacity": 8192, "max": 2048},
-    },
-    node={
-        ("ag1", "cpu_util"): {"current": 22510, "capacity": 15010},
-        ("ag1", "mem"): {"current": 4096, "capacity": 8192, "max": 4096},
-        ("ag1", "net_rx"): {"current": 2000},
-        ("ag1", "npu_util"): {"current": 120, "capacity": 200, "max": 120, "avg": 120},
-        ("ag1", "npu_power"): {"current": 250, "capacity": 600, "max": 250},
-        ("ag1", "npu_temperature"): {"current": 75, "capacity": 120},
-        ("ag2", "cpu_util"): {"current": 1000, "capacity": 15000},
-        ("ag2", "mem"): {"current": 2048, "capacity": 8192, "max": 2048},
-    },
-    stale_only=("k6",),
-)
-
-
-def rule_tests_apply(
-    *,
-    catalog: Catalog = DEFAULT_CATALOG,
-    interval: str = DEFAULT_INTERVAL,
-    window: str = DEFAULT_WINDOW,
-    lookback: str = DEFAULT_LOOKBACK,
-    collect_interval: str = DEFAULT_COLLECT_INTERVAL,
-    rates: RateSource | str = RateSource.BOTH,
-) -> bool:
-    """Whether the hand-computed scenario holds: default durations and built-in specs.
-
-    Custom names are fine (the tests use them); a custom catalog is fine as long as every
-    scenario metric still resolves to its built-in spec. The scenario's agents mostly export
-    raw counters only, so it holds for ``rates="both"`` only.
-    """
-    if (
-        RateSource.parse(rates) is not RateSource.BOTH
-        or parse_duration(interval) != parse_duration(DEFAULT_INTERVAL)
-        or parse_duration(window) != parse_duration(DEFAULT_WINDOW)
-        or parse_duration(lookback) != parse_duration(DEFAULT_LOOKBACK)
-        or parse_duration(collect_interval) != parse_duration(DEFAULT_COLLECT_INTERVAL)
-    ):
-        return False
-    metrics = {s.metric for s in SCENARIO.series}
-    return all(catalog.lookup(m) == DEFAULT_CATALOG.lookup(m) for m in metrics)
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _series_values(values: Sequence[Value]) -> str:
-    """promtool ``values`` text, runs compressed (``axn``, ``a+bxn``, ``_xn``)."""
-    out: list[str] = []
-    i = 0
-    while i < len(values):
-        v = values[i]
-        if v is None or v == "stale":
-            j = i
-            while j < len(values) and values[j] == v:
-                j += 1
-            token = "_" if v is None else "stale"
-            out.append(f"_x{j - i}" if v is None and j - i > 1 else token)
-            if v == "stale":
-                j = i + 1
-            i = j
-            continue
-        j = i + 1
-        if j < len(values) and isinstance(values[j], float | int):
-            nxt = values[j]
-            assert isinstance(nxt, float | int)
-            step = nxt - v
-            while (
-                j + 1 < len(values)
-                and isinstance(values[j + 1], float | int)
-                and values[j + 1] - values[j] == step  # type: ignore[operator]
-            ):
-                j += 1
-            if j - i >= 2:
-                sign = "+" if step >= 0 else "-"
-                body = (
-                    f"{_fmt(v)}x{j - i}"
-                    if step == 0
-                    else f"{_fmt(v)}{sign}{_fmt(abs(step))}x{j - i}"
-                )
-                out.append(body)
-                i = j + 1
-                continue
-        out.append(_fmt(v))
-        i += 1
-    return " ".join(out)
-
-
-def _series_text(metric: str, labels: Mapping[str, str]) -> str:
-    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return f"{metric}{{{inner}}}"
-
-
-def _samples(
-    table: Expected, label_names: Sequence[str], stat: str, *, metric: str, stat_label: str | None
-) -> list[dict[str, Any]]:
-    out = []
-    for key, stats in sorted(table.items()):
-        if stat not in stats:
-            continue
-        labels = dict(zip(label_names, key, strict=True))
-        if stat_label is not None:
-            labels[stat_label] = stat
-        out.append(
-            {
-                "labels": _series_text(metric, labels) if metric else _series_text("", labels),
-                "value": stats[stat],
-            }
-        )
-    return out
-
-
-def _expr_test(expr: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"expr": expr, "eval_time": f"{int(SCENARIO.eval_time)}s", "exp_samples": samples}
-
-
-def render_rule_tests(
-    *, names: SeriesNames = _DEFAULT_NAMES, catalog: Catalog = DEFAULT_CATALOG
-) -> dict[str, str]:
-    """Render ``promtool test rules`` files for the rules of the default durations.
-
-    Each file feeds :data:`SCENARIO` and checks, at 600 s, every recorded stat and the raw
-    expressions (:class:`~promstat.expressions.LiveStatExpressions`, the planner's fallback)
-    against the same hand-computed values: both paths must agree.
-
-    Returns:
-        ``{"tests/<name>.test.yml": YAML text}`` (paths relative to the rules directory).
-
-    Raises:
-        RuleError: the scenario does not hold for ``catalog`` (see :func:`rule_tests_apply`).
-    """
-    if not rule_tests_apply(catalog=catalog):
-        raise RuleError("the rule-test scenario needs the built-in specs of its metrics")
-    ex = _expressions(names, catalog, DEFAULT_INTERVAL, DEFAULT_WINDOW, DEFAULT_LOOKBACK)
-    n = names
-    k_labels = (n.kernel_label, n.container_metric_label)
-    d_labels = (n.agent_label, n.device_label, n.device_metric_label)
-    a_labels = (n.agent_label, n.device_metric_label)
-    stats = ("current", "capacity", "rate", "max", "avg")
-
-    def inputs(level: str) -> list[dict[str, str]]:
-        return [
-            {
-                "series": _series_text(s.metric_name(n), s.labels(n)),
-                "values": _series_values(s.values),
-            }
-            for s in SCENARIO.series
-            if s.level == level
-        ]
-
-    def recorded(
-        family: str, table: Mapping[Any, Any], labels: tuple[str, ...]
-    ) -> list[dict[str, Any]]:
-        # one test per stat: the recorded family, selected by its `stat` label
-        return [
-            _expr_test(
-                f'{family}{{{n.stat_label}="{s}"}}',
-                _samples(table, labels, s, metric=family, stat_label=n.stat_label),
-            )
-            for s in stats
-        ]
-
-    kernels = sorted({k[0] for k in SCENARIO.kernel})
-    kernel_tests = recorded(n.kernel_live_stat, SCENARIO.kernel, k_labels)
-    matchers = set_matcher(n.kernel_label, kernels)
-    for s in stats:
-        raw = ex.kernel(s, matchers=matchers)
-        if raw is not None:
-            kernel_tests.append(
-                _expr_test(raw, _samples(SCENARIO.kernel, k_labels, s, metric="", stat_label=None))
-            )
-
-    agents = sorted({k[0] for k in SCENARIO.node})
-    agent_tests = recorded(n.device_live_stat, SCENARIO.device, d_labels) + recorded(
-        n.agent_live_stat, SCENARIO.node, a_labels
-    )
-    matchers = set_matcher(n.agent_label, agents)
-    for s in stats:
-        raw = ex.device(s, matchers=matchers)
-        if raw is not None:
-            agent_tests.append(
-                _expr_test(raw, _samples(SCENARIO.device, d_labels, s, metric="", stat_label=None))
-            )
-        raw = ex.node_raw(s, matchers=matchers)
-        if raw is not None:
-            agent_tests.append(
-                _expr_test(raw, _samples(SCENARIO.node, a_labels, s, metric="", stat_label=None))
-            )
-
-    def doc(rule_file: str, tests: list[dict[str, Any]], level: str) -> dict[str, Any]:
-        return {
-            "rule_files": [f"../{rule_file}"],
-            "evaluation_interval": DEFAULT_INTERVAL,
-            "tests": [
-                {
-                    "interval": DEFAULT_INTERVAL,
-                    "input_series": inputs(level),
-                    "promql_expr_test": tests,
-                }
-            ],
-        }
-
-    command = _command(DEFAULT_INTERVAL, DEFAULT_WINDOW, DEFAULT_LOOKBACK, None)
-    return {
-        "tests/promstat-kernel.test.yml": _render(
-            "rule_tests.yml.j2",
-            command=command,
-            body=_dump(doc(KERNEL_RULES_FILE, kernel_tests, "kernel")),
-        ),
-        "tests/promstat-agent.test.yml": _render(
-            "rule_tests.yml.j2",
-            command=command,
-            body=_dump(doc(AGENT_RULES_FILE, agent_tests, "device")),
-        ),
-    }
+    profile = profile if profile is not None else RuleProfile()
+    files = render_rules(profile, catalog_file=catalog_file)
+    if rule_tests_apply(profile):
+        files.update(render_rule_tests(profile))
+    return write_files(output_dir, files, "rule files")
 
 
 # -------------------------------------------------------------------------------------------
 # promtool
 
 
-def _promtool() -> str:
-    try:
-        from promstat.testing.lab import require_binary
-    except ImportError:  # pragma: no cover - lab ships with promstat
-        path = shutil.which("promtool")
-        if path is None:
-            raise BinaryNotFoundError(binary="promtool", package="prometheus") from None
-        return path
-    return require_binary("promtool")
-
-
-def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
-
-
 def check_rules(directory: str | Path) -> list[str]:
     """Run ``promtool check rules --lint=all --lint-fatal`` and ``promtool test rules``.
 
-    Files with sharded kernel groups are checked without the duplicate-rules lint (their
-    shards record the same names for disjoint kernels).
+    Files in which two rules record the same name and labels (sharded kernel groups; a stat
+    split by metric kind) are checked without the duplicate-rules lint.
 
     Args:
         directory: a directory holding ``*.rules.yml`` (and optionally ``tests/*.test.yml``).
@@ -948,27 +346,36 @@ def check_rules(directory: str | Path) -> list[str]:
     rule_files = sorted(str(p) for p in root.glob("*.rules.yml"))
     if not rule_files:
         raise RuleError(f"no *.rules.yml files in {str(root)!r}")
-    promtool = _promtool()
-    # Sharded kernel groups record the same series names and labels on purpose (each for its
-    # own kernels), which promtool's only lint, duplicate-rules, cannot tell from a mistake.
-    sharded = [f for f in rule_files if ".shard" in Path(f).read_text(encoding="utf-8")]
-    lintable = [f for f in rule_files if f not in sharded]
+    binary = promtool()
+    # Sharded kernel groups, and a stat split into one rule per metric kind, record the same
+    # series names and labels on purpose (each for its own, disjoint series), which
+    # promtool's only lint, duplicate-rules, cannot tell from a mistake.
+    twice = [f for f in rule_files if _records_twice(Path(f))]
+    lintable = [f for f in rule_files if f not in twice]
     done: list[str] = []
     if lintable:
-        done += _check(promtool, ["check", "rules", "--lint=all", "--lint-fatal"], lintable)
-    if sharded:
-        done += _check(promtool, ["check", "rules", "--lint=none"], sharded)
+        done += run_promtool(binary, ["check", "rules", "--lint=all", "--lint-fatal"], lintable)
+    if twice:
+        done += run_promtool(binary, ["check", "rules", "--lint=none"], twice)
     test_files = sorted(str(p) for p in (root / "tests").glob("*.test.yml"))
     if test_files:
-        done += _check(promtool, ["test", "rules"], test_files)
+        done += run_promtool(binary, ["test", "rules"], test_files)
     return done
 
 
-def _check(promtool: str, args: list[str], files: list[str]) -> list[str]:
-    proc = _run([promtool, *args, *files])
-    if proc.returncode != 0:
-        raise RuleError(
-            f"promtool {' '.join(args)} failed (exit {proc.returncode}):\n"
-            f"{proc.stdout}{proc.stderr}".rstrip()
-        )
-    return files
+def _records_twice(path: Path) -> bool:
+    """Whether two rules of ``path`` record the same name with the same labels."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return False  # promtool reports what is wrong with the file
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for group in doc.get("groups") or ():
+        for rule in group.get("rules") or ():
+            if "record" not in rule:
+                continue
+            key = (str(rule["record"]), tuple(sorted((rule.get("labels") or {}).items())))
+            if key in seen:
+                return True
+            seen.add(key)
+    return False
