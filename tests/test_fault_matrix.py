@@ -168,8 +168,11 @@ async def test_a_prometheus_restart_heals_on_the_first_page_after_it(
             await asyncio.to_thread(prom.stop, keep_data_dir=True)
             if mode == "warm":
                 await asyncio.sleep(CACHE_TTL * 1.5)  # the warm entries expire: pages ask
+            # One page while it is surely down, before the restart begins: a fast restart
+            # must not race the page that is to see the outage.
+            first, _ = await load_phase(stats, None, kernels, agents, reference)
+            down: list[PhaseResult] = [first]
             restarting = asyncio.create_task(asyncio.to_thread(lab.restart_prometheus, prom))
-            down: list[PhaseResult] = []
             for _ in range(600):  # at most a minute of pages while Prometheus starts
                 if restarting.done():
                     break
