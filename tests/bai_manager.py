@@ -16,15 +16,20 @@ from typing import Any
 
 import pytest
 
-#: The release the manager-side tests were written against.
-BACKENDAI_VERSION = "26.9.6"
+_PIN = pathlib.Path(__file__).resolve().parents[1] / "requirements" / "backendai-26.9.txt"
+
+#: The release pinned in requirements/backendai-26.9.txt (the one place it is set).
+BACKENDAI_VERSION = next(
+    line.split("==", 1)[1].strip()
+    for line in _PIN.read_text(encoding="utf-8").splitlines()
+    if line.startswith("backend.ai-manager==")
+)
 
 INSTALL_HINT = (
     f"the real-Backend.AI tests need backend.ai-common and backend.ai-manager {BACKENDAI_VERSION} "
-    "on Python 3.13: `./dev test` installs them into its cached 3.13 environment; by hand: "
-    "`python3.13 -m venv V && V/bin/pip install 'backend.ai-manager=="
-    f"{BACKENDAI_VERSION}' 'backend.ai-agent=={BACKENDAI_VERSION}' -e '.[dev]'` and run pytest "
-    "with V/bin/python"
+    "on Python 3.13: `./dev setup` installs them into the 3.13 .venv; by hand: "
+    "`python3.13 -m venv V && V/bin/pip install -e '.[dev]' -r requirements/backendai-26.9.txt` "
+    "and run pytest with V/bin/python"
 )
 
 

@@ -32,7 +32,7 @@ from promstat.stat_client import PromstatStatClient
 #: Every request the tests count comes from their own loads.
 NO_REFRESH = RefreshConfig(enabled=False)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backendai]
 
 MISSING = "00000000-0000-0000-0000-00000000dead"
 #: Kernel metrics whose legacy capacity is the first value seen (no ceiling): promstat sends

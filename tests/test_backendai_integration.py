@@ -35,7 +35,7 @@ from promstat.testing import lab
 #: Every request the tests count comes from their own loads.
 NO_REFRESH = RefreshConfig(enabled=False)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backendai]
 
 
 @pytest.fixture(scope="module")

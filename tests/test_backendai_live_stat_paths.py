@@ -40,7 +40,7 @@ from promstat.planner import Planner, PlannerConfig
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backendai]
 
 T0 = 1_700_000_400  # a multiple of 60: on the 15 s and 20 s scrape grids
 SPAN = 1200

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 PATCH = REPO / "contrib" / "backendai-26.9.6.patch"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backendai]
 
 
 def _manager_package() -> Path:

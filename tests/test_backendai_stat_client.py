@@ -314,6 +314,8 @@ from ai.backend.manager.clients.prometheus.client import PrometheusClient
 from promstat.integrations.backendai import UpstreamPrometheusClient
 from promstat.stat_delegate import ValkeyStatFallback
 
+pytestmark = pytest.mark.backendai
+
 
 def fallback(client: ValkeyStatClient) -> ValkeyStatFallback:
     return client

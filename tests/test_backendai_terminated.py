@@ -33,7 +33,7 @@ from promstat.testing.sim import ChurnConfig, FleetConfig, SimulatedFleet, fleet
 #: Every request the tests count comes from their own loads.
 NO_REFRESH = RefreshConfig(enabled=False)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.backendai]
 
 EPOCH = 1_700_000_010  # a multiple of the step
 STEP = 15

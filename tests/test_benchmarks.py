@@ -18,6 +18,7 @@ A = "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"
 B = "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"
 
 
+@pytest.mark.backendai
 def test_the_upstream_contender_is_the_installed_backendai_code() -> None:
     """`upstream` runs Backend.AI 26.9.6's own client, query builder and converter, not a
     port: the classes come from the installed manager, and its builder renders six queries."""
