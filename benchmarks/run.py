@@ -439,8 +439,16 @@ def run(settings: Settings) -> dict[str, Any]:
     """Run every phase and write the outputs; return the report document."""
     wall0 = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    untrack_payloads(settings.untrack_payloads)
+    # Process-wide: restored at the end, so an in-process run (the smoke test) leaves no trace.
+    previous = untrack_payloads(settings.untrack_payloads)
     _log(f"payloads untracked from the GC: {settings.untrack_payloads}")
+    try:
+        return _run(settings, wall0, started)
+    finally:
+        untrack_payloads(previous)
+
+
+def _run(settings: Settings, wall0: float, started: str) -> dict[str, Any]:
     spec = FleetSpec(kernels=settings.kernels, agents=settings.agents, seed=settings.seed)
     _log(f"building fleet: {spec.kernels} kernels on {spec.agents} agents (seed {spec.seed})")
     with build_fleet(spec, settle=settings.settle, log=_log) as fleet:

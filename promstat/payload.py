@@ -121,14 +121,19 @@ def _gc_untrack() -> Callable[[object], None] | None:
 _untracking = False
 
 
-def untrack_payloads(enabled: bool = True) -> None:
+def untrack_payloads(enabled: bool = True) -> bool:
     """Opt in (or out again) to taking new read-only payloads off the garbage collector's list.
 
     Process-wide: the collector is. Payloads built before the call are unaffected. See the
     module docstring for why this is safe and what it costs and saves.
+
+    Returns:
+        Whether it was on before the call (to restore it).
     """
     global _untracking
+    previous = _untracking
     _untracking = bool(enabled) and _gc_untrack() is not None
+    return previous
 
 
 def _untrackable(value: FrozenDict[Any, Any]) -> bool:

@@ -268,26 +268,14 @@ async def test_rules_rendered_at_30s_are_read_with_30s(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Given nothing, LiveStats reads with the loaded rules' 30 s, from the record names
-    today and from the profile rule once it is loaded; every page has data."""
+    """Given nothing, LiveStats reads with the loaded rules' profile (their profile rule:
+    30 s); every page has data and nothing is warned."""
     prom, ids = fleet_and_prom
     with caplog.at_level(logging.WARNING):
         async with LiveStats(prom.url, refresh=NO_REFRESH) as stats:
             assert _has_memory(await stats.load_kernels(ids))
-            assert stats.profile.interval == 30.0 and stats._kernels.ttl == 30.0
-            assert stats.layout.loaded is not None and stats.layout.loaded.labels is None
-        # The profile rule (what the rule files carry from now on) gives the whole profile.
-        rendered = RuleProfile(interval=30.0, collect_interval=60.0)
-        labels = "\n".join(f"      {k}: {v!r}" for k, v in rendered.to_labels().items())
-        extra = tmp_path / "profile.rules.yml"
-        extra.write_text(
-            "groups:\n- name: promstat.profile\n  interval: 30s\n  rules:\n"
-            f"  - record: {N.profile_info}\n    expr: vector(1)\n    labels:\n{labels}\n"
-        )
-        await asyncio.to_thread(prom.configure, rule_files=[*prom.rule_files, extra])
-        async with LiveStats(prom.url, refresh=NO_REFRESH) as stats:
-            assert _has_memory(await stats.load_kernels(ids))
-            assert stats.profile == rendered
+            assert stats.profile == RuleProfile(interval=30.0)
+            assert stats._kernels.ttl == 30.0
             assert stats.layout.loaded is not None and stats.layout.loaded.labels is not None
     assert layout_warnings(caplog) == []
 
@@ -306,7 +294,7 @@ async def test_a_mismatched_profile_against_real_rules_is_warned_once(
                 assert _has_memory(await stats.load_kernels(ids))
             assert stats.profile == given
     (warning,) = layout_warnings(caplog)
-    assert "interval 15s given, 30s loaded" in warning and "the rules themselves" in warning
+    assert "interval 15s given, 30s loaded" in warning and "their profile rule" in warning
 
 
 async def test_no_rules_on_a_real_prometheus_is_warned_once_and_read_raw(
