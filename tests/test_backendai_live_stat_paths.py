@@ -37,6 +37,7 @@ from rules_backfill import merge_openmetrics, prometheus_with_rules
 from promstat.client import PrometheusClient
 from promstat.migration.publisher import ValkeyPublisher, replay
 from promstat.planner import Planner, PlannerConfig
+from promstat.profile import RuleProfile
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet, fleet_openmetrics
 
@@ -201,10 +202,9 @@ async def _compare(url: str, redis_url: str, fleet_list: Sequence[Fleet], s: int
             bound = OWN_BOUND if f.exporter == "own" else PLAIN_BOUND[s]
             answers: dict[str, Mapping[str, Any]] = {}
             for plan, use_recorded in (("raw", False), ("recorded", True)):
-                config = PlannerConfig(
-                    interval=f"{s}s", collect_interval=f"{C}s", use_recorded=use_recorded
-                )
-                out = await Planner(client, config).kernels(ids, at=AT)
+                profile = RuleProfile(interval=float(s), collect_interval=float(C))
+                planner = Planner(client, PlannerConfig(use_recorded=use_recorded), profile=profile)
+                out = await planner.kernels(ids, at=AT)
                 answers[plan] = out.payloads
             answers["26.9"] = await _upstream(url, ids)
             for path, payloads in answers.items():

@@ -115,9 +115,22 @@ class CountingClient:
         self.inner = inner
         self.queries: list[str] = []
 
+    @property
+    def timeout(self) -> float:
+        return self.inner.timeout
+
     async def query_vector(self, query: str, **kwargs: Any) -> Any:
         self.queries.append(query)
         return await self.inner.query_vector(query, **kwargs)
+
+    async def query_range(self, query: str, **kwargs: Any) -> Any:
+        return await self.inner.query_range(query, **kwargs)
+
+    async def rules(self, *args: Any) -> Any:
+        return await self.inner.rules(*args)
+
+    async def aclose(self) -> None:
+        return None  # borrowed: the test closes the real client
 
 
 def test_the_fleet_has_every_kind_of_kernel(churned: Churned) -> None:

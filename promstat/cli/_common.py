@@ -208,7 +208,20 @@ def one_line(text: str, limit: int = MAX_DETAIL) -> str:
 
 _DNS = ("name or service not known", "nodename nor servname", "temporary failure in name",
         "no address associated", "getaddrinfo failed", "name does not resolve")  # fmt: skip
-_REFUSED = ("connect call failed", "connection refused", "errno 111", "errno 61")
+_REFUSED = ("connect call failed", "connection refused", "errno 111", "errno 61",
+            "error 111 connecting", "error 61 connecting")  # fmt: skip  # redis-py's wording
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a ConnectionRefusedError is anywhere in the cause chain (any client's wording)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _html_title(body: str) -> str | None:
@@ -259,7 +272,7 @@ def error_line(exc: PromstatError, *, url: str | None = None, source: str = "") 
         elif any(s in lowered for s in _DNS):
             message = f"cannot resolve the host of {target}"
             hint = f"is the host name right? {check}"
-        elif any(s in lowered for s in _REFUSED):
+        elif _refused(exc) or any(s in lowered for s in _REFUSED):
             message = f"nothing is listening at {target} (connection refused)"
             hint = f"is {what} running there, on that port? {check}"
         else:
