@@ -33,6 +33,8 @@ from promstat.service import LiveStats
 from promstat.stat_client import PromstatStatClient
 from promstat.stat_delegate import DELEGATED_METHODS
 
+pytestmark = pytest.mark.backendai
+
 #: The reads promstat answers itself.
 SERVED = frozenset(
     {
@@ -313,8 +315,6 @@ from ai.backend.manager.clients.prometheus.client import PrometheusClient
 
 from promstat.integrations.backendai import UpstreamPrometheusClient
 from promstat.stat_delegate import ValkeyStatFallback
-
-pytestmark = pytest.mark.backendai
 
 
 def fallback(client: ValkeyStatClient) -> ValkeyStatFallback:
