@@ -171,7 +171,8 @@ def test_harness_smoke_run(tmp_path: Path) -> None:
     ]
     for x in polling:
         assert x["warmup_pages"] == x["clients"], x  # each client's first page, apart
-        assert x["pages"] > 0 and x["errors"] == 0 and x["missing"] == 0, x
+        # every client has a measured page, however long a page takes (26.9 under load)
+        assert x["pages"] >= x["clients"] and x["errors"] == 0 and x["missing"] == 0, x
         assert x["p99_ms"] >= x["p95_ms"] >= x["p50_ms"] > 0
     assert all(x["queries"] == 0 for x in polling if x["contender"] == "legacy")
     assert any(x["queries"] > 0 for x in polling if x["contender"] == "promstat")
