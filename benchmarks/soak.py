@@ -48,11 +48,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from promstat.apps.registry import FleetRegistry
 from promstat.apps.serve import EXAMPLE_QUERY, make_app
 from promstat.client import ClientConfig
 from promstat.errors import LabError
 from promstat.generate.rules import write_rules
-from promstat.integrations import FleetRegistry
 from promstat.planner import PlannerConfig
 from promstat.profile import RuleProfile
 from promstat.promql import parse_duration

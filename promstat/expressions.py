@@ -85,8 +85,9 @@ class RateSource(enum.StrEnum):
     falls back to ``rate()`` of the raw counter elsewhere, so a fleet mixing promstat's exporter
     with plain upstream agents shows every rate. PromQL has no short-circuit ``or``: the
     fallback's ``rate()``, reset check and staleness guard are evaluated for every counter
-    series even when every agent exports its rate: measured at 5,000 kernels, 41% of the
-    kernel rule group's evaluation time and 45% of the rules' CPU.
+    series even when every agent exports its rate, and that fallback is a large share of the
+    kernel rule group's evaluation time and of the rules' CPU (``benchmarks/README.md``,
+    "Rule cost").
 
     ``EXPORTER`` reads the agent's rate series only: right for a fleet whose agents all run
     promstat's exporter (dual publishing to Valkey requires it anyway). A kernel whose agent
@@ -100,10 +101,10 @@ class RateSource(enum.StrEnum):
     exporter's own series, so recording them would only copy them: the kernel rules record
     the window stats (``max``/``avg``) alone, over the raw series, and readers (pages,
     history, utilization, alerts, dashboards) read the other stats from the raw series
-    (:attr:`LiveStatExpressions.records_kernel_values`). Recording the copies cost 60-75% of
-    the rules' CPU at 5,000 kernels; most of it is writing ~60,000 samples an evaluation and
-    keeping those series, not evaluating them (recording the copies every 60 s instead of
-    every 15 s saved almost nothing).
+    (:attr:`LiveStatExpressions.records_kernel_values`). Recording the copies cost most of the
+    rules' CPU; most of it is writing their samples at every evaluation and keeping those
+    series, not evaluating them (recording them less often saved almost nothing;
+    ``benchmarks/README.md``, "Rule cost").
     """
 
     BOTH = "both"

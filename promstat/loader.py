@@ -58,16 +58,15 @@ V = TypeVar("V")
 #: The batch-function contract: one result per key, in key order.
 BatchLoadFn = Callable[[list[K]], Awaitable[Sequence[V | BaseException | None]]]
 
-#: Default bound of a :class:`SharedLoader`: 16,384 entries. A ten-metric kernel payload takes
-#: 3.3 KiB of Python objects as the planner renders it and 5 KiB decoded from JSON (measured
-#: with tracemalloc), so a full cache is 55-80 MiB: room for a fleet-wide 10,000-kernel page
-#: plus 60% churn within one TTL. The TTL purge keeps a steady manager far below it (only keys
-#: written within the last TTL stay).
+#: Default bound of a :class:`SharedLoader`: 16,384 entries, room for a fleet-wide
+#: 10,000-kernel page plus 60% churn within one TTL, at a memory cost a manager can carry (what
+#: a payload weighs is measured in ``benchmarks/README.md``, "Memory bounds"). The TTL purge
+#: keeps a steady manager far below it (only keys written within the last TTL stay).
 DEFAULT_MAX_ENTRIES = 16_384
 
-#: Default bound of the agent cache. An agent payload carries every device: 35 KiB of Python
-#: objects for a 64-core, 8-GPU agent (measured with tracemalloc), so 2,048 agents is at most
-#: ~70 MiB, like the kernel cache; fleets have far fewer agents than kernels.
+#: Default bound of the agent cache. An agent payload carries every device, so it weighs many
+#: kernel payloads: 2,048 agents fill about as much memory as the full kernel cache
+#: (``benchmarks/README.md``, "Memory bounds"); fleets have far fewer agents than kernels.
 DEFAULT_AGENT_CACHE_ENTRIES = 2_048
 
 
@@ -116,9 +115,9 @@ class _Waiter(asyncio.Future):  # type: ignore[type-arg]
     A subclass rather than a plain future with done-callbacks: the loader hears of a
     cancellation in :meth:`cancel` itself (``Task.cancel`` and ``gather`` call it), and the
     outcome is copied in when the batch lands. Two callbacks per load, each with a copied
-    ``Context`` and a ``partial``, made a 1,000-kernel page ~15 GC-tracked objects per key;
-    with 50 pages in flight, full collections over 750,000 objects took two thirds of the
-    process' CPU (measured in the polling benchmark).
+    ``Context`` and a ``partial``, made every pending key several GC-tracked objects; with
+    many pages in flight, full collections over them took most of the process' CPU (the
+    polling benchmark; see ``benchmarks/README.md``).
     """
 
     __slots__ = ("_key", "_loader", "_shared")

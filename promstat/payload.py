@@ -209,9 +209,10 @@ FREEZE_SLICE = 256
 async def afreeze_values(values: Mapping[K, V], *, slice_size: int = FREEZE_SLICE) -> dict[K, V]:
     """:func:`freeze_values` that lets the event loop run every ``slice_size`` values.
 
-    Freezing a cold 5,000-kernel page of plain dicts costs ~90 ms of CPU (one copy per nested
-    dict); done in one go it held a manager's event loop for that long, so it is cut into
-    slices of a few milliseconds, like the planner's rendering. Values that need no copy
+    Freezing a cold page of plain dicts copies every nested dict; done in one go it was the
+    longest callback of the full benchmark and held a manager's event loop all that time
+    (``benchmarks/README.md``), so it is cut into slices of a few milliseconds, like the
+    planner's rendering. Values that need no copy
     (already frozen, ``None``, errors) pass straight through: a slice of them only does not
     yield.
     """
@@ -223,8 +224,8 @@ async def afreeze_values(values: Mapping[K, V], *, slice_size: int = FREEZE_SLIC
             copied = True
         else:
             out[key] = value  # already frozen (as the planner renders), None or an error
-        # A slice without a copy had no work worth a loop turn: an already frozen
-        # 5,000-kernel page goes through in one ~1 ms pass instead of 20 turns.
+        # A slice without a copy had no work worth a loop turn: an already frozen page goes
+        # through in one short pass instead of one turn per slice.
         if copied and n % slice_size == 0:
             copied = False
             await asyncio.sleep(0)

@@ -10,7 +10,7 @@ rules live in one place:
 * A value inside a regex matcher is first escaped like Go's ``regexp.QuoteMeta``
   (:func:`quote_meta`), then like any string literal. ``re.escape`` must not be used: it escapes
   ``-``, and ``\\-`` makes Prometheus compile the regex instead of taking the set-matcher fast
-  path for ``a|b|c`` lists (7-10x slower for UUID lists, anchors section 1.7).
+  path for ``a|b|c`` lists (much slower for UUID lists; see ``benchmarks/README.md``).
 * :func:`set_matcher` sorts and de-duplicates, so equal sets give byte-identical queries (cache
   keys, request logs) and a single value becomes an equality matcher.
 * :func:`chunk_values` splits a large value set so each query stays within a byte budget

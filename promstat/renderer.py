@@ -309,8 +309,9 @@ def format_pct(current: str | float, capacity: str | float | None) -> str:
 _Formatter = Callable[[str], str]
 
 # Memos of formatted values, one per formatter: a page repeats many value texts (capacities,
-# "0", steady gauges whose max/avg equal current), and a dict lookup is ~8x cheaper than
-# formatting. Bounded: cleared when full (a cache of a pure function; races only re-format).
+# "0", steady gauges whose max/avg equal current), and a dict lookup is much cheaper than
+# formatting (see benchmarks/README.md). Bounded: cleared when full (a cache of a pure
+# function; races only re-format).
 _MEMO_LIMIT = 1 << 16
 _DECIMAL_MEMO: dict[str, str] = {}
 _INTEGRAL_MEMO: dict[str, str] = {}

@@ -83,10 +83,10 @@ class SampleValue(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
     It indexes, unpacks and compares like the ``tuple[float, str]`` it replaces
     (``series.value[1]``, ``ts, text = series.value``, ``series.value == (ts, "1")``). It is a
-    Struct rather than a tuple because the garbage collector does not track it: a 5,000-kernel
-    page decodes ~90,000 samples, and as tuples they alone triggered ~130 young-generation
-    collections per page, which in turn triggered the full collections that held the event
-    loop for 50-80 ms.
+    Struct rather than a tuple because the garbage collector does not track it: a large page
+    decodes tens of thousands of samples, and as tuples they alone triggered young-generation
+    collections by the hundred per page, which in turn triggered the full collections that
+    held the event loop (figures: ``benchmarks/README.md``).
     """
 
     timestamp: float
@@ -410,8 +410,9 @@ def vector_parts(
 ) -> Generator[tuple[bool, memoryview], None, None] | None:
     """Cut a large vector answer into separately decodable parts, in place, without parsing it.
 
-    Decoding a 13 MB answer is one ~50 ms call that nothing can interrupt; its parts can be
-    decoded one at a time with the event loop free in between. The result array is cut at
+    Decoding a fleet-wide answer in one go is one long call that nothing can interrupt (see
+    ``benchmarks/README.md``); its parts can be decoded one at a time with the event loop free
+    in between. The result array is cut at
     series boundaries about every ``slice_bytes``. Each part is a JSON array of series
     (decode it with :func:`series_decoder`); the last one (``True`` in the pair) is the
     envelope holding the last series, ``warnings`` and ``infos`` (:func:`vector_decoder`).

@@ -100,8 +100,8 @@ def nginx_502() -> Iterator[Server]:
 @pytest.fixture
 def graphql_port() -> Iterator[Server]:
     """promstat serve's own app (the GraphQL port someone gives instead of Prometheus')."""
+    from promstat.apps.registry import StaticRegistry
     from promstat.apps.serve import make_app
-    from promstat.integrations import StaticRegistry
 
     class NoStats:
         async def load_kernels(self, ids: Any, *, at: Any = None) -> list[Any]:

@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from promstat.apps.registry import FleetRegistry, PrometheusRegistry, StaticRegistry
 from promstat.apps.serve import EXAMPLE_QUERY, load_serve_options, make_app, serve
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
 from promstat.generate.rules import write_rules
-from promstat.integrations import FleetRegistry, PrometheusRegistry, StaticRegistry
 from promstat.profile import RuleProfile
 from promstat.refresh import RefreshConfig
 from promstat.selfmetrics import PromstatMetrics

@@ -16,19 +16,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from promstat.apps.registry import AgentRow, FleetRegistry, KernelRow, StaticRegistry, paginate
+from promstat.apps.schema import agent_cpu_pct, agent_mem_bytes, json_string
 from promstat.apps.serve import EXAMPLE_QUERY, make_app, make_executor
 from promstat.client import PrometheusClient
-from promstat.integrations import (
-    AgentRow,
-    FleetRegistry,
-    KernelRow,
-    LoaderManager,
-    StaticRegistry,
-    agent_cpu_pct,
-    agent_mem_bytes,
-    json_string,
-    paginate,
-)
+from promstat.integrations import LoaderManager
 from promstat.integrations.graphene import make_context as graphene_context
 from promstat.integrations.strawberry import make_context as strawberry_context
 from promstat.planner import PlannerConfig
@@ -417,7 +409,7 @@ async def test_negative_offset_is_a_graphql_error(stack: str) -> None:
 def test_context_built_outside_a_loop_works_in_a_new_loop(factory: Any) -> None:
     """Loaders are created lazily in the running loop, so a context made outside one is safe."""
     source = MemorySource()
-    ctx = factory(source, StaticRegistry(["k"]))
+    ctx = factory(source)
 
     async def use() -> Any:
         return await ctx.kernel_loader().load("k")

@@ -24,8 +24,8 @@ from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_ope
 
 from promstat import payload
 from promstat import renderer as live_stat
+from promstat.apps.schema import json_string
 from promstat.client import PrometheusClient
-from promstat.integrations import json_string
 from promstat.payload import (
     FrozenDict,
     afreeze_values,

@@ -3,7 +3,7 @@
 An agent keeps a terminated kernel's series, frozen, for its detention (600 s), so counting
 the kernels with series listed them as RUNNING: against the demo's churning fleet serve
 counted 1,730 kernels where the demo (its fleet's own schedule) counted 1,000.
-:class:`~promstat.integrations.PrometheusRegistry` lists the kernels whose values still
+:class:`~promstat.apps.registry.PrometheusRegistry` lists the kernels whose values still
 change; this test terminates kernels of a real fleet scraped by a real Prometheus and waits
 until the registry lists exactly the running ones while their frozen series are still there.
 """
@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
+from promstat.apps.registry import DEFAULT_LIVE_WINDOW, PrometheusRegistry
 from promstat.apps.serve import load_serve_options
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError
-from promstat.integrations import DEFAULT_LIVE_WINDOW, PrometheusRegistry
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet
 

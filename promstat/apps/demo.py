@@ -456,11 +456,11 @@ async def run_demo(
     Returns:
         0 after a clean shutdown, 1 when a server could not start (message on stderr).
     """
+    from promstat.apps.registry import FleetRegistry
     from promstat.apps.serve import curl_example, make_app
     from promstat.client import PrometheusClient
     from promstat.generate.alerts import demo_settings, write_alerts
     from promstat.generate.rules import write_rules
-    from promstat.integrations import FleetRegistry
     from promstat.planner import PlannerConfig
     from promstat.profile import RuleProfile
     from promstat.service import LiveStats

@@ -1,7 +1,7 @@
 """The GraphQL service: legacy live_stat list pages over HTTP, and ``promstat serve``.
 
 :func:`make_app` builds an aiohttp application around a :class:`~promstat.service.LiveStats`
-and a row :class:`~promstat.integrations.Registry`:
+and a row :class:`~promstat.apps.registry.Registry`:
 
 * ``POST /graphql`` — JSON body ``{"query", "variables"?, "operationName"?}``; answers the
   GraphQL response ``{"data", "errors"?}`` (also ``GET /graphql?query=...``);
@@ -9,13 +9,13 @@ and a row :class:`~promstat.integrations.Registry`:
 * ``GET /metrics`` — promstat's own counters (:class:`~promstat.selfmetrics.PromstatMetrics`) in
   the Prometheus text format, when ``prometheus_client`` is installed (extra ``prometheus``).
 
-The schema is the legacy subset of :mod:`promstat.integrations.graphene` or the equivalent
-:mod:`promstat.integrations.strawberry` (``stack=``); each request gets fresh loaders.
+The schema is the legacy subset of :mod:`promstat.apps.schema_graphene` or the equivalent
+:mod:`promstat.apps.schema_strawberry` (``stack=``); each request gets fresh loaders.
 
 ``promstat serve`` (:func:`serve` with :class:`ServeOptions`; the flags are parsed in
 :mod:`promstat.cli.serve`) runs it against any Prometheus-compatible backend with Backend.AI
 data: rows come from the live series themselves
-(:class:`~promstat.integrations.PrometheusRegistry`), so no manager database is needed.
+(:class:`~promstat.apps.registry.PrometheusRegistry`), so no manager database is needed.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from typing import Any, Final, Literal, cast
 import yaml
 from aiohttp import web
 
+from promstat.apps.registry import PrometheusRegistry, Registry
+from promstat.apps.schema import SchemaExecutor
 from promstat.errors import ConfigError
 from promstat.expressions import RateSource
-from promstat.integrations import DEFAULT_MAX_BATCH_SIZE, Registry, SchemaExecutor, StatsSource
+from promstat.integrations import DEFAULT_MAX_BATCH_SIZE, StatsSource
 from promstat.selfmetrics import PromstatMetrics
 
 __all__ = [
@@ -80,11 +82,11 @@ def make_executor(
     """
     try:
         if stack == "graphene":
-            from promstat.integrations.graphene import GrapheneExecutor
+            from promstat.apps.schema_graphene import GrapheneExecutor
 
             return GrapheneExecutor(stats, registry, max_batch_size=max_batch_size)
         if stack == "strawberry":
-            from promstat.integrations.strawberry import StrawberryExecutor
+            from promstat.apps.schema_strawberry import StrawberryExecutor
 
             return StrawberryExecutor(stats, registry, max_batch_size=max_batch_size)
     except ImportError as exc:
@@ -274,7 +276,7 @@ class ServeOptions:
 
     def live_window(self) -> float:
         """Seconds within which a running kernel's values change: one measurement interval
-        plus two scrape intervals (:class:`~promstat.integrations.PrometheusRegistry`).
+        plus two scrape intervals (:class:`~promstat.apps.registry.PrometheusRegistry`).
 
         Raises:
             ConfigError: ``interval`` or ``collect_interval`` is not a positive duration.
@@ -385,7 +387,6 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
         OSError: the port could not be bound.
     """
     from promstat.client import ClientConfig
-    from promstat.integrations import PrometheusRegistry
     from promstat.profile import RuleProfile
     from promstat.service import LiveStats
 
@@ -395,11 +396,15 @@ async def serve(options: ServeOptions, *, stop: asyncio.Event | None = None) -> 
     defaults = (default.interval, default.lookback, default.window, default.rates)
     # Settings left at their defaults: read with the loaded rules' profile (LiveStats learns
     # it from /api/v1/rules); settings given: read with them (a mismatch is logged once).
-    profile = None if given == defaults else RuleProfile.parse(
-        interval=options.interval,
-        lookback=options.lookback,
-        window=options.window,
-        rates=RateSource.parse(options.rates),
+    profile = (
+        None
+        if given == defaults
+        else RuleProfile.parse(
+            interval=options.interval,
+            lookback=options.lookback,
+            window=options.window,
+            rates=RateSource.parse(options.rates),
+        )
     )
     stop_event = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

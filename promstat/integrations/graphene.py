@@ -1,81 +1,57 @@
-"""A Backend.AI-like legacy GraphQL schema on graphene 3 + aiodataloader (extra ``graphene``).
+"""The graphene 3 + aiodataloader side of the loaders (extra ``graphene``).
 
-The subset a kernel or agent list page uses, with Backend.AI's field names and types
-(``auto_camelcase=False``, live stats as ``JSONString``)::
+Backend.AI's legacy schema runs on graphene with aiodataloader; its ``DataLoaderManager``
+builds, per request and per batch function, an ``aiodataloader.DataLoader(batch_load_fn=...,
+max_batch_size=128)``. :func:`make_context` gives a resolver the same, over promstat's batch
+functions: ``ctx.kernel_loader().load(kernel_id)`` (``live_stat`` and ``last_stat`` share it;
+terminated kernels through :func:`~promstat.integrations.kernel_stat`),
+``ctx.agent_loader().load(agent_id)`` (``live_stat``, ``cpu_cur_pct`` and ``mem_cur_bytes``
+share it), so a page costs one batch per 128 ids and no field adds queries.
 
-    compute_container_list(limit: Int!, offset: Int!, status: String): ComputeContainerList
-        ComputeContainerList { items: [ComputeContainer], total_count: Int! }
-        ComputeContainer { id, agent, status, terminated_at: DateTime,
-                           live_stat: JSONString, last_stat: JSONString }
-    agent_list(limit: Int!, offset: Int!, status: String): AgentList
-        AgentList { items: [Agent], total_count: Int! }
-        Agent { id, status, live_stat: JSONString, cpu_cur_pct: Float, mem_cur_bytes: Float }
-
-Loaders work like Backend.AI's ``DataLoaderManager``: per request and per batch function, an
-``aiodataloader.DataLoader(batch_load_fn=stats.load_kernels, max_batch_size=128)``, created
-lazily by the first resolver that needs it (so inside the running loop: aiodataloader binds
-the loop at construction). ``live_stat`` and ``last_stat`` share the kernel loader (terminated
-kernels: one loader over ``stats.load_kernel_stats``, see :func:`~promstat.integrations.
-kernel_stat`);
-``Agent.live_stat``, ``cpu_cur_pct`` and ``mem_cur_bytes`` share the agent loader, so a page
-costs one batch per 128 ids and no field adds queries (legacy built one loader per agent field
-and fetched the same stats three times).
-
-A ``JSONString`` resolver returns the payload dict; graphene serialises it with ``json.dumps``,
-so the wire value is a JSON *string*, or ``null`` without data. A batch error surfaces as a
-GraphQL error on that field (its value ``null``); other rows are unaffected.
+Loaders are created lazily by the first resolver that needs one, so inside the running loop:
+aiodataloader binds the loop at construction. A batch error surfaces as a GraphQL error on
+that field (its value ``null``); other rows are unaffected.
 
 Usage::
 
-    executor = GrapheneExecutor(stats, registry)
-    result = await executor.execute("{ compute_container_list(limit: 50, offset: 0) { ... } }")
+    ctx = make_context(stats)  # per request; pass it as the context (or keep it in yours)
+    payload = await kernel_stat(ctx, row)  # in a live_stat resolver
+
+The legacy list-page schema ``promstat serve`` runs on this is
+:mod:`promstat.apps.schema_graphene`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, cast
 
-import graphene
 from aiodataloader import DataLoader
 
 from promstat.integrations import (
     DEFAULT_MAX_BATCH_SIZE,
-    AgentRow,
     BatchLoadFn,
-    KernelRow,
     LoaderManager,
-    Page,
-    Payload,
-    Registry,
     RequestContext,
-    SchemaExecutor,
     StatsSource,
-    agent_cpu_pct,
-    agent_mem_bytes,
-    json_string,
-    kernel_stat,
 )
 
-__all__ = [
-    "Agent",
-    "AgentList",
-    "ComputeContainer",
-    "ComputeContainerList",
-    "GrapheneContext",
-    "GrapheneExecutor",
-    "Queries",
-    "build_schema",
-    "json_string",
-    "make_context",
-]
+__all__ = ["GrapheneContext", "loader_factory", "make_context"]
 
-#: The context graphene resolvers receive (``info.context``).
+#: A request context whose loaders are aiodataloader's.
 GrapheneContext = RequestContext[DataLoader[str, Any]]
 
 
-def _loader_factory(max_batch_size: int | None) -> Any:
+def loader_factory(
+    max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
+) -> Callable[[BatchLoadFn], DataLoader[str, Any]]:
+    """What builds each aiodataloader loader of a :class:`~promstat.integrations.LoaderManager`.
+
+    Args:
+        max_batch_size: ids per batch call (Backend.AI: 128); ``None`` = one batch per page.
+    """
+
     def factory(fn: BatchLoadFn) -> DataLoader[str, Any]:
         # Explicit loop: the resolver runs inside it, and aiodataloader would otherwise call
         # the deprecated get_event_loop() (wrong loop when built outside one).
@@ -90,7 +66,6 @@ def _loader_factory(max_batch_size: int | None) -> Any:
 
 def make_context(
     stats: StatsSource,
-    registry: Registry,
     *,
     max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
     at: float | None = None,
@@ -99,146 +74,7 @@ def make_context(
 
     Args:
         stats: the batch functions (a :class:`~promstat.service.LiveStats`).
-        registry: where list rows come from.
         max_batch_size: ids per batch call (Backend.AI: 128); ``None`` = one batch per page.
         at: pin every live_stat of this request to this Unix time.
     """
-    return RequestContext(stats, registry, LoaderManager(_loader_factory(max_batch_size)), at)
-
-
-async def _agent_stat(root: AgentRow, info: graphene.ResolveInfo) -> Payload | None:
-    ctx: GrapheneContext = info.context
-    result: Payload | None = await ctx.agent_loader().load(root.id)
-    return result
-
-
-class ComputeContainer(graphene.ObjectType):  # type: ignore[misc]
-    """A kernel (container) row with its live statistics."""
-
-    id = graphene.ID(required=True)
-    agent = graphene.String()
-    status = graphene.String()
-    terminated_at = graphene.DateTime()
-    live_stat = graphene.JSONString(description="Legacy live_stat, a JSON-encoded string.")
-    last_stat = graphene.JSONString(
-        description="live_stat while running; the final stats once terminated."
-    )
-
-    @staticmethod
-    def resolve_terminated_at(root: KernelRow, info: graphene.ResolveInfo) -> datetime | None:
-        """When the kernel terminated (UTC), or None while it runs."""
-        t = root.terminated_at
-        return None if t is None else datetime.fromtimestamp(t, tz=UTC)
-
-    @staticmethod
-    async def resolve_live_stat(root: KernelRow, info: graphene.ResolveInfo) -> Payload | None:
-        """The kernel's live_stat dict (serialised to a JSON string by graphene) or None;
-        a terminated kernel's final stats for 24 h, as legacy's Valkey key."""
-        return await kernel_stat(info.context, root)
-
-    @staticmethod
-    async def resolve_last_stat(root: KernelRow, info: graphene.ResolveInfo) -> Payload | None:
-        """Same value as ``live_stat`` while running; a terminated kernel's final stats."""
-        return await kernel_stat(info.context, root, last=True)
-
-
-class ComputeContainerList(graphene.ObjectType):  # type: ignore[misc]
-    """One page of kernels."""
-
-    items = graphene.List(ComputeContainer, required=True)
-    total_count = graphene.Int(required=True)
-
-
-class Agent(graphene.ObjectType):  # type: ignore[misc]
-    """An agent row with its node/device live statistics."""
-
-    id = graphene.ID(required=True)
-    status = graphene.String()
-    live_stat = graphene.JSONString(description="Legacy agent live_stat, a JSON string.")
-    cpu_cur_pct = graphene.Float()
-    mem_cur_bytes = graphene.Float()
-
-    @staticmethod
-    async def resolve_live_stat(root: AgentRow, info: graphene.ResolveInfo) -> Payload | None:
-        """The agent's ``{"node", "devices"}`` dict or None."""
-        return await _agent_stat(root, info)
-
-    @staticmethod
-    async def resolve_cpu_cur_pct(root: AgentRow, info: graphene.ResolveInfo) -> float:
-        """``float(stat["node"]["cpu_util"]["pct"])``, 0 without data (same loader)."""
-        return agent_cpu_pct(await _agent_stat(root, info))
-
-    @staticmethod
-    async def resolve_mem_cur_bytes(root: AgentRow, info: graphene.ResolveInfo) -> float:
-        """``float(stat["node"]["mem"]["current"])``, 0 without data (same loader)."""
-        return agent_mem_bytes(await _agent_stat(root, info))
-
-
-class AgentList(graphene.ObjectType):  # type: ignore[misc]
-    """One page of agents."""
-
-    items = graphene.List(Agent, required=True)
-    total_count = graphene.Int(required=True)
-
-
-class Queries(graphene.ObjectType):  # type: ignore[misc]
-    """Root query type (the legacy schema's list queries used by list pages)."""
-
-    compute_container_list = graphene.Field(
-        ComputeContainerList,
-        limit=graphene.Int(required=True),
-        offset=graphene.Int(required=True),
-        status=graphene.String(),
-    )
-    agent_list = graphene.Field(
-        AgentList,
-        limit=graphene.Int(required=True),
-        offset=graphene.Int(required=True),
-        status=graphene.String(),
-    )
-
-    @staticmethod
-    async def resolve_compute_container_list(
-        root: object, info: graphene.ResolveInfo, limit: int, offset: int, status: str | None = None
-    ) -> Page[KernelRow]:
-        """A page of kernel rows from the registry."""
-        ctx: GrapheneContext = info.context
-        return await ctx.registry.list_kernels(limit=limit, offset=offset, status=status)
-
-    @staticmethod
-    async def resolve_agent_list(
-        root: object, info: graphene.ResolveInfo, limit: int, offset: int, status: str | None = None
-    ) -> Page[AgentRow]:
-        """A page of agent rows from the registry."""
-        ctx: GrapheneContext = info.context
-        return await ctx.registry.list_agents(limit=limit, offset=offset, status=status)
-
-
-def build_schema() -> graphene.Schema:
-    """The graphene schema (snake_case field names, as Backend.AI's legacy schema)."""
-    return graphene.Schema(query=Queries, auto_camelcase=False)
-
-
-class GrapheneExecutor(SchemaExecutor):
-    """Runs GraphQL requests against :func:`build_schema`, one fresh context per request.
-
-    Args:
-        stats: the batch functions (a :class:`~promstat.service.LiveStats`).
-        registry: where list rows come from.
-        max_batch_size: ids per batch call (Backend.AI: 128).
-    """
-
-    stack = "graphene"
-
-    schema_factory = staticmethod(build_schema)
-    context_factory = staticmethod(make_context)
-
-    async def _run(
-        self, query: str, variables: dict[str, Any] | None, operation_name: str | None, ctx: Any
-    ) -> Any:
-        return await self.schema.execute_async(
-            query,
-            variable_values=variables,
-            operation_name=operation_name,
-            context_value=ctx,
-        )
+    return RequestContext(stats, LoaderManager(loader_factory(max_batch_size)), at)
