@@ -17,7 +17,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["loop_turns", "poll_until", "wait_until"]
+__all__ = ["WaitTimeout", "loop_turns", "poll_until", "until", "wait_until"]
 
 
 class WaitTimeout(AssertionError):
@@ -72,6 +72,26 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"{what} did not hold within {timeout:g} s; last: {answer!r:.500}")
         time.sleep(interval)
+
+
+async def until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the failure message names what did not happen
+    interval: float = 0.01,
+    what: str = "the condition",
+) -> None:
+    """Await until ``predicate()`` holds: a counter or flag of in-process state (a fake's
+    requests in flight, a task's end) that the event loop moves on while this waits.
+
+    Raises:
+        WaitTimeout: ``predicate()`` was still false after ``timeout`` seconds.
+    """
+
+    async def ask() -> bool:
+        return predicate()
+
+    await poll_until(ask, bool, timeout=timeout, interval=interval, what=what)
 
 
 async def loop_turns(n: int) -> None:
