@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _support.waiting import loop_turns
 
 from promstat import planner as planner_module
 from promstat.errors import ConfigError
@@ -68,7 +69,7 @@ async def test_a_page_is_sent_at_once_while_a_refresh_waits_for_its_own_slots() 
 
     bg = asyncio.create_task(refresh())
     await _until(held, lambda: held.in_flight[True] == 1)
-    await asyncio.sleep(0.05)  # the other four chunks wait for the background slot
+    await loop_turns(20)  # the other four chunks wait for the background slot
     assert held.in_flight[True] == 1
     page = asyncio.create_task(planner.kernels(_ids("fg", 4), at=1.0))
     await _until(held, lambda: held.in_flight[False] == 2)  # not queued behind the refresh

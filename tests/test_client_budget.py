@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from _support.waiting import loop_turns
 
 from promstat.client import (
     DEFAULT_MAX_BUFFERED_BYTES,
@@ -117,7 +118,7 @@ async def test_a_read_past_the_budget_waits_until_bytes_are_given_back() -> None
     await budget.take(first, 80)  # the first holder never waits: no deadlock possible
     assert budget.used_bytes == 160
     waiting = asyncio.ensure_future(budget.take(second, 10))
-    await asyncio.sleep(0)
+    await loop_turns(1)
     assert not waiting.done() and budget.waits == 1
     budget.give_back(first)
     await asyncio.wait_for(waiting, timeout=5)

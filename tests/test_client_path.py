@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from _support.waiting import until
 from hypothesis import given
 from hypothesis import strategies as st
 from test_event_loop import _Ticker  # counts the loop turns another task gets
@@ -167,7 +168,7 @@ class _Gated(StubAPI):
             answer = self.answers[query]
         else:
             answer = self.answers[query] = await self.inner.query_vector(query, **kwargs)
-        await asyncio.sleep(self.delay.get(chunk, 0.0))
+        await asyncio.sleep(self.delay.get(chunk, 0.0))  # behaviour: a chunk's latency
         if chunk in self.hold:
             await self.hold[chunk].wait()
         return answer
@@ -213,10 +214,11 @@ async def test_the_first_chunks_are_rendered_while_a_later_one_is_still_out(
     gated.hold = {last: asyncio.Event()}
     planner = Planner(gated, _config(fleet_fraction=None))
     page = asyncio.create_task(planner.kernels(IDS, at=AT))
-    for _ in range(3000):  # generous: up to 30 s on a busy machine
-        if calls >= early or page.done():
-            break
-        await asyncio.sleep(0.01)
+    await until(
+        lambda: calls >= early or page.done(),
+        timeout=30,  # generous: a busy machine
+        what="the chunks before the held one rendered",
+    )
     rendered_before_release = calls
     assert not page.done()  # the held chunk is still out
     gated.hold[last].set()
@@ -294,7 +296,7 @@ async def test_a_slow_render_still_gives_the_loop_a_turn_every_few_milliseconds(
     original = live_stat.render_kernel
 
     def slow(values: Mapping[str, Mapping[str, str]], **kwargs: Any) -> Any:
-        time.sleep(0.002)
+        time.sleep(0.002)  # behaviour, not synchronisation: a render that blocks 2 ms
         return original(values, **kwargs)
 
     monkeypatch.setattr(live_stat, "render_kernel", slow)

@@ -74,6 +74,7 @@ async def streamer() -> AsyncIterator[Streamer]:
             while produced < total:
                 data = zipper.compress(piece) if zipper is not None else piece
                 await resp.write(data)
+                # behaviour, not synchronisation: a streaming server yields to its reader
                 await asyncio.sleep(0)  # the client shares this loop: let it read
                 state.sent += len(data)
                 produced += len(piece)

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from _support.waiting import rules_evaluated
 from dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
@@ -364,9 +365,10 @@ async def test_live_scraped_fleet_agrees_after_the_last_scrape(
                     await asyncio.sleep(0.1)
                 else:
                     pytest.fail(f"Prometheus did not scrape the last measurements {last}: {got}")
+                if rules:  # the rules evaluate once more after the last scrape
+                    await rules_evaluated(client, after=time.time(), timeout=60)
         await publisher.close()
         assert publisher.errors == 0
-        await asyncio.sleep(2.5)  # the rules evaluate once more after the last scrape
         options = CompareOptions(
             redis_url=redis.url,
             prom_url=prom.url,

@@ -366,7 +366,7 @@ async def _lab(
                     await client.query("up")
                     with contextlib.suppress(PromstatError):
                         await client.query("up{")
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.2)  # behaviour, not synchronisation: paced traffic
 
             task = asyncio.create_task(traffic())
             try:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from _support.waiting import until
 
 from promstat.client import ClientConfig, PrometheusClient, RetryPolicy
 from promstat.errors import (
@@ -41,6 +42,7 @@ class HungServer:
 
     def __init__(self) -> None:
         self.connections = 0
+        self.handling = 0
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
 
@@ -52,6 +54,7 @@ class HungServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.handling += 1
         self._writers.append(writer)
         try:
             while await reader.read(65536):
@@ -60,6 +63,7 @@ class HungServer:
             pass
         finally:
             writer.close()
+            self.handling -= 1
 
     async def stop(self) -> None:
         """Close the listener and every connection."""
@@ -68,7 +72,11 @@ class HungServer:
             for writer in self._writers:
                 writer.close()
             await self._server.wait_closed()
-            await asyncio.sleep(0.05)  # let the handlers see their connections close
+            await until(
+                lambda: self.handling == 0,
+                timeout=10,
+                what="every hung connection's handler saw its connection close",
+            )
 
 
 @pytest.fixture
@@ -306,7 +314,8 @@ async def test_no_query_is_sent_in_the_last_moment_before_the_page_deadline() ->
     class HoldsTheSlot(StubAPI):
         async def query_vector(self, query: str, **kwargs: Any) -> Any:
             sent.append(query)
-            await asyncio.sleep(0.95)  # frees the only slot 50 ms before the 1 s deadline
+            # behaviour, not synchronisation: frees the only slot 50 ms before the 1 s deadline
+            await asyncio.sleep(0.95)
             raise UnavailableError(status=503, error="busy")
 
     config = PlannerConfig(

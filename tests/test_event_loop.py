@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _support.waiting import loop_turns
 
 from benchmarks.loopwatch import LoopWatch
 from promstat.client import PrometheusClient, _decode_in_slices
@@ -65,11 +66,11 @@ class _Ticker:
     async def _run(self) -> None:
         while not self._done:
             self.ticks += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # behaviour, not synchronisation: one tick per loop turn
 
     async def __aenter__(self) -> _Ticker:
         self._task = asyncio.create_task(self._run())
-        await asyncio.sleep(0)  # let it start
+        await loop_turns(1)  # let it start
         self.ticks = 0
         return self
 

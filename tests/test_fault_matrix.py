@@ -167,6 +167,7 @@ async def test_a_prometheus_restart_heals_on_the_first_page_after_it(
                 assert warm.values == len(reference) - len(UNKNOWN_IDS), warm
             await asyncio.to_thread(prom.stop, keep_data_dir=True)
             if mode == "warm":
+                # behaviour, not synchronisation: the cache's TTL expires on the real clock
                 await asyncio.sleep(CACHE_TTL * 1.5)  # the warm entries expire: pages ask
             # One page while it is surely down, before the restart begins: a fast restart
             # must not race the page that is to see the outage.

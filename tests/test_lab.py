@@ -207,7 +207,7 @@ from promstat.testing import lab
 proc = lab.start_redis()
 print(proc.pid, proc.data_dir, flush=True)
 if sys.argv[1] != "exit":
-    time.sleep(120)
+    time.sleep(120)  # behaviour, not synchronisation: the child lives until it is signalled
 """
 
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from _support.waiting import loop_turns, until
 
 from promstat.client import ClientConfig, PrometheusClient
 from promstat.errors import ClosedError, ConfigError, EventLoopMismatchError
@@ -46,7 +47,7 @@ class Idle(StubAPI):
 
     async def query_vector(self, query: str, **kwargs: Any) -> Any:
         self.calls += 1
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(self.delay)  # behaviour, not synchronisation: a slow server
         return _Empty()
 
     async def aclose(self) -> None:
@@ -125,13 +126,18 @@ async def test_aclose_answers_waiting_loads_and_leaves_no_task() -> None:
     loader = stats.kernel_loader()
     waiting = asyncio.gather(*(loader.load(f"k{i}") for i in range(5)), return_exceptions=True)
     other = asyncio.ensure_future(stats.load_agents(["a1", "a2"]))
-    await asyncio.sleep(0.05)
-    assert stats.planner.background_tasks == 2  # the kernel and agent detections
+    await until(
+        lambda: stats.planner.background_tasks == 2,
+        timeout=10,
+        what="the kernel and agent detections in flight",
+    )
+    await loop_turns(3)
+    assert stats.planner.background_tasks == 2  # the kernel and agent detections, no more
     await stats.aclose()
     answers = await waiting
     assert all(isinstance(a, ClosedError) for a in answers)
     assert all(isinstance(a, ClosedError) for a in await other)
-    await asyncio.sleep(0)
+    await loop_turns(1)
     assert asyncio.all_tasks() - before == set()
     assert stats.planner.background_tasks == 0
     del waiting, other, answers

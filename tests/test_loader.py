@@ -25,7 +25,7 @@ class Recorder:
         self.calls.append(list(keys))
         self.started.set()
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # behaviour, not synchronisation: a slow batch
         return [self.answers.get(k, f"v:{k}") for k in keys]
 
 
@@ -227,7 +227,7 @@ async def test_a_pending_load_keeps_few_objects_for_the_collector() -> None:
     finally:
         gc.enable()
     assert after - before <= 3 * 1000, after - before
-    await asyncio.sleep(0)
+    await loop_turns(1)
     release.set()
     assert await asyncio.gather(*waiters) == [f"k{i}" for i in range(1000)]
 
@@ -379,7 +379,7 @@ async def test_cancelled_caller_does_not_cancel_the_shared_fetch() -> None:
     first = asyncio.ensure_future(shared.batch_load(["a"]))
     await gate.started.wait()
     second = asyncio.ensure_future(shared.batch_load(["a"]))
-    await asyncio.sleep(0)
+    await loop_turns(1)
     first.cancel()
     await loop_turns(3)
     gate.release.set()

@@ -20,6 +20,7 @@ import graphene
 import msgspec
 import pytest
 import strawberry
+from _support.waiting import loop_turns
 from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 
 from promstat import payload
@@ -215,10 +216,10 @@ async def test_afreeze_values_yields_to_the_loop_between_slices() -> None:
         nonlocal ticks
         while True:
             ticks += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # behaviour, not synchronisation: one tick per loop turn
 
     task = asyncio.create_task(other_work())
-    await asyncio.sleep(0)
+    await loop_turns(1)
     started = ticks
     out = await afreeze_values(batch, slice_size=100)
     task.cancel()
@@ -303,4 +304,4 @@ async def test_a_caller_cannot_change_the_payload_other_requests_get(stats: Live
     assert b == EXPECTED_KERNELS[K1] and "status" not in b and mine["status"] == "TERMINATED"
     agents = await stats.load_agents(list(EXPECTED_AGENTS))
     assert all(p is None or isinstance(p, FrozenDict) for p in agents)
-    await asyncio.sleep(0)
+    await loop_turns(1)

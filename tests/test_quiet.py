@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _support.waiting import loop_turns, until
 from aioresponses import aioresponses
 
 from promstat.client import ClientConfig, RetryPolicy
@@ -146,7 +147,12 @@ async def drive_pages(stats: LiveStats, *, pages: int = 6, give_up: float = 0.02
 
     done = await asyncio.gather(*(page(n) for n in range(pages)))
     # Let abandoned fetches finish in the background, then look for unreported leftovers.
-    await asyncio.sleep(0.3)
+    await until(
+        lambda: stats._kernels.inflight == 0 and stats.planner.background_tasks == 0,
+        timeout=30,
+        what="the abandoned fetches and detections finished",
+    )
+    await loop_turns(3)
     return [d for d in done if d is not None]
 
 
@@ -225,7 +231,7 @@ class OversizedClient(StubAPI):
 
     async def query_vector(self, query: str, **kwargs: Any) -> Any:
         self.queries.append(query)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # behaviour, not synchronisation: outlives give_up
         raise ResponseTooLargeError(limit=1024, url="http://prom.test/api/v1/query", query=query)
 
 

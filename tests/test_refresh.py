@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from _support.waiting import loop_turns
 
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
@@ -76,8 +77,7 @@ class FakeClock:
 
 async def _settle() -> None:
     # Fake sources never do I/O: a few loop turns run every ready callback to completion.
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await loop_turns(20)
 
 
 class FakeSource:

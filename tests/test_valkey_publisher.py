@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from decimal import Decimal
 
 import msgpack
 import pytest
+from _support.waiting import poll_until
 from redis.asyncio import from_url
 
 from promstat.agent.exporter import Measured, UtilizationExporter
@@ -222,13 +222,14 @@ async def test_exporter_listener_writes_bare_keys_with_legacy_ttls(
     exporter.observe_device("mem", "root", 10, 100)
     client = from_url(redis_server.url)
     try:
-        raw = None
-        for _ in range(200):  # the write was scheduled on this loop: let it run
-            await asyncio.sleep(0.01)
-            raw = await client.get(kernel_id)
-            if raw is not None:
-                break
-        assert raw is not None
+        # the write was scheduled on this loop: poll until Valkey has it
+        raw = await poll_until(
+            lambda: client.get(kernel_id),
+            lambda r: r is not None,
+            timeout=30,
+            interval=0.01,
+            what="the publisher's write reached Valkey",
+        )
         assert msgpack.unpackb(raw, raw=False) == {
             "mem": {
                 "current": "1000",

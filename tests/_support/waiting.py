@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from promstat.client import PrometheusClient
 
 T = TypeVar("T")
 
-__all__ = ["loop_turns", "poll_until", "wait_until"]
+__all__ = ["WaitTimeout", "loop_turns", "poll_until", "rules_evaluated", "until", "wait_until"]
 
 
 class WaitTimeout(AssertionError):
@@ -74,7 +77,54 @@ def wait_until(
         time.sleep(interval)
 
 
+async def until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,  # noqa: ASYNC109 - the failure message names what did not happen
+    interval: float = 0.01,
+    what: str = "the condition",
+) -> None:
+    """Await until ``predicate()`` holds: a counter or flag of in-process state (a fake's
+    requests in flight, a task's end) that the event loop moves on while this waits.
+
+    Raises:
+        WaitTimeout: ``predicate()`` was still false after ``timeout`` seconds.
+    """
+
+    async def ask() -> bool:
+        return predicate()
+
+    await poll_until(ask, bool, timeout=timeout, interval=interval, what=what)
+
+
 async def loop_turns(n: int) -> None:
     """Let the event loop run ``n`` times: what "nothing more happens" is waited for with."""
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+async def rules_evaluated(
+    client: PrometheusClient,
+    *,
+    after: float,
+    timeout: float,  # noqa: ASYNC109 - the failure message shows the groups' last evaluations
+) -> None:
+    """Await until every rule group of a real Prometheus has started an evaluation after
+    ``after`` (Unix seconds): its recorded series then see every sample scraped before it.
+
+    Raises:
+        WaitTimeout: some group had not evaluated after ``after`` within ``timeout`` seconds
+            (or no group is loaded).
+    """
+    from promstat.refresh import parse_rfc3339  # the tests' import, not the helpers'
+
+    async def last_evaluations() -> dict[str, float]:
+        return {g.name: parse_rfc3339(g.last_evaluation) or 0.0 for g in await client.rules()}
+
+    await poll_until(
+        last_evaluations,
+        lambda last: bool(last) and min(last.values()) > after,
+        timeout=timeout,
+        interval=0.1,
+        what=f"every rule group evaluated after {after:.3f}",
+    )
