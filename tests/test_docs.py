@@ -436,7 +436,13 @@ def live_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveLab]:
             )
             _poll(lambda: count(f"count(count by (agent_id) ({agent_family}))") == len(agents),
                   "every agent recorded")
-            time.sleep(3)  # a few evaluations for final stats "2 s ago" and the windows
+            # a few evaluations behind every kernel, for final stats "2 s ago" and the windows
+            _poll(
+                lambda: count(
+                    f'min(count_over_time({kernel_family}{{stat="max"}}[10s]))'
+                ) >= 3,
+                "three evaluations of every kernel's window",
+            )
             yield LiveLab(prom, fleet, kernels, agents)
     finally:
         with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.waiting import poll_until
 
 from promstat.agent.exporter import ExporterServer, UtilizationExporter
 from promstat.client import PrometheusClient
@@ -440,11 +441,19 @@ async def test_final_stats_survive_staleness_markers(
                 await asyncio.sleep(0.2)
             else:
                 pytest.fail("the recording rules produced no rate")
-            await asyncio.sleep(2.0)
+            # a few more evaluations of the rate before the kernel goes
+            await poll_until(
+                lambda: c.query_vector(f"count_over_time(({ready})[10s:1s])"),
+                lambda v: bool(v.series) and float(v.series[0].value[1]) >= 3,
+                timeout=60,
+                interval=0.2,
+                what="three evaluations of the recorded rate",
+            )
             running.discard(gone)
             exporter.remove_kernel(gone)
             ended = time.time()
             terminated_at = ended + 5.0  # recorded by the manager after the staleness
+            # behaviour, not synchronisation: the manager reads after the termination time
             await asyncio.sleep(terminated_at + 1.0 - time.time())
             stats = LiveStats(c, profile=profile, metrics=metrics)
             assert await stats.load_kernels([gone], at=terminated_at) == [None]

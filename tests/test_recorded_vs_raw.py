@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _support.waiting import poll_until
 from rules_backfill import merge_openmetrics, prometheus_with_rules
 
 from promstat.client import PrometheusClient
@@ -213,9 +214,15 @@ async def test_recorded_plan_is_cheaper_for_the_server(
         tmp_path, start_prometheus, agents=2, kernels_per_agent=20, seed=3
     ) as (fleet, client, url, k_at, _):
         kernels = fleet.kernel_ids()
-        # let the raw ranges fill (rate window 9 s plus the 4 s max/avg window): the agents'
-        # rate series settle the comparison long before
-        await asyncio.sleep(14)
+        # let the raw ranges fill (rate window 9 s plus the 4 s max/avg window): every target
+        # scraped for 14 s; the agents' rate series settle the comparison long before
+        await poll_until(
+            lambda: client.query_vector("min(count_over_time(up[15s]))"),
+            lambda v: bool(v.series) and float(v.series[0].value[1]) >= 14,
+            timeout=120,
+            interval=0.5,
+            what="14 s of scrapes of every target",
+        )
         k_at, _ = await _settled_times(client, len(kernels))
         profile = RuleProfile.parse(interval=INTERVAL, window=WINDOW, collect_interval=COLLECT)
         planner = Planner(client, PlannerConfig(fleet_fraction=None), profile=profile)
