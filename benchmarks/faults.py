@@ -66,7 +66,7 @@ __all__ = [
     "start_fleet",
 ]
 
-EPOCH: Final = 1_700_000_010  # a multiple of the 15 s step, as in tests/dual_fleet.py
+EPOCH: Final = 1_700_000_010  # a multiple of the 15 s step, as in tests/_support/dual_fleet.py
 STEP: Final = 15
 AT: Final = EPOCH + 900
 #: Ids no kernel has: they must come back ``None`` (no data), never an error, when healthy.

@@ -1,6 +1,6 @@
 """The real 26.9.6 manager consumers on promstat's answers and on the agent's Valkey data.
 
-One dual-publishing fleet (``tests/dual_fleet.py``): redis holds the payloads as the agent
+One dual-publishing fleet (``tests/_support/dual_fleet.py``): redis holds the payloads as the agent
 writes them (promstat's publisher writes the same bytes), Prometheus holds the same
 measurements. Each consumer is the installed manager's own code, constructed without a
 database (stubs only at the database edge), and is run twice: over the real
@@ -21,9 +21,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from bai_consumers import kernel_row, monthly_stats, project_stats, usage_groups
-from bai_manager import real_valkey_stat, require
-from dual_fleet import DualFleet, dual_fleet, fleet_config
+from _support.bai_consumers import kernel_row, monthly_stats, project_stats, usage_groups
+from _support.bai_manager import real_valkey_stat, require
+from _support.dual_fleet import DualFleet, dual_fleet, fleet_config
 
 from promstat import RefreshConfig
 from promstat.service import LiveStats

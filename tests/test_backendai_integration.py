@@ -18,8 +18,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from bai_manager import require, upstream_deprecations
-from dual_fleet import DualFleet, dual_fleet, fleet_config
+from _support.bai_manager import require, upstream_deprecations
+from _support.dual_fleet import DualFleet, dual_fleet, fleet_config
 
 from promstat import RefreshConfig
 from promstat.integrations.backendai import (

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bai_manager import require, upstream_deprecations
-from rules_backfill import merge_openmetrics, prometheus_with_rules
+from _support.bai_manager import require, upstream_deprecations
+from _support.rules_backfill import merge_openmetrics, prometheus_with_rules
 
 from promstat.client import PrometheusClient
 from promstat.migration.publisher import ValkeyPublisher, replay

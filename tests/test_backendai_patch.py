@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from _support.backendai_patched import session_openmetrics
-from planner_data import AT, EXPECTED_KERNELS, K1, K2, K3, scenario_openmetrics
+from _support.planner_data import AT, EXPECTED_KERNELS, K1, K2, K3, scenario_openmetrics
 
 from promstat.testing import lab
 

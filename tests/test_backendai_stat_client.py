@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from bai_manager import manager_root, real_valkey_stat, valkey_stat_class
+from _support.bai_manager import manager_root, real_valkey_stat, valkey_stat_class
 
 from promstat.errors import ConfigError
 from promstat.service import LiveStats

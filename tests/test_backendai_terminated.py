@@ -19,8 +19,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from bai_consumers import kernel_row, monthly_stats, project_stats, usage_groups
-from bai_manager import real_valkey_stat
+from _support.bai_consumers import kernel_row, monthly_stats, project_stats, usage_groups
+from _support.bai_manager import real_valkey_stat
 
 from promstat import RefreshConfig
 from promstat.client import PrometheusClient

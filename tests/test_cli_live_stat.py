@@ -9,7 +9,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, K2, K7, scenario_openmetrics
+from _support.planner_data import (
+    AT,
+    EXPECTED_AGENTS,
+    EXPECTED_KERNELS,
+    K1,
+    K2,
+    K7,
+    scenario_openmetrics,
+)
 
 from promstat.cli import main
 from promstat.testing import lab

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from _support.dual_fleet import DualFleet, dual_fleet, fleet_config
 from _support.waiting import rules_evaluated
-from dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
 from promstat.catalog import DEFAULT_CATALOG

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from dual_fleet import DualFleet, dual_fleet, fleet_config
+from _support.dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
 from promstat.client import PrometheusClient

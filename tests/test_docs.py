@@ -9,8 +9,8 @@ the lines right before it (CONTRIBUTING.md, "Docs", is the user's guide to them)
   first on ``PATH``, ``PYTHONPATH`` at the repository, ``PROMSTAT_URL`` at the live lab's
   Prometheus and ``KERNEL_ID``/``AGENT_ID`` set to ids it has. Every command must exit 0.
   Mirrored, not verbatim, in one documented way: a command with ``--redis`` (``promstat
-  compare``) runs against the dual-publishing fleet of ``tests/dual_fleet.py``, whose data is
-  historical, with ``--time`` appended.
+  compare``) runs against the dual-publishing fleet of ``tests/_support/dual_fleet.py``, whose
+  data is historical, with ``--time`` appended.
 * ``python`` blocks: compiled with top-level ``await`` and run in order in one namespace per
   page, in the test's event loop, against the live lab; :data:`PRELUDE` lists the names a
   block may use without defining them.
@@ -54,7 +54,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dual_fleet import DualFleet, dual_fleet, fleet_config
+from _support.dual_fleet import DualFleet, dual_fleet, fleet_config
 
 from promstat.agent.exporter import UtilizationExporter
 from promstat.client import PrometheusClient

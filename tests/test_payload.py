@@ -20,8 +20,8 @@ import graphene
 import msgspec
 import pytest
 import strawberry
+from _support.planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 from _support.waiting import loop_turns
-from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, scenario_openmetrics
 
 from promstat import payload
 from promstat import renderer as live_stat

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from planner_data import (
+from _support.planner_data import (
     AT,
     EXPECTED_AGENTS,
     EXPECTED_KERNELS,

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _support.rules_backfill import merge_openmetrics, prometheus_with_rules
 from _support.waiting import poll_until
-from rules_backfill import merge_openmetrics, prometheus_with_rules
 
 from promstat.client import PrometheusClient
 from promstat.errors import ConfigError

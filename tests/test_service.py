@@ -6,7 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from planner_data import AT, EXPECTED_AGENTS, EXPECTED_KERNELS, K1, K2, K3, scenario_openmetrics
+from _support.planner_data import (
+    AT,
+    EXPECTED_AGENTS,
+    EXPECTED_KERNELS,
+    K1,
+    K2,
+    K3,
+    scenario_openmetrics,
+)
 
 from promstat.client import ClientConfig, PrometheusClient
 from promstat.errors import ConfigError, TransportError

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
-from rules_backfill import merge_openmetrics, prometheus_with_rules
+from _support.rules_backfill import merge_openmetrics, prometheus_with_rules
 
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames

@@ -17,8 +17,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from bai_manager import require
-
+from _support.bai_manager import require
 from promstat.testing.sim import SimulatedFleet
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-_PIN = pathlib.Path(__file__).resolve().parents[1] / "requirements" / "backendai-26.9.txt"
+_PIN = pathlib.Path(__file__).resolve().parents[2] / "requirements" / "backendai-26.9.txt"
 
 #: The release pinned in requirements/backendai-26.9.txt (the one place it is set).
 BACKENDAI_VERSION = next(
