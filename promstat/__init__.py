@@ -12,8 +12,9 @@ The names most callers need are re-exported here; everything else lives in its m
 
 from __future__ import annotations
 
+from promstat.api import PrometheusAPI
 from promstat.catalog import DEFAULT_CATALOG, Catalog
-from promstat.client import ClientConfig, PrometheusAPI, PrometheusClient, RetryPolicy
+from promstat.client import ClientConfig, PrometheusClient, RetryPolicy
 from promstat.conventions import SeriesNames
 from promstat.errors import (
     APIError,

@@ -44,14 +44,23 @@ import traceback
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast, overload
+from typing import Any, Final, Literal, TypeVar, cast, overload
 
 import aiohttp
 import msgspec
 import yarl
 
+from promstat.api import (
+    MatrixResult,
+    QueryObserver,
+    QueryResult,
+    TimeArg,
+    VectorResult,
+    format_duration,
+    format_time,
+)
+from promstat.budget import DEFAULT_MAX_BUFFERED_BYTES, BodyBudget
 from promstat.errors import (
     APIError,
     ClosedError,
@@ -72,12 +81,10 @@ from promstat.wire import (
     ErrorEnvelope,
     Labels,
     MatrixData,
-    MatrixSeries,
     MetricMetadata,
     QueryData,
     RuleGroup,
     RulesData,
-    Sample,
     ScalarData,
     StringData,
     VectorData,
@@ -91,33 +98,21 @@ from promstat.wire import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
-    "BodyBudget",
     "ClientConfig",
-    "MatrixResult",
-    "PrometheusAPI",
     "PrometheusClient",
-    "QueryObserver",
-    "QueryResult",
     "RetryPolicy",
-    "TimeArg",
-    "VectorResult",
-    "format_duration",
-    "format_time",
 ]
 
 L = TypeVar("L")
 T = TypeVar("T")
 
-#: A point in time: Unix seconds, or a datetime (naive datetimes are taken as UTC).
-TimeArg = float | int | datetime
-
 _FORM: Final = "application/x-www-form-urlencoded"
 
 # Form-encoded long values (query texts), as urllib.parse.quote_plus gives them: a polled page
-# or a background refresh sends the same chunk queries every interval, and quoting a 10 KB
-# query character by character costs ~0.7 ms each time. Cleared when full (a pure function).
+# or a background refresh sends the same chunk queries every interval, and quoting a long
+# query character by character is a measurable share of a warm page. Cleared when full (a
+# pure function).
 _QUOTED: dict[str, str] = {}
 _QUOTED_LIMIT: Final = 256
 _QUOTE_CACHED_FROM: Final = 256  # characters; shorter values are quoted directly
@@ -150,122 +145,17 @@ _RETRY_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.EP
 #: Default cap of one response body (after gzip decompression), in bytes: 64 MiB.
 #:
 #: The largest answer promstat itself asks for is a fleet-wide recorded kernel page
-#: (``max by (kernel_id, container_metric_name, stat)``): measured at 2,618 bytes per kernel
-#: on the benchmark fleet (5,000 kernels, 30% with GPUs: 12.5 MiB), so a 10,000-kernel fleet
-#: answers with about 25 MiB. The default leaves 2.5x headroom for GPU-heavy fleets and longer
-#: ids, and still stops a runaway answer (an unfiltered query, a misconfigured proxy) long
-#: before it costs the manager hundreds of MiB.
+#: (``max by (kernel_id, container_metric_name, stat)``); the default leaves generous headroom
+#: over its measured size for a 10,000-kernel, GPU-heavy fleet (``benchmarks/README.md``,
+#: "Figures the code's design relies on") and still stops a runaway answer (an unfiltered
+#: query, a misconfigured proxy) long before it costs the manager hundreds of MiB.
 DEFAULT_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
-#: Default bound of the response bytes one client holds at once, over all its concurrent
-#: calls: 128 MiB.
-#:
-#: Per response, :data:`DEFAULT_MAX_RESPONSE_BYTES` stops a runaway answer; it does not stop
-#: eight concurrent 50 MB answers (each under the cap) from costing the process 533 MiB of
-#: peak RSS, as they did. What promstat asks for is far below this: a page's chunk answers are
-#: under 1 MiB each (8 in flight), a fleet-wide 10,000-kernel answer ~25 MiB.
-DEFAULT_MAX_BUFFERED_BYTES: Final = 128 * 1024 * 1024
-
-
-class BodyBudget:
-    """A byte budget that response bodies take from while they are read, and give back.
-
-    Bodies are read chunk by chunk; each chunk is taken from the budget before it is kept and
-    the whole body is given back once it is decoded (or failed). A read that would pass the
-    budget waits until other bodies give bytes back, inside its call's deadline (a wait that
-    outlives it ends in the call's usual :class:`~promstat.errors.RequestTimeoutError`).
-    While it waits it reads nothing, so the server is held back by TCP flow control rather
-    than buffered by this process.
-
-    Waiting, not failing, keeps pages correct: an answer that is legal on its own is only
-    delayed by the others, never turned into an error (or into splits that add queries).
-    So that waiting readers cannot deadlock each other, the body that started first among
-    those holding bytes never waits: at most ``max_bytes`` plus one response
-    (``max_response_bytes``) are held at any moment.
-
-    One budget belongs to one event loop. :class:`PrometheusClient` makes its own unless it is
-    given one; pass the same budget to several clients of one process to bound them together.
-
-    Args:
-        max_bytes: the budget (>= 1).
-
-    Attributes:
-        max_bytes: the budget.
-        peak_bytes: the most bytes held at once so far.
-        waits: how many times a read waited for bytes to be given back.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 1:
-            raise ConfigError(f"max_buffered_bytes must be >= 1 or None, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self.peak_bytes = 0
-        self.waits = 0
-        self._used = 0
-        self._holders: dict[object, int] = {}  # insertion order: the first is never held back
-        self._waiters: list[asyncio.Future[None]] = []
-
-    @property
-    def used_bytes(self) -> int:
-        """Bytes held right now."""
-        return self._used
-
-    async def take(self, holder: object, n: int) -> None:
-        """Take ``n`` bytes for ``holder``, waiting while the budget is spent by others."""
-        while True:
-            first = next(iter(self._holders), holder)
-            if self._used + n <= self.max_bytes or first is holder:
-                break
-            self.waits += 1
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-        self._holders[holder] = self._holders.get(holder, 0) + n
-        self._used += n
-        self.peak_bytes = max(self.peak_bytes, self._used)
-
-    def give_back(self, holder: object) -> None:
-        """Return everything ``holder`` took and wake the waiting reads; idempotent."""
-        n = self._holders.pop(holder, 0)
-        if not n:
-            return
-        self._used -= n
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
 # Vector answers above this size are decoded in parts of about _DECODE_SLICE_BYTES, with the
-# event loop free in between (wire.vector_slices): one part decodes in ~3-4 ms on a 2-core
-# machine, the 13 MB fleet-wide answer of a 5,000-kernel page in ~50 ms all at once.
+# event loop free in between (wire.vector_slices): a part decodes well inside a loop callback's
+# budget, a fleet-wide answer at once would not (benchmarks/README.md, "The event loop").
 _SLICED_DECODE_BYTES: Final = 2 * 1024 * 1024
 _DECODE_SLICE_BYTES: Final = 1024 * 1024
-
-
-class QueryObserver(Protocol):
-    """Self-observability hook: called once per logical client call (after any retries).
-
-    ``error_type`` is the Prometheus ``errorType`` (or ``http_<status>``) for API errors,
-    ``client_timeout`` for the client deadline, ``transport`` for connection failures and
-    ``decode`` for bodies that are not the expected envelope; ``None`` on success.
-    """
-
-    def on_request(
-        self,
-        *,
-        endpoint: str,
-        seconds: float,
-        response_bytes: int,
-        series: int,
-        ok: bool,
-        error_type: str | None,
-        retries: int,
-    ) -> None:
-        """Record one call; must not raise (exceptions are swallowed and not retried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,127 +277,6 @@ class ClientConfig:
             compress=self.compress,
             max_response_bytes=self.max_response_bytes,
         )
-
-
-class PrometheusAPI(Protocol):
-    """Everything promstat's readers (planner, history, refresh-ahead, final stats,
-    utilization, :class:`~promstat.service.LiveStats`) need of a client.
-
-    :class:`PrometheusClient` is the implementation; a wrapper (pinning the evaluation time,
-    counting queries) or a test double implements the same five members.
-    """
-
-    @property
-    def timeout(self) -> float:
-        """The client's deadline per call, in seconds (sizes the planner's page deadline)."""
-        ...
-
-    async def query_vector(
-        self, query: str, *, labels: type[L], time: TimeArg | None = None
-    ) -> VectorResult[L]:
-        """Run an instant query and decode a vector with typed labels."""
-        ...
-
-    async def query_range(
-        self, query: str, *, start: TimeArg, end: TimeArg, step: float | str, labels: type[L]
-    ) -> MatrixResult[L]:
-        """Run a range query and decode a matrix with typed labels."""
-        ...
-
-    async def rules(self, type: Literal["record", "alert"] | None = None) -> list[RuleGroup]:
-        """The rule groups the server evaluates (``/api/v1/rules``)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections; idempotent."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class VectorResult(Generic[L]):
-    """An instant vector with its annotations.
-
-    Attributes:
-        series: one entry per series (order is the server's: unspecified unless sorted).
-        warnings: ``warnings`` of the response (e.g. Thanos partial responses).
-        infos: ``infos`` of the response (e.g. ``PossibleNonCounterInfo``).
-        response_bytes: body size as received *after* gzip decompression.
-    """
-
-    series: list[VectorSeries[L]]
-    warnings: tuple[str, ...] = ()
-    infos: tuple[str, ...] = ()
-    response_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class MatrixResult(Generic[L]):
-    """A range vector with its annotations (see :class:`VectorResult` for the fields)."""
-
-    series: list[MatrixSeries[L]]
-    warnings: tuple[str, ...] = ()
-    infos: tuple[str, ...] = ()
-    response_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class QueryResult:
-    """Any instant-query answer; exactly one payload field matches ``result_type``.
-
-    Attributes:
-        result_type: ``"vector"``, ``"matrix"``, ``"scalar"`` or ``"string"``.
-        vector: series when ``result_type == "vector"``, else empty.
-        matrix: series when ``result_type == "matrix"``, else empty.
-        scalar: the sample when ``result_type == "scalar"``, else ``None``.
-        string: the sample when ``result_type == "string"``, else ``None``.
-        warnings: ``warnings`` of the response.
-        infos: ``infos`` of the response.
-        response_bytes: body size as received after gzip decompression.
-    """
-
-    result_type: str
-    vector: list[VectorSeries[Labels]] = field(default_factory=list)
-    matrix: list[MatrixSeries[Labels]] = field(default_factory=list)
-    scalar: Sample | None = None
-    string: Sample | None = None
-    warnings: tuple[str, ...] = ()
-    infos: tuple[str, ...] = ()
-    response_bytes: int = 0
-
-
-def format_time(value: TimeArg) -> str:
-    """Format a point in time as Unix seconds for the API.
-
-    Args:
-        value: Unix seconds, or a datetime (naive means UTC).
-
-    Returns:
-        Decimal seconds with millisecond precision, trailing zeros dropped (``"1700000000.5"``).
-
-    Raises:
-        ConfigError: ``value`` is neither a number nor a datetime.
-    """
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        seconds = aware.timestamp()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigError(f"time must be Unix seconds or a datetime, got {value!r}")
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def format_duration(seconds: float) -> str:
-    """Format seconds as a Prometheus duration (``"27s"``, ``"2700ms"``; at least ``"1ms"``).
-
-    Raises:
-        ConfigError: ``seconds`` is negative or not finite.
-    """
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ConfigError(f"duration must be a finite number >= 0, got {seconds!r}")
-    ms = max(1, round(seconds * 1000))
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 def _format_step(step: float | str) -> str:

@@ -64,13 +64,14 @@ from typing import Any
 import msgspec
 
 from promstat import renderer as live_stat
-from promstat.client import PrometheusAPI
+from promstat.api import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError, check_seconds
 from promstat.loader import FetchResult, SharedLoader
-from promstat.planner import ID_PLACEHOLDER, Planner, chunk_ids
+from promstat.planner import Planner, chunk_ids
 from promstat.profile import RuleProfile
 from promstat.promql import duration, set_matcher
 from promstat.selfmetrics import PromstatMetrics
+from promstat.shapes import ID_PLACEHOLDER
 
 __all__ = [
     "DEFAULT_OFFSET",
@@ -170,7 +171,7 @@ class FinalStats:
     """Batched, cached live_stat of terminated kernels at their termination times.
 
     Args:
-        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        client: the :class:`~promstat.api.PrometheusAPI` to query.
         planner: the live planner: its config (budgets, plan choice), its profile (names,
             catalog, lookback; followed when it changes) and its cached detection of recorded
             series are reused.

@@ -20,12 +20,13 @@ from typing import Any
 
 import msgspec
 
-from promstat.client import PrometheusAPI
+from promstat.api import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError
-from promstat.planner import ID_PLACEHOLDER, PlannerConfig, chunk_ids
+from promstat.planner import PlannerConfig, chunk_ids
 from promstat.profile import RuleProfile
 from promstat.promql import escape_string, set_matcher
 from promstat.selfmetrics import PromstatMetrics
+from promstat.shapes import ID_PLACEHOLDER
 from promstat.wire import parse_value
 
 __all__ = ["MAX_POINTS", "History", "HistoryResult", "align_range"]
@@ -80,7 +81,7 @@ class History:
     """Batched range queries over the live-stat ``current`` values.
 
     Args:
-        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        client: the :class:`~promstat.api.PrometheusAPI` to query.
         config: the planner settings (budgets, concurrency, plan choice).
         profile: how the rules were rendered (names, windows, rates); the default when
             ``None``. Assign :attr:`profile` to change it (the names must stay the same).

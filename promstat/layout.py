@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from promstat.client import PrometheusAPI
+from promstat.api import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError
 from promstat.expressions import RateSource
 from promstat.profile import RuleProfile

@@ -45,7 +45,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import operator
 import time as _time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -55,7 +54,7 @@ from typing import Any
 import msgspec
 
 from promstat import renderer as live_stat
-from promstat.client import PrometheusAPI
+from promstat.api import PrometheusAPI
 from promstat.errors import (
     APIError,
     ClosedError,
@@ -69,12 +68,11 @@ from promstat.errors import (
 )
 from promstat.expressions import RateSource
 from promstat.profile import RuleProfile
-from promstat.promql import chunk_values, escape_string, quote_meta, set_matcher
+from promstat.promql import chunk_values, escape_string, quote_meta
 from promstat.selfmetrics import PromstatMetrics
-from promstat.wire import SampleValue
+from promstat.shapes import ID_PLACEHOLDER, QueryShape, RowAccumulator
 
 __all__ = [
-    "ID_PLACEHOLDER",
     "BatchOutcome",
     "Planner",
     "PlannerConfig",
@@ -110,8 +108,6 @@ _DETECT_SHARE = 0.5
 
 Payload = dict[str, Any]
 
-#: Placeholder the planner substitutes with each chunk's id matcher.
-ID_PLACEHOLDER = _IDS = "__PROMSTAT_IDS__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,163 +206,17 @@ class BatchOutcome:
     at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """One query shape: an expression with an id placeholder and how to read its rows."""
-
-    expr: str  # contains _IDS where the chunk's id matcher goes
-    fleet: str  # the same query without an id filter (fleet-wide plan)
-    id_label: str  # label the id matcher applies to
-    labels: type[Any]  # msgspec Struct with fields id/metric/stat/device as needed
-    stat: str | None  # fixed stat for raw shapes; None when rows carry a `stat` label
-    node: bool = False  # agent plans: node rows (no device label)
-    # The exporter-rates kernel shape: raw rows carry `value_type` instead of `stat`, and
-    # this maps (value_type, metric) to the stat they stand for ("" for a row not shown).
-    stat_of: Callable[[str, str], str] | None = field(default=None, compare=False)
-
-    def text(self, chunk: tuple[str, ...] | None) -> str:
-        """The query for one chunk of ids (``None``: the fleet-wide query)."""
-        return (
-            self.fleet
-            if chunk is None
-            else self.expr.replace(_IDS, set_matcher(self.id_label, chunk))
-        )
-
-
 # Pages repeat (polling clients ask for the same ids every interval), so the chunking of the
-# last few batches and the query texts of their chunks are kept: cutting and escaping 1,000 ids
-# twice costs ~3 ms a page. Texts: ~10 KB each at most (the query budget is 16 KiB).
+# last few batches and the query texts of their chunks are kept: cutting and escaping a page's
+# ids again is a measurable share of a warm page. Texts are at most the query budget each.
 _CHUNKINGS_KEPT = 8
 _TEXTS_KEPT = 64
 
-# Demultiplexing and rendering run in slices of about this many rows / ids, yielding to the
-# event loop between slices: a fleet-wide 5,000-kernel answer (90,000 rows) would otherwise
-# hold the loop for ~150 ms. One slice costs ~2-5 ms on the 2-core benchmark machine.
-_DEMUX_SLICE = 4096
+# Rendering runs in slices of about this many ids, yielding to the event loop between slices,
+# and also yields once a slice has run this long (the clock is read after every id, a fraction
+# of a percent of rendering it): on a busy core a slice takes several times as long.
 _RENDER_SLICE = 256
-# Rendering also yields once a slice has run this long (the clock is read after every id, a
-# fraction of a percent of rendering it): a slice of 256 kernels takes ~5 ms on an idle core,
-# several times that on a busy one.
 _SLICE_SECONDS = 0.004
-
-
-class _Accumulator:
-    """Rows demultiplexed by id: kernel rows as metric -> stat -> value string, agent rows as
-    (device or None) -> metric -> stat -> value string.
-
-    :meth:`add` only keeps the decoded series, cut into parts; :meth:`demux` groups them
-    later, one part per slice, so a query task finishing never holds the event loop for a
-    whole answer, and each part's rows are freed in their own slice once grouped (releasing a
-    5,000-kernel answer's 90,000 decoded series at once held the loop for ~30 ms).
-    """
-
-    __slots__ = ("_pending", "agents", "kernels")
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[_Shape, list[Sequence[Any]], Mapping[str, object] | None]] = []
-        # Dicts of strings only: CPython does not track them for garbage collection, so a
-        # page's 90,000 values do not make the collector walk them (lists would).
-        self.kernels: dict[str, dict[str, dict[str, str]]] = {}
-        self.agents: dict[str, dict[str | None, dict[str, dict[str, str]]]] = {}
-
-    def add(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
-    ) -> None:
-        """Keep one answer's decoded series for :meth:`demux` (``wanted``: the ids to keep,
-        ``None`` when every row belongs to the batch).
-
-        The caller should drop its own reference to ``series`` afterwards: the parts then
-        hold the only references, and :meth:`demux` frees them part by part.
-        """
-        parts = [series[i : i + _DEMUX_SLICE] for i in range(0, len(series), _DEMUX_SLICE)]
-        parts.reverse()  # demux pops from the end: rows are still grouped in answer order
-        self._pending.append((shape, parts, wanted))
-
-    async def demux(self) -> None:
-        """Group every kept series by id, one part (``_DEMUX_SLICE`` rows) per loop turn."""
-        pending, self._pending = self._pending, []
-        first = True
-        for shape, parts, wanted in pending:
-            kernel_rows = not shape.node and "device" not in shape.labels.__struct_fields__
-            add_rows = self._add_kernel_rows if kernel_rows else self._add_agent_rows
-            while parts:
-                if not first:
-                    await asyncio.sleep(0)
-                first = False
-                add_rows(shape, parts.pop(), wanted)  # the part is freed as this returns
-
-    def _add_kernel_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
-    ) -> None:
-        # The hot loop of a page (one pass per returned series): plain locals, one dict per
-        # kernel and one per metric, no per-row attribute probing. ``wanted`` is None for an
-        # id chunk's answer (its matcher already selected exactly the chunk's ids; the caller
-        # renders only those), so the membership test runs for fleet-wide answers only.
-        # The exporter-rates shape's raw rows carry no stat: theirs comes from the row's
-        # (value_type, metric) through shape.stat_of (memoised), "" for a row not shown.
-        kernels = self.kernels
-        fixed = shape.stat
-        stat_of = shape.stat_of
-        text_of = _value_text(series)
-        for s in series:
-            lab = s.metric
-            ident = lab.id
-            if wanted is not None and ident not in wanted:
-                continue
-            metric = lab.metric
-            key = fixed or lab.stat
-            if not key and stat_of is not None:
-                key = stat_of(lab.vt, metric)
-                if not key:
-                    continue
-            per_id = kernels.get(ident)
-            if per_id is None:
-                per_id = kernels[ident] = {}
-            per_metric = per_id.get(metric)
-            if per_metric is None:
-                per_metric = per_id[metric] = {}
-            per_metric[key] = text_of(s.value)
-
-    def _add_agent_rows(
-        self, shape: _Shape, series: Sequence[Any], wanted: Mapping[str, object] | None
-    ) -> None:
-        rows = self.agents
-        fixed = shape.stat
-        text_of = _value_text(series)
-        with_device = not shape.node and "device" in shape.labels.__struct_fields__
-        for s in series:
-            lab = s.metric
-            ident = lab.id
-            if wanted is not None and ident not in wanted:
-                continue
-            per_id = rows.get(ident)
-            if per_id is None:
-                per_id = rows[ident] = {}
-            device = lab.device if with_device else None
-            per_dev = per_id.get(device)
-            if per_dev is None:
-                per_dev = per_id[device] = {}
-            metric = lab.metric
-            per_metric = per_dev.get(metric)
-            if per_metric is None:
-                per_metric = per_dev[metric] = {}
-            per_metric[fixed or lab.stat] = text_of(s.value)
-
-
-_SAMPLE_TEXT = operator.attrgetter("text")
-_PAIR_TEXT = operator.itemgetter(1)
-
-
-def _value_text(series: Sequence[Any]) -> Callable[[Any], str]:
-    """How to read the value text of an answer's samples.
-
-    Decoded answers hold :class:`~promstat.wire.SampleValue` samples: reading ``.text`` is a
-    slot read, while ``value[1]`` is a Python-level ``__getitem__`` (~4 ms a page). An
-    executor of one's own may answer with ``(timestamp, text)`` pairs instead.
-    """
-    if series and not isinstance(series[0].value, SampleValue):
-        return _PAIR_TEXT
-    return _SAMPLE_TEXT
 
 
 def chunk_ids(
@@ -381,10 +231,10 @@ def chunk_ids(
         ids: the values, sorted and de-duplicated by the caller or not.
         config: ``max_query_bytes`` and ``max_alternatives``.
     """
-    repeats = template.count(_IDS)
+    repeats = template.count(ID_PLACEHOLDER)
     return chunk_values(
         ids,
-        fixed_bytes=len(template.encode()) - repeats * len(_IDS),
+        fixed_bytes=len(template.encode()) - repeats * len(ID_PLACEHOLDER),
         max_bytes=config.max_query_bytes,
         max_alternatives=config.max_alternatives,
         repeats=repeats,
@@ -434,19 +284,19 @@ class _Job:
 
     level: str
     plan: str
-    shapes: tuple[_Shape, ...]
+    shapes: tuple[QueryShape, ...]
     chunks: list[tuple[str, ...]] | None  # None: not cut yet (a fleet-wide plan)
     wanted: Mapping[str, object]
     at: float
     deadline: float
-    acc: _Accumulator
+    acc: RowAccumulator
     failed: dict[str, PromstatError]
     outcome: BatchOutcome
     late: int = 0  # queries that never got a slot before the deadline
     # Payloads rendered as each answer arrives (see Planner._execute); None: rendered at the end.
     rendered: dict[str, Payload | None] | None = None
 
-    def where(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
+    def where(self, shape: QueryShape, chunk: tuple[str, ...] | None) -> str:
         """The plan shape of one query, for errors and log lines."""
         part = "fleet-wide" if chunk is None else f"chunk of {len(chunk)} ids"
         index = self.shapes.index(shape) + 1 if shape in self.shapes else 0
@@ -457,7 +307,7 @@ class Planner:
     """Turns batches of ids into concurrent chunked queries and legacy payloads.
 
     Args:
-        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        client: the :class:`~promstat.api.PrometheusAPI` to query.
         config: how queries are cut and sent.
         profile: how the rules were rendered (names, catalog, windows, rates); the default
             profile when ``None``. :meth:`use_profile` changes it later.
@@ -583,8 +433,8 @@ class Planner:
             f"{a}, {dm}, {st}",
         )
         self._kernel_recorded = (
-            _Shape(
-                f"max by ({kernel_by}) ({n.kernel_live_stat}{{{_IDS}}})",
+            QueryShape(
+                f"max by ({kernel_by}) ({n.kernel_live_stat}{{{ID_PLACEHOLDER}}})",
                 f"max by ({kernel_by}) ({n.kernel_live_stat})",
                 k,
                 kernel_row,
@@ -594,15 +444,15 @@ class Planner:
         if self.profile.rates is RateSource.EXPORTER:
             self._kernel_recorded = (self._exporter_kernel_shape(),)
         self._agent_recorded = (
-            _Shape(
-                f"max by ({device_by}) ({n.device_live_stat}{{{_IDS}}})",
+            QueryShape(
+                f"max by ({device_by}) ({n.device_live_stat}{{{ID_PLACEHOLDER}}})",
                 f"max by ({device_by}) ({n.device_live_stat})",
                 a,
                 device_row,
                 None,
             ),
-            _Shape(
-                f"max by ({node_by}) ({n.agent_live_stat}{{{_IDS}}})",
+            QueryShape(
+                f"max by ({node_by}) ({n.agent_live_stat}{{{ID_PLACEHOLDER}}})",
                 f"max by ({node_by}) ({n.agent_live_stat})",
                 a,
                 node_row,
@@ -612,27 +462,27 @@ class Planner:
         )
         kernel_raw = []
         for stat in ("current", "capacity", "rate", "max", "avg"):
-            expr = exprs.kernel(stat, matchers=_IDS)
+            expr = exprs.kernel(stat, matchers=ID_PLACEHOLDER)
             if expr is not None:
                 fleet = exprs.kernel(stat)
                 assert fleet is not None
-                kernel_raw.append(_Shape(expr, fleet, k, kernel_row, stat))
+                kernel_raw.append(QueryShape(expr, fleet, k, kernel_row, stat))
         self._kernel_raw = tuple(kernel_raw)
         agent_raw = []
         for stat in ("current", "capacity", "rate", "max", "avg"):
-            dev = exprs.device(stat, matchers=_IDS)
+            dev = exprs.device(stat, matchers=ID_PLACEHOLDER)
             if dev is not None:
                 fleet = exprs.device(stat)
                 assert fleet is not None
-                agent_raw.append(_Shape(dev, fleet, a, device_row, stat))
-            node = exprs.node_raw(stat, matchers=_IDS)
+                agent_raw.append(QueryShape(dev, fleet, a, device_row, stat))
+            node = exprs.node_raw(stat, matchers=ID_PLACEHOLDER)
             if node is not None:
                 fleet = exprs.node_raw(stat)
                 assert fleet is not None
-                agent_raw.append(_Shape(node, fleet, a, node_row, stat, True))
+                agent_raw.append(QueryShape(node, fleet, a, node_row, stat, True))
         self._agent_raw = tuple(agent_raw)
 
-    def _exporter_kernel_shape(self) -> _Shape:
+    def _exporter_kernel_shape(self) -> QueryShape:
         """The kernel page for ``--rates exporter`` rules: one selector over the exporter's
         series and the recorded window stats, grouped by value_type and stat.
 
@@ -658,8 +508,8 @@ class Planner:
         # copies are not read twice (raw rows have no stat label, which the matcher passes).
         matchers = f'__name__=~"{names}", {st}!~"current|capacity|rate"'
         by = f"{k}, {c}, {vt}, {st}"
-        return _Shape(
-            f"max by ({by}) ({{{matchers}, {_IDS}}})",
+        return QueryShape(
+            f"max by ({by}) ({{{matchers}, {ID_PLACEHOLDER}}})",
             f"max by ({by}) ({{{matchers}}})",
             k,
             row,
@@ -694,7 +544,7 @@ class Planner:
         chunks = self._chunks(shapes, sorted(set(ids)))
         return [s.text(c) for s in shapes for c in chunks]
 
-    def _select(self, level: str, recorded: bool) -> tuple[_Shape, ...]:
+    def _select(self, level: str, recorded: bool) -> tuple[QueryShape, ...]:
         if level == "kernel":
             return self._kernel_recorded if recorded else self._kernel_raw
         if level == "agent":
@@ -1046,7 +896,7 @@ class Planner:
             chunks = self._chunks(shapes, sorted(wanted))
             fleet = share and len(chunks) > 1
         plan = ("recorded" if recorded else "raw") + ("/fleet" if fleet else "/filtered")
-        acc = _Accumulator()
+        acc = RowAccumulator()
         failed: dict[str, PromstatError] = {}
         job = _Job(level, plan, shapes, chunks, wanted, at, deadline, acc, failed, outcome)
         if len(shapes) == 1:
@@ -1079,7 +929,7 @@ class Planner:
             payloads[ident] = err if err is not None else rendered.get(ident)
         return plan, payloads
 
-    def _chunks(self, shapes: Sequence[_Shape], ordered: list[str]) -> list[tuple[str, ...]]:
+    def _chunks(self, shapes: Sequence[QueryShape], ordered: list[str]) -> list[tuple[str, ...]]:
         # One chunking for all shapes of a plan, sized for the shape that repeats the matcher
         # most, so every id sits in the same chunk everywhere and fails or succeeds as one.
         key = (tuple(s.expr for s in shapes), tuple(ordered))
@@ -1087,14 +937,14 @@ class Planner:
         if kept is not None:
             self._chunkings.move_to_end(key)
             return kept
-        worst = max(shapes, key=lambda s: (s.expr.count(_IDS), len(s.expr)))
+        worst = max(shapes, key=lambda s: (s.expr.count(ID_PLACEHOLDER), len(s.expr)))
         chunks = chunk_ids(worst.expr, worst.id_label, ordered, self.config)
         self._chunkings[key] = chunks
         if len(self._chunkings) > _CHUNKINGS_KEPT:
             self._chunkings.popitem(last=False)
         return chunks
 
-    def _text(self, shape: _Shape, chunk: tuple[str, ...] | None) -> str:
+    def _text(self, shape: QueryShape, chunk: tuple[str, ...] | None) -> str:
         """``shape.text(chunk)``, kept for the chunks of the last few batches."""
         if chunk is None:
             return shape.fleet
@@ -1109,7 +959,7 @@ class Planner:
         return text
 
     async def _run(
-        self, job: _Job, shape: _Shape, chunk: tuple[str, ...] | None, depth: int
+        self, job: _Job, shape: QueryShape, chunk: tuple[str, ...] | None, depth: int
     ) -> None:
         expr = self._text(shape, chunk)
         stage = "a query slot"
@@ -1173,7 +1023,7 @@ class Planner:
             return
         # Streaming: this answer's ids now, in slices; the loop first finishes what it was
         # doing (the decode of this answer ran in the callback that woke this task).
-        acc = _Accumulator()
+        acc = RowAccumulator()
         acc.add(shape, res.series, rows_of)
         del res  # the answer's parts now hold its rows: demux frees them slice by slice
         await asyncio.sleep(0)
@@ -1184,7 +1034,7 @@ class Planner:
     def _fail(
         self,
         job: _Job,
-        shape: _Shape,
+        shape: QueryShape,
         chunk: tuple[str, ...] | None,
         exc: PromstatError,
         *,
@@ -1203,7 +1053,7 @@ class Planner:
     async def _render_ids(
         self,
         level: str,
-        acc: _Accumulator,
+        acc: RowAccumulator,
         ids: Iterable[str],
         into: dict[str, Payload | None],
     ) -> None:

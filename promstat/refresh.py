@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from promstat.client import PrometheusAPI
+from promstat.api import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError, check_seconds
 from promstat.loader import FetchResult
 from promstat.planner import BatchOutcome, background_work

@@ -2,7 +2,7 @@
 
 :class:`PromstatMetrics` counts queries and their latency, response bytes and series, chunk
 splits, retries, cache hits and misses, and plan choices. It is plain Python (readable with
-:meth:`PromstatMetrics.snapshot`), it is the :class:`~promstat.client.QueryObserver` the client
+:meth:`PromstatMetrics.snapshot`), it is the :class:`~promstat.api.QueryObserver` the client
 reports to, and with the optional ``prometheus`` extra it registers in a caller's
 ``prometheus_client`` registry (:meth:`PromstatMetrics.register`), so an operator can graph
 what list pages cost next to everything else the manager exports.

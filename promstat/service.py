@@ -34,7 +34,8 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
-from promstat.client import ClientConfig, PrometheusAPI
+from promstat.api import PrometheusAPI
+from promstat.client import ClientConfig
 from promstat.errors import ClosedError, ConfigError, EventLoopMismatchError, PromstatError
 from promstat.final import FinalConfig, FinalStats, load_kernel_stats
 from promstat.history import History, HistoryResult
@@ -63,7 +64,7 @@ class LiveStats:
     """Kernel and agent live_stat in the legacy wire shape, batched and cached.
 
     Args:
-        client_or_url: a :class:`~promstat.client.PrometheusAPI` (a
+        client_or_url: a :class:`~promstat.api.PrometheusAPI` (a
             :class:`~promstat.client.PrometheusClient`, or a wrapper of one), which is
             borrowed: never closed here; or a base URL, from which LiveStats builds a client
             (with ``client``, reporting to ``metrics``) that it owns and closes.

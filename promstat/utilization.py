@@ -51,7 +51,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
-from promstat.client import PrometheusAPI
+from promstat.api import PrometheusAPI
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, check_seconds
 from promstat.expressions import LiveStatExpressions
@@ -88,7 +88,7 @@ class Utilization:
     """Batched utilization queries over the recorded (or raw) series.
 
     Args:
-        client: the :class:`~promstat.client.PrometheusAPI` to query.
+        client: the :class:`~promstat.api.PrometheusAPI` to query.
         names: metric and label names.
         use_recorded: read the recorded families (default); ``False`` computes current and
             capacity from the raw series with :class:`~promstat.expressions.LiveStatExpressions`

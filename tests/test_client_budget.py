@@ -22,13 +22,8 @@ from typing import Any
 import pytest
 from _support.waiting import loop_turns
 
-from promstat.client import (
-    DEFAULT_MAX_BUFFERED_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES,
-    BodyBudget,
-    PrometheusClient,
-    RetryPolicy,
-)
+from promstat.budget import DEFAULT_MAX_BUFFERED_BYTES, BodyBudget
+from promstat.client import DEFAULT_MAX_RESPONSE_BYTES, PrometheusClient, RetryPolicy
 from promstat.errors import ConfigError, RequestTimeoutError, ResponseDecodeError
 from promstat.testing.fake import FakePrometheus, Reply
 from promstat.testing.proxy import GARBAGE_BODY_BYTES, Fault, FaultProxy

@@ -15,12 +15,8 @@ import msgspec
 import pytest
 from aioresponses import aioresponses
 
-from promstat.client import (
-    PrometheusClient,
-    RetryPolicy,
-    format_duration,
-    format_time,
-)
+from promstat.api import format_duration, format_time
+from promstat.client import PrometheusClient, RetryPolicy
 from promstat.errors import (
     APIError,
     BadDataError,

@@ -26,15 +26,12 @@ from promstat.generate.rules import write_rules
 from promstat.migration.compare import (
     COMPARE_EXIT_DISAGREE,
     CompareOptions,
-    FieldKind,
-    Tolerance,
-    Tolerances,
-    classify,
     compare_payloads,
     read_legacy,
     run_compare,
 )
 from promstat.migration.publisher import ValkeyPublisher
+from promstat.migration.tolerances import FieldKind, Tolerance, Tolerances, classify
 from promstat.profile import RuleProfile
 from promstat.testing import lab
 from promstat.testing.sim import FleetConfig, SimulatedFleet

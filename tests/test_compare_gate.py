@@ -24,13 +24,9 @@ from _support.dual_fleet import DualFleet, dual_fleet, fleet_config
 from redis.asyncio import from_url
 
 from promstat.cli import main
-from promstat.migration.compare import (
-    COMPARE_EXIT_DISAGREE,
-    FieldKind,
-    Tolerances,
-    compare_payloads,
-    failing_fields,
-)
+from promstat.migration.compare import COMPARE_EXIT_DISAGREE, compare_payloads
+from promstat.migration.report import failing_fields
+from promstat.migration.tolerances import FieldKind, Tolerances
 
 Tamper = Callable[[dict[str, Any]], None]
 

@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from promstat.client import ClientConfig, RetryPolicy, VectorResult
+from promstat.api import VectorResult
+from promstat.client import ClientConfig, RetryPolicy
 from promstat.conventions import SeriesNames
 from promstat.errors import PromstatError, UnavailableError
 from promstat.loader import CacheConfig

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO, TypeAlias
 
-from promstat.client import TimeArg
+from promstat.api import TimeArg
 from promstat.errors import (
     APIError,
     ConfigError,

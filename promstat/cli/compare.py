@@ -93,14 +93,9 @@ def run(args: argparse.Namespace) -> int:
         ConfigError: bad options or tolerance file.
         TransportError: a server could not be reached.
     """
-    from promstat.migration.compare import (
-        COMPARE_EXIT_DISAGREE,
-        CompareOptions,
-        Tolerances,
-        failing_fields,
-        format_report,
-        run_compare,
-    )
+    from promstat.migration.compare import COMPARE_EXIT_DISAGREE, CompareOptions, run_compare
+    from promstat.migration.report import failing_fields, format_report
+    from promstat.migration.tolerances import Tolerances
 
     if args.sample is not None and args.sample < 1:
         raise ConfigError(f"--sample must be >= 1, not {args.sample}")

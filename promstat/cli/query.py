@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from promstat.api import QueryResult, TimeArg, format_time
 from promstat.cli._common import (
     DefaultsHelpFormatter,
     Subparsers,
@@ -17,7 +18,7 @@ from promstat.cli._common import (
     positive_seconds,
     resolve_url,
 )
-from promstat.client import PrometheusClient, QueryResult, TimeArg, format_time
+from promstat.client import PrometheusClient
 
 __all__ = ["register", "run"]
 

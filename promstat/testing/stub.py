@@ -1,4 +1,4 @@
-"""A do-nothing :class:`~promstat.client.PrometheusAPI` for test doubles to build on.
+"""A do-nothing :class:`~promstat.api.PrometheusAPI` for test doubles to build on.
 
 A test double overrides the members its test exercises (usually ``query_vector``) and
 inherits the rest: a 30 s ``timeout``, no rule groups, and range queries and an ``aclose``
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from promstat.client import MatrixResult, TimeArg, VectorResult
+from promstat.api import MatrixResult, TimeArg, VectorResult
 from promstat.wire import RuleGroup
 
 __all__ = ["StubAPI"]
