@@ -54,7 +54,7 @@ DEMUX_SLICE = 4096
 
 
 # One kept answer: its shape, its series cut into parts, the ids to keep (None: all).
-_Pending = tuple["QueryShape", list[Sequence[Any]], Mapping[str, object] | None]
+_Pending = tuple[QueryShape, list[Sequence[Any]], Mapping[str, object] | None]
 
 
 class RowAccumulator:

@@ -56,6 +56,7 @@ from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, check_seconds
 from promstat.expressions import LiveStatExpressions
 from promstat.promql import chunk_values, duration, set_matcher
+from promstat.shapes import ID_PLACEHOLDER
 
 __all__ = [
     "MemRule",
@@ -65,7 +66,6 @@ __all__ = [
 ]
 
 _PART: Final = "promstat_part"
-_IDS: Final = "__PROMSTAT_IDS__"
 
 
 class MemRule(StrEnum):
@@ -225,11 +225,11 @@ class Utilization:
 
     def _chunks(self, template: str, label: str, ids: Sequence[str]) -> list[tuple[str, ...]]:
         # chunk_values counts the label and its =~"..." itself: keep only the placeholder.
-        template = template.replace(f'{label}="{_IDS}"', _IDS)
-        repeats = template.count(_IDS)
+        template = template.replace(f'{label}="{ID_PLACEHOLDER}"', ID_PLACEHOLDER)
+        repeats = template.count(ID_PLACEHOLDER)
         return chunk_values(
             ids,
-            fixed_bytes=len(template.encode()) - repeats * len(_IDS),
+            fixed_bytes=len(template.encode()) - repeats * len(ID_PLACEHOLDER),
             max_bytes=self.max_query_bytes,
             max_alternatives=self.max_alternatives,
             repeats=repeats,
@@ -271,7 +271,7 @@ class Utilization:
         ids = list(slots)
         if not ids:
             return {}
-        template = self.session_query([_IDS], resources, window=window, step=step)
+        template = self.session_query([ID_PLACEHOLDER], resources, window=window, step=step)
         chunks = self._chunks(template, self.names.session_label, ids)
         answers = await asyncio.gather(
             *(
@@ -338,7 +338,7 @@ class Utilization:
         ids = list(dict.fromkeys(str(k) for k in kernel_ids))
         if not ids:
             return {}
-        template = self.kernel_query([_IDS], metrics, window=window, step=step)
+        template = self.kernel_query([ID_PLACEHOLDER], metrics, window=window, step=step)
         chunks = self._chunks(template, self.names.kernel_label, ids)
         answers = await asyncio.gather(
             *(
