@@ -256,7 +256,7 @@ _PROMSTAT_DIR = str(Path(sys.modules["promstat"].__file__ or "").parent)
 
 #: The agent side (the simulated fleet's measurement timer, its exporters) runs until the
 #: fleet stops, after LiveStats has closed: not the manager's tasks this soak checks.
-_AGENT_SIDE = ("sim.py", "exporter.py")
+_AGENT_SIDE = ("testing", "agent")  # subpackages of promstat
 
 
 def promstat_tasks() -> int:
@@ -267,7 +267,7 @@ def promstat_tasks() -> int:
         code = getattr(task.get_coro(), "cr_code", None)
         if code is None or not code.co_filename.startswith(_PROMSTAT_DIR):
             continue
-        if os.path.basename(code.co_filename) not in _AGENT_SIDE:
+        if os.path.relpath(code.co_filename, _PROMSTAT_DIR).split(os.sep)[0] not in _AGENT_SIDE:
             count += 1
     return count
 

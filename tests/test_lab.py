@@ -18,6 +18,7 @@ import pytest
 
 from promstat.errors import BinaryNotFoundError, LabError
 from promstat.testing import lab
+from promstat.testing.lab import redis_server
 
 # A fixed point in the past, so backfilled data and queries never depend on the clock.
 T0 = 1_700_000_000
@@ -189,7 +190,7 @@ def test_interrupted_start_stops_the_process(
     def interrupted(port: int) -> bool:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lab, "_redis_ping", interrupted)
+    monkeypatch.setattr(redis_server, "_redis_ping", interrupted)
     with pytest.raises(KeyboardInterrupt):
         lab.start_redis()
     assert list(tmp_path.iterdir()) == []
