@@ -105,3 +105,20 @@ def test_rates_join_the_observers_family_and_follow_its_series() -> None:
     collector.detach()
     assert "observe_container_metric" not in vars(observer)
     assert b"backendai_container_utilization" in generate_latest(registry)  # gauge is back
+
+
+def test_install_attaches_once_per_observer_and_detach_forgets_it() -> None:
+    """The agent's hook runs per StatContext: the second install returns the first collector
+    (a second attach would be an error) with the first clock; after detach a new one attaches."""
+    from promstat.agent.collector import install_rate_collector
+
+    registry = CollectorRegistry()
+    observer = Observer(registry)
+    first = install_rate_collector(observer, registry, clock=lambda: 1.0)
+    assert install_rate_collector(observer, registry, clock=lambda: 2.0) is first
+    assert first.clock() == 1.0
+    first.detach()
+    second = install_rate_collector(observer, registry)
+    assert second is not first
+    second.detach()
+    assert not hasattr(observer, "_promstat_rate_collector")

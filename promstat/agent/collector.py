@@ -15,6 +15,11 @@ the rules can be rendered with ``--rates exporter``::
 
     RateCollector().attach(UtilizationMetricObserver.instance())   # once, at agent start
 
+or, where the agent may build its ``StatContext`` more than once (the two-line agent half of
+``contrib/backendai-agent-26.9.6.patch`` calls it from ``StatContext.__init__``)::
+
+    install_rate_collector(UtilizationMetricObserver.instance(), clock=time.perf_counter)
+
 :meth:`RateCollector.attach` wraps the observer's three ``observe_*_metric`` methods (each
 measurement also updates the rate) and takes the observer's three gauges out of the registry,
 serving them through itself with the rate samples appended to each family, so every family
@@ -44,10 +49,13 @@ from promstat.agent.exporter import RATE_METRICS, _legacy_rate
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError
 
-__all__ = ["UNDEFINED", "RateCollector"]
+__all__ = ["UNDEFINED", "RateCollector", "install_rate_collector"]
 
 #: The agent's label value for an unknown owner (``ai.backend.common.metrics.types``).
 UNDEFINED: Final = "undefined"
+
+#: The observer attribute that holds the collector :func:`install_rate_collector` attached.
+_INSTALLED: Final = "_promstat_rate_collector"
 
 # (family name, label items without value_type, sorted) -> (at, value, rate)
 _Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -81,6 +89,7 @@ class RateCollector(Collector):
         self._gauges: list[Any] = []
         self._registry: CollectorRegistry | None = None
         self._restore: list[tuple[Any, str, Any]] = []
+        self._observer: Any = None
 
     # -- measurements -------------------------------------------------------------------------
 
@@ -141,6 +150,7 @@ class RateCollector(Collector):
             raise ConfigError(f"the observer's gauges are not in that registry: {exc}") from exc
         self._gauges, self._registry = gauges, reg
         reg.register(self)
+        self._observer = observer
 
         def wrap(method: str, family: str, labels: Callable[[Any], dict[str, str]]) -> None:
             original = getattr(observer, method)
@@ -196,6 +206,9 @@ class RateCollector(Collector):
             else:
                 setattr(obj, method, previous)
         self._restore.clear()
+        observer, self._observer = self._observer, None
+        if observer is not None and getattr(observer, _INSTALLED, None) is self:
+            delattr(observer, _INSTALLED)
         if self._registry is not None:
             self._registry.unregister(self)
             for gauge in self._gauges:
@@ -233,3 +246,36 @@ class RateCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         """Nothing up front: the names are the wrapped gauges' (taken out of the registry)."""
         return []
+
+
+def install_rate_collector(
+    observer: Any,
+    registry: CollectorRegistry | None = None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> RateCollector:
+    """Attach a :class:`RateCollector` to ``observer`` once; later calls return the same one.
+
+    The agent's hook: ``StatContext.__init__`` runs per context, the observer is a process-wide
+    singleton, and a second :meth:`RateCollector.attach` would be an error. Pass the clock the
+    agent's ``StatContext`` reads (``time.perf_counter`` as its module sees it), so the rate's
+    time base is the agent's own.
+
+    Args:
+        observer: the agent's ``UtilizationMetricObserver``.
+        registry: where its gauges are registered (default: the global one the agent serves).
+        clock: the measurement time source of a newly attached collector.
+
+    Returns:
+        The collector attached to ``observer`` (new, or the one attached before).
+
+    Raises:
+        ConfigError: the observer's gauges are not in ``registry``.
+    """
+    installed = getattr(observer, _INSTALLED, None)
+    if isinstance(installed, RateCollector):
+        return installed
+    collector = RateCollector(clock=clock)
+    collector.attach(observer, registry)
+    setattr(observer, _INSTALLED, collector)
+    return collector
