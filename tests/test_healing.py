@@ -12,7 +12,6 @@ loads that worked).
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from _support.waiting import poll_until
 
 from promstat.api import VectorResult
 from promstat.client import ClientConfig, RetryPolicy
@@ -185,10 +185,9 @@ def _ready(url: str) -> bool:
 
 async def _wait_for(prom: lab.PrometheusProcess, query: str) -> None:
     """Poll until ``query`` has a non-empty answer (a condition, not a fixed delay)."""
-    deadline = time.monotonic() + 60
-    while not await asyncio.to_thread(prom.query, query):
-        assert time.monotonic() < deadline, prom.log_tail(20)
-        await asyncio.sleep(0.2)
+    await poll_until(
+        lambda: asyncio.to_thread(prom.query, query), bool, timeout=60, interval=0.2, what=query
+    )
 
 
 class Scripted(StubAPI):

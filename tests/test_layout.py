@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _support.waiting import poll_until
 
 from promstat.conventions import SeriesNames
 from promstat.expressions import RateSource
@@ -225,13 +225,13 @@ async def test_a_failing_rules_endpoint_keeps_the_profile_and_answers(
 async def _wait_for_kernels(prom: lab.PrometheusProcess, kernels: int) -> None:
     """Poll until every kernel's raw memory series was scraped (a condition, not a delay)."""
     query = f'count({N.container_metric}{{value_type="current",container_metric_name="mem"}})'
-    deadline = time.monotonic() + 60
-    while True:
-        rows = await asyncio.to_thread(prom.query, query)
-        if rows and float(rows[0]["value"][1]) >= kernels:
-            return
-        assert time.monotonic() < deadline, f"no scrape within 60 s:\n{prom.log_tail(20)}"
-        await asyncio.sleep(0.2)
+    await poll_until(
+        lambda: asyncio.to_thread(prom.query, query),
+        lambda rows: bool(rows) and float(rows[0]["value"][1]) >= kernels,
+        timeout=60,
+        interval=0.2,
+        what=f"a scrape of all {kernels} kernels",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from _support.waiting import loop_turns
+from _support.waiting import loop_turns, poll_until
 
 from promstat.client import PrometheusClient
 from promstat.conventions import SeriesNames
@@ -504,14 +504,13 @@ async def scraped(
         try:
             ids = fleet.kernel_ids()
             query = f'count({SeriesNames().kernel_live_stat}{{stat="rate"}})'
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                rows = await asyncio.to_thread(prom.query, query)
-                if rows and float(rows[0]["value"][1]) >= len(ids):
-                    break
-                await asyncio.sleep(0.5)
-            else:
-                raise AssertionError(f"no recorded series after 60 s:\n{prom.log_tail(20)}")
+            await poll_until(
+                lambda: asyncio.to_thread(prom.query, query),
+                lambda rows: bool(rows) and float(rows[0]["value"][1]) >= len(ids),
+                timeout=60,
+                interval=0.5,
+                what="a recorded rate for every kernel",
+            )
             yield prom, ids
         finally:
             await asyncio.to_thread(prom.stop)
