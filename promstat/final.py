@@ -67,11 +67,11 @@ from promstat import renderer as live_stat
 from promstat.api import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError, check_seconds
 from promstat.loader import FetchResult, SharedLoader
-from promstat.planner import Planner, chunk_ids
+from promstat.planner import Planner
 from promstat.profile import RuleProfile
 from promstat.promql import duration, set_matcher
 from promstat.selfmetrics import PromstatMetrics
-from promstat.shapes import ID_PLACEHOLDER
+from promstat.shapes import ID_PLACEHOLDER, chunk_ids
 
 __all__ = [
     "DEFAULT_OFFSET",

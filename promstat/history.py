@@ -22,11 +22,11 @@ import msgspec
 
 from promstat.api import PrometheusAPI
 from promstat.errors import ConfigError, PromstatError
-from promstat.planner import PlannerConfig, chunk_ids
+from promstat.planner import PlannerConfig
 from promstat.profile import RuleProfile
 from promstat.promql import escape_string, set_matcher
 from promstat.selfmetrics import PromstatMetrics
-from promstat.shapes import ID_PLACEHOLDER
+from promstat.shapes import ID_PLACEHOLDER, chunk_ids
 from promstat.wire import parse_value
 
 __all__ = ["MAX_POINTS", "History", "HistoryResult", "align_range"]

@@ -68,16 +68,15 @@ from promstat.errors import (
 )
 from promstat.expressions import RateSource
 from promstat.profile import RuleProfile
-from promstat.promql import chunk_values, escape_string, quote_meta
+from promstat.promql import escape_string, quote_meta
 from promstat.selfmetrics import PromstatMetrics
-from promstat.shapes import ID_PLACEHOLDER, QueryShape, RowAccumulator
+from promstat.shapes import ID_PLACEHOLDER, QueryShape, RowAccumulator, chunk_ids
 
 __all__ = [
     "BatchOutcome",
     "Planner",
     "PlannerConfig",
     "background_work",
-    "chunk_ids",
     "default_page_deadline",
 ]
 
@@ -217,29 +216,6 @@ _TEXTS_KEPT = 64
 # of a percent of rendering it): on a busy core a slice takes several times as long.
 _RENDER_SLICE = 256
 _SLICE_SECONDS = 0.004
-
-
-def chunk_ids(
-    template: str, id_label: str, ids: Sequence[str], config: PlannerConfig
-) -> list[tuple[str, ...]]:
-    """Split ``ids`` so ``template`` with each chunk's matcher fits the config's budgets.
-
-    Args:
-        template: the query with ``__PROMSTAT_IDS__`` wherever the id matcher goes (maybe
-            several times: each occurrence costs the matcher's bytes).
-        id_label: the label the matcher applies to.
-        ids: the values, sorted and de-duplicated by the caller or not.
-        config: ``max_query_bytes`` and ``max_alternatives``.
-    """
-    repeats = template.count(ID_PLACEHOLDER)
-    return chunk_values(
-        ids,
-        fixed_bytes=len(template.encode()) - repeats * len(ID_PLACEHOLDER),
-        max_bytes=config.max_query_bytes,
-        max_alternatives=config.max_alternatives,
-        repeats=repeats,
-        label=id_label,
-    )
 
 
 def _present(metrics: Mapping[str, Mapping[str, str]]) -> dict[str, Mapping[str, str]]:

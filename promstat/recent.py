@@ -48,9 +48,8 @@ import msgspec
 
 from promstat.errors import ConfigError, PromstatError
 from promstat.final import FinalStats
-from promstat.planner import chunk_ids
 from promstat.promql import duration, set_matcher
-from promstat.shapes import ID_PLACEHOLDER
+from promstat.shapes import ID_PLACEHOLDER, chunk_ids
 
 __all__ = ["DEFAULT_WINDOW", "RecentlyTerminated"]
 

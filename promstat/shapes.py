@@ -13,15 +13,60 @@ import asyncio
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from promstat.promql import set_matcher
+from promstat.promql import chunk_values, set_matcher
 from promstat.wire import SampleValue
 
-__all__ = ["DEMUX_SLICE", "ID_PLACEHOLDER", "QueryShape", "RowAccumulator", "value_text"]
+__all__ = [
+    "DEMUX_SLICE",
+    "ID_PLACEHOLDER",
+    "ChunkBudget",
+    "QueryShape",
+    "RowAccumulator",
+    "chunk_ids",
+    "value_text",
+]
 
 #: Placeholder the planner substitutes with each chunk's id matcher.
 ID_PLACEHOLDER = "__PROMSTAT_IDS__"
+
+
+class ChunkBudget(Protocol):
+    """What bounds one chunk's query (``PlannerConfig``, ``Utilization``)."""
+
+    @property
+    def max_query_bytes(self) -> int:
+        """Query text budget per chunk, bytes."""
+        ...
+
+    @property
+    def max_alternatives(self) -> int:
+        """Ids per set matcher."""
+        ...
+
+
+def chunk_ids(
+    template: str, id_label: str, ids: Sequence[str], budget: ChunkBudget
+) -> list[tuple[str, ...]]:
+    """Split ``ids`` so ``template`` with each chunk's matcher fits ``budget``.
+
+    Args:
+        template: the query with :data:`ID_PLACEHOLDER` wherever the id matcher goes (maybe
+            several times: each occurrence costs the matcher's bytes).
+        id_label: the label the matcher applies to.
+        ids: the values, sorted and de-duplicated by the caller or not.
+        budget: ``max_query_bytes`` and ``max_alternatives``.
+    """
+    repeats = template.count(ID_PLACEHOLDER)
+    return chunk_values(
+        ids,
+        fixed_bytes=len(template.encode()) - repeats * len(ID_PLACEHOLDER),
+        max_bytes=budget.max_query_bytes,
+        max_alternatives=budget.max_alternatives,
+        repeats=repeats,
+        label=id_label,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,8 @@ from promstat.api import PrometheusAPI
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError, check_seconds
 from promstat.expressions import LiveStatExpressions
-from promstat.promql import chunk_values, duration, set_matcher
-from promstat.shapes import ID_PLACEHOLDER
+from promstat.promql import duration, set_matcher
+from promstat.shapes import ID_PLACEHOLDER, chunk_ids
 
 __all__ = [
     "MemRule",
@@ -224,17 +224,10 @@ class Utilization:
     # -- execution ----------------------------------------------------------------------------
 
     def _chunks(self, template: str, label: str, ids: Sequence[str]) -> list[tuple[str, ...]]:
-        # chunk_values counts the label and its =~"..." itself: keep only the placeholder.
+        # The template spells the matcher label="placeholder"; chunk_ids counts the label
+        # and its =~"..." itself, so keep only the placeholder.
         template = template.replace(f'{label}="{ID_PLACEHOLDER}"', ID_PLACEHOLDER)
-        repeats = template.count(ID_PLACEHOLDER)
-        return chunk_values(
-            ids,
-            fixed_bytes=len(template.encode()) - repeats * len(ID_PLACEHOLDER),
-            max_bytes=self.max_query_bytes,
-            max_alternatives=self.max_alternatives,
-            repeats=repeats,
-            label=label,
-        )
+        return chunk_ids(template, label, ids, self)
 
     async def _run(self, query: str, at: float | None) -> list[Any]:
         if at is None and self.clock is not None:
