@@ -44,6 +44,7 @@ from promstat.testing.sim import FleetConfig, SimulatedFleet, write_fleet_openme
 from .contenders import PageResult, PinnedClient, Upstream
 from .fleet import Fleet
 from .polling import process_cpu_seconds
+from .pprof import cpu_breakdown, fetch_cpu_profile
 
 __all__ = ["LAYOUTS", "backend_matrix", "measure_rules_cost", "measure_rules_cost_vm"]
 
@@ -255,7 +256,7 @@ def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float,
 def measure_rules_cost(
     kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
     page: int = 1000, rates: str = "both", kernel_shards: int = 1, pages: bool = True,
-    layout: str = "exporter",
+    layout: str = "exporter", profile: bool = True,
 ) -> dict[str, Any]:
     """Prometheus CPU and rule evaluation time on a live fleet of ``kernels`` kernels.
 
@@ -266,6 +267,8 @@ def measure_rules_cost(
             through upstream's queries (one minute each).
         layout: which agents export rate series (:data:`LAYOUTS`): ``plain`` (none, every
             Backend.AI agent today), ``exporter`` (all) or ``mixed`` (every other agent).
+        profile: also take Prometheus' own CPU profile for ``seconds`` after the idle
+            measurement, rules and scrapes only (:func:`benchmarks.pprof.cpu_breakdown`).
 
     Returns:
         ``prometheus_cpu_s_per_min`` (rules + scraping, no page traffic), the same without the
@@ -276,14 +279,16 @@ def measure_rules_cost(
         ``kernel_max_group_s`` (the slowest kernel group: the one that must finish within the
         interval), ``kernel_median_group_s`` (the typical kernel group), and with ``pages``
         the extra Prometheus CPU-s per minute of polling a ``page``-kernel page once per
-        interval through promstat and through upstream's queries.
+        interval through promstat and through upstream's queries; with ``profile``,
+        ``profile``: Prometheus' CPU per second and the shares of rule evaluation, the head
+        postings sort, the garbage collector and scraping in it, and its top functions.
     """
     agents = max(1, kernels // 100)
     work = Path(tempfile.mkdtemp(prefix="promstat-bench-rules-"))
     child: subprocess.Popen[str] | None = None
     try:
         targets_file = work / "targets.json"
-        total = 60 + 4 * interval + seconds * 3 + 120
+        total = 60 + 4 * interval + seconds * 5 + 120
         child = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from benchmarks.matrix import _live_fleet_main as m; "
@@ -332,6 +337,17 @@ def measure_rules_cost(
 
             base, _ = cpu_per_min(idle)
             extra: dict[str, Any] = {}
+            if profile:
+                # A separate phase: profiling costs Prometheus a little CPU of its own, which
+                # must not count in the with/without difference above.
+                try:
+                    prof = fetch_cpu_profile(prom.url, max(5, int(seconds)))
+                    extra["profile"] = {
+                        **cpu_breakdown(prof),
+                        "top": [[name, round(share, 4)] for name, share in prof.top(8)],
+                    }
+                except (OSError, ValueError) as exc:
+                    extra["profile"] = {"error": f"{type(exc).__name__}: {exc}"}
             if pages:
                 ids = _live_ids(prom.url, page)
                 promstat_cpu, (n1, ms1) = cpu_per_min(lambda: asyncio.run(
@@ -340,14 +356,14 @@ def measure_rules_cost(
                 upstream_cpu, (n2, ms2) = cpu_per_min(lambda: asyncio.run(
                     _poll_pages(prom.url, ids, upstream=True, seconds=seconds,
                                 interval=interval)))
-                extra = {
+                extra.update({
                     "page": len(ids),
                     "promstat_prom_cpu_s_per_min": round(promstat_cpu - base, 2),
                     "upstream_prom_cpu_s_per_min": round(upstream_cpu - base, 2),
                     "pages": {"promstat": n1, "upstream": n2},
                     # the uncached page's median latency while the rules and scrapes run
                     "page_ms_p50": {"promstat": ms1, "upstream": ms2},
-                }
+                })
             series = _head_series(prom.url)
             # The same scrapes without the rules: the difference is what evaluating them costs
             # Prometheus in CPU (evaluation wall time also counts waiting for a core, and the

@@ -280,6 +280,20 @@ def _rule_label(x: Mapping[str, Any], *, sizes: bool = True) -> str:
     return ", ".join(parts)
 
 
+def _profile_text(profile: Mapping[str, Any] | None) -> str:
+    """The rule-cost line's Prometheus CPU profile clause (empty without one)."""
+    if not profile:
+        return ""
+    if "error" in profile:
+        return f"; CPU profile: error {str(profile['error'])[:80]}"
+    return (
+        f"; Prometheus CPU profile, rules and scrapes only: {profile['cpu_s_per_s'] * 100:.1f}% "
+        f"of a core, of it rule evaluation {profile['rules_share'] * 100:.0f}%, head postings "
+        f"sort {profile['postings_sort_share'] * 100:.0f}%, garbage collection "
+        f"{profile['gc_share'] * 100:.0f}%, scraping {profile['scrape_share'] * 100:.0f}%"
+    )
+
+
 def projected_share(x: Mapping[str, Any], kernels: int = 50_000) -> float | None:
     """The rules' share of a core at ``kernels`` from a run's measured cost per kernel (the
     rules read a fixed number of series per kernel, so their CPU grows linearly)."""
@@ -522,6 +536,7 @@ def _format_goals(doc: Mapping[str, Any]) -> list[str]:
                f"{x['page_ms_p50']['promstat']:.0f} ms, upstream "
                f"{x['page_ms_p50']['upstream']:.0f} ms"
                if "page_ms_p50" in x else "")
+            + _profile_text(x.get("profile"))
         )
     if doc.get("rules_cost"):
         lines.append("")
