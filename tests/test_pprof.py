@@ -70,8 +70,18 @@ def test_shares_and_top_of_a_known_profile() -> None:
         "scrape_share": 0.1,
     }
     assert prof.top(2) == [("promql.rangeEval", 0.4), ("labels.Compare", 0.3)]
-    text = report._profile_text({**cpu_breakdown(prof)})
-    assert "50.0% of a core" in text and "head postings sort 30%" in text
+    run = {"kernels": 5000, "seconds": 60.0, "interval_s": 15.0, "rates": "both",
+           "kernel_shards": 1, "layout": "plain", "prometheus_cpu_s_per_min": 12.0,
+           "prometheus_cpu_s_per_min_without_rules": 1.0, "rules_cpu_share_of_core": 0.18,
+           "group_eval_s": {"promstat.kernel.live_stat": 2.0}, "kernel_share_of_core": 0.13,
+           "kernel_max_group_s": 2.0, "profile": cpu_breakdown(prof)}  # fmt: skip
+    doc = report.build(settings={"mode": "custom"}, fleet={}, pages={}, loads=[], rss=None,
+                       decode=None, started="", seconds={}, rules_cost=[run])  # fmt: skip
+    line = next(x for x in report.format_table(doc).splitlines() if "rules cost at 5000" in x)
+    assert line.endswith(
+        "; Prometheus CPU profile, rules and scrapes only: 50.0% of a core, of it rule "
+        "evaluation 70%, head postings sort 30%, garbage collection 20%, scraping 10%"
+    )
 
 
 def test_a_truncated_profile_is_a_value_error() -> None:
