@@ -17,6 +17,7 @@ for five numbers.
 from __future__ import annotations
 
 import collections
+import functools
 import gzip
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -44,23 +45,27 @@ class CpuProfile:
     stacks: tuple[tuple[tuple[str, ...], int], ...]
     duration_s: float
 
+    @functools.cached_property
+    def total_ns(self) -> int:
+        """CPU nanoseconds sampled in all (the denominator of every share)."""
+        return sum(ns for _, ns in self.stacks)
+
     @property
     def cpu_s(self) -> float:
         """CPU seconds sampled in all."""
-        return sum(ns for _, ns in self.stacks) / 1e9
+        return self.total_ns / 1e9
 
     def share(self, substrings: Sequence[str]) -> float:
         """Fraction of the sampled CPU whose stack has a frame containing any of ``substrings``."""
-        total = sum(ns for _, ns in self.stacks)
-        if not total:
+        if not self.total_ns:
             return 0.0
         hit = sum(ns for frames, ns in self.stacks
                   if any(s in f for f in frames for s in substrings))
-        return hit / total
+        return hit / self.total_ns
 
     def top(self, n: int = 10) -> list[tuple[str, float]]:
         """The ``n`` functions with the most CPU of their own (leaf frames), as shares."""
-        total = sum(ns for _, ns in self.stacks) or 1
+        total = self.total_ns or 1
         flat: collections.Counter[str] = collections.Counter()
         for frames, ns in self.stacks:
             if frames:
