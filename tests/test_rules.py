@@ -273,6 +273,34 @@ def test_rules_render_flags_are_one_rule_profile(tmp_path: Path) -> None:
         profile_from_args(bad)
 
 
+def test_rules_render_kernels_picks_the_shard_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rules render --kernels N` shards the kernel group as recommended_kernel_shards(N) says
+    (one group up to 5,000 kernels, 8 at 20,000); it excludes --kernel-shards, and a count
+    that is not one exits with argparse's usage error."""
+    from promstat.cli.rules import profile_from_args
+    from promstat.generate.rules import recommended_kernel_shards
+
+    parser = build_parser()
+    for kernels, shards in [(1, 1), (5000, 1), (5001, 4), (20000, 8), (10**6, 16)]:
+        args = parser.parse_args(["rules", "render", "--output", "x", "--kernels", str(kernels)])
+        assert profile_from_args(args).kernel_shards == shards == recommended_kernel_shards(kernels)
+    out = tmp_path / "20k"
+    args = parser.parse_args(["rules", "render", "--output", str(out), "--kernels", "20000"])
+    assert args.handler(args) == 0
+    groups = yaml.safe_load((out / "promstat-kernel.rules.yml").read_text(encoding="utf-8"))
+    names = [g["name"] for g in groups["groups"]]
+    shards = [f"promstat.kernel.live_stat.shard{i}of8" for i in range(8)]
+    assert names == ["promstat.profile", *shards]
+    bad = (["--kernels", "0"], ["--kernels", "many"], ["--kernels", "9", "--kernel-shards", "2"])
+    for argv in bad:
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["rules", "render", "--output", "x", *argv])
+        assert exc.value.code == 2
+    assert "--kernels" in capsys.readouterr().err
+
+
 def test_rules_render_names_file(tmp_path: Path) -> None:
     """--names renames series for relabelled setups; unknown names are refused."""
     from promstat.cli.rules import load_names

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from promstat.cli._common import DefaultsHelpFormatter, Subparsers
+from promstat.cli._common import DefaultsHelpFormatter, Subparsers, positive_int
 from promstat.conventions import SeriesNames
 from promstat.errors import ConfigError
 from promstat.expressions import RateSource
@@ -61,12 +61,21 @@ def register(subparsers: Subparsers) -> None:
         default=duration(_DEFAULTS.collect_interval),
         help="how often agents measure (sizes the rate window of raw counters; Backend.AI: 30s)",
     )
-    render.add_argument(
+    shards = render.add_mutually_exclusive_group()
+    shards.add_argument(
         "--kernel-shards",
         type=int,
         default=_DEFAULTS.kernel_shards,
         choices=KERNEL_SHARDS,
         help="split the kernel rules into groups by kernel_id (evaluated concurrently)",
+    )
+    shards.add_argument(
+        "--kernels",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="about how many kernels the fleet runs at once: picks --kernel-shards for it "
+        "(one group up to 5,000 kernels, then one per 2,500, at most 16)",
     )
     render.add_argument(
         "--rates",
@@ -127,6 +136,11 @@ def profile_from_args(args: argparse.Namespace) -> RuleProfile:
     """
     from promstat.catalog import DEFAULT_CATALOG, Catalog
 
+    shards = args.kernel_shards
+    if getattr(args, "kernels", None) is not None:
+        from promstat.generate.rules import recommended_kernel_shards
+
+        shards = recommended_kernel_shards(args.kernels)
     catalog = Catalog.from_yaml(Path(args.catalog)) if args.catalog else DEFAULT_CATALOG
     return RuleProfile.parse(
         names=load_names(args.names),
@@ -136,7 +150,7 @@ def profile_from_args(args: argparse.Namespace) -> RuleProfile:
         lookback=args.lookback,
         collect_interval=args.collect_interval,
         rates=args.rates,
-        kernel_shards=args.kernel_shards,
+        kernel_shards=shards,
     )
 
 
