@@ -177,8 +177,10 @@ def _rule_groups(url: str) -> dict[str, tuple[float, str, dict[str, float]]]:
 
 
 async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: float,
-                      interval: float, rates: str = "both") -> tuple[int, float]:
-    """Load the page once per interval for ``seconds`` (live data: evaluated at now).
+                      interval: float, rates: str = "both",
+                      every: float | None = None) -> tuple[int, float]:
+    """Load the page once per ``interval`` for ``seconds`` (live data: evaluated at now);
+    promstat reads with the profile the rules were rendered with (``every``: their interval).
 
     Returns the pages loaded and their median latency in ms (uncached: every page asks
     Prometheus).
@@ -202,7 +204,7 @@ async def _poll_pages(url: str, ids: list[str], *, upstream: bool, seconds: floa
             await up.close()
         return pages, round(statistics.median(took), 1)
     client = PrometheusClient(url)
-    profile = RuleProfile(interval=float(interval), rates=RateSource.parse(rates))
+    profile = RuleProfile(interval=float(every or interval), rates=RateSource.parse(rates))
     stats = LiveStats(client, profile=profile, planner=PlannerConfig(use_recorded=True),
                       cache=CacheConfig(ttl=0))
     try:
@@ -253,16 +255,25 @@ def _live_fleet_main(kernels: int, agents: int, port_file: Path, seconds: float,
     asyncio.run(serve())
 
 
+def _rule_profile(every: float, rates: str, kernel_shards: int) -> RuleProfile:
+    """The rule-cost runs' rules: ``promstat rules render --interval EVERY --rates
+    --kernel-shards`` with the default window, lookback and measurement interval."""
+    return RuleProfile.parse(interval=f"{every:g}s", window="5m", lookback="5m",
+                             rates=rates, kernel_shards=kernel_shards)
+
+
 def measure_rules_cost(
     kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
     page: int = 1000, rates: str = "both", kernel_shards: int = 1, pages: bool = True,
-    layout: str = "exporter", profile: bool = True,
+    layout: str = "exporter", profile: bool = True, every: float | None = None,
 ) -> dict[str, Any]:
     """Prometheus CPU and rule evaluation time on a live fleet of ``kernels`` kernels.
 
     Args:
-        rates, kernel_shards: how the rules are rendered (``promstat rules render --rates
-            --kernel-shards``).
+        interval: the scrape interval.
+        rates, kernel_shards, every: how the rules are rendered (``promstat rules render
+            --rates --kernel-shards --interval``); ``every`` (the rule groups' interval) is
+            by default ``interval``.
         pages: also measure the Prometheus CPU of polling a page through promstat and
             through upstream's queries (one minute each).
         layout: which agents export rate series (:data:`LAYOUTS`): ``plain`` (none, every
@@ -303,15 +314,15 @@ def measure_rules_cost(
                 raise RuntimeError("the simulated fleet did not start")
             time.sleep(0.5)
         targets = json.loads(targets_file.read_text())
-        profile = RuleProfile.parse(interval=f"{interval:g}s", window="5m", lookback="5m",
-                                    rates=rates, kernel_shards=kernel_shards)
-        rules = write_rules(work / "rules", profile)
+        every = every or interval
+        rules = write_rules(work / "rules", _rule_profile(every, rates, kernel_shards))
         rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
         with lab.start_prometheus(scrape_targets=targets, scrape_interval=f"{interval:g}s",
-                                  evaluation_interval=f"{interval:g}s",
+                                  evaluation_interval=f"{every:g}s",
                                   rule_files=rule_files) as prom:
-            log(f"rules cost: {kernels} kernels scraped; warming up {4 * interval:g}s")
-            time.sleep(4 * interval)
+            warm = 4 * max(interval, every)
+            log(f"rules cost: {kernels} kernels scraped; warming up {warm:g}s")
+            time.sleep(warm)
 
             def cpu_per_min(during: Callable[[], Any]) -> tuple[float, Any]:
                 c0, t0 = process_cpu_seconds(prom.pid) or 0.0, time.monotonic()
@@ -352,7 +363,7 @@ def measure_rules_cost(
                 ids = _live_ids(prom.url, page)
                 promstat_cpu, (n1, ms1) = cpu_per_min(lambda: asyncio.run(
                     _poll_pages(prom.url, ids, upstream=False, seconds=seconds,
-                                interval=interval, rates=rates)))
+                                interval=interval, rates=rates, every=every)))
                 upstream_cpu, (n2, ms2) = cpu_per_min(lambda: asyncio.run(
                     _poll_pages(prom.url, ids, upstream=True, seconds=seconds,
                                 interval=interval)))
@@ -380,15 +391,16 @@ def measure_rules_cost(
             "rates": rates,
             "kernel_shards": kernel_shards,
             "interval_s": interval,
+            "rule_interval_s": every,
             "seconds": seconds,
             "series": series,
             "prometheus_cpu_s_per_min": round(base, 2),
             "prometheus_cpu_s_per_min_without_rules": round(no_rules, 2),
             "rules_cpu_share_of_core": round(max(0.0, base - no_rules) / 60.0, 4),
             "group_eval_s": {k: round(v, 4) for k, v in means.items()},
-            "group_eval_share_of_interval": {k: round(v / interval, 4) for k, v in means.items()},
+            "group_eval_share_of_interval": {k: round(v / every, 4) for k, v in means.items()},
             "kernel_eval_s": round(sum(kernel_groups), 4),
-            "kernel_share_of_core": round(sum(kernel_groups) / interval, 4),
+            "kernel_share_of_core": round(sum(kernel_groups) / every, 4),
             "kernel_max_group_s": round(max(kernel_groups, default=0.0), 4),
             "kernel_median_group_s": round(statistics.median(kernel_groups), 4)
             if kernel_groups
@@ -432,6 +444,7 @@ def _vmalert_iterations(url: str) -> dict[str, tuple[float, float]]:
 def measure_rules_cost_vm(
     kernels: int, *, seconds: float = 60.0, interval: float = 15.0, log: Log = print,
     rates: str = "both", kernel_shards: int = 1, layout: str = "exporter",
+    every: float | None = None,
 ) -> dict[str, Any]:
     """:func:`measure_rules_cost` on VictoriaMetrics + vmalert: the same live fleet scraped
     by VictoriaMetrics (``-promscrape.config``), the same rules evaluated by vmalert against
@@ -469,9 +482,8 @@ def measure_rules_cost_vm(
             "scrape_configs": [{"job_name": "promstat",
                                 "static_configs": [{"targets": targets}]}],
         }))
-        profile = RuleProfile.parse(interval=f"{interval:g}s", window="5m", lookback="5m",
-                                    rates=rates, kernel_shards=kernel_shards)
-        rules = write_rules(work / "rules", profile)
+        every = every or interval
+        rules = write_rules(work / "rules", _rule_profile(every, rates, kernel_shards))
         rule_files = [p for p in rules if p.name.endswith(".rules.yml")]
         with lab.start_victoria_metrics(extra_flags=[f"-promscrape.config={scrape}"],
                                         disable_cache=False) as vm:
@@ -480,9 +492,9 @@ def measure_rules_cost_vm(
             time.sleep(4 * interval)
             alert = lab.start_vmalert(datasource_url=vm.url, remote_write_url=vm.url,
                                       rule_files=rule_files,
-                                      evaluation_interval=f"{interval:g}s")
+                                      evaluation_interval=f"{every:g}s")
             try:
-                time.sleep(2 * interval)
+                time.sleep(2 * every)
                 it0 = _vmalert_iterations(alert.url)
                 v0, a0 = process_cpu_seconds(vm.pid) or 0.0, process_cpu_seconds(alert.pid) or 0.0
                 t0 = time.monotonic()
@@ -514,6 +526,7 @@ def measure_rules_cost_vm(
             "rates": rates,
             "kernel_shards": kernel_shards,
             "interval_s": interval,
+            "rule_interval_s": every,
             "seconds": seconds,
             "raw_series": series,
             "vm_cpu_s_per_min": round(vm_cpu, 2),

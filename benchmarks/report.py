@@ -263,17 +263,27 @@ def goals(
 
 
 def _same_rules(x: Mapping[str, Any], y: Mapping[str, Any]) -> bool:
-    return all(x.get(k) == y.get(k) for k in ("rates", "layout", "backend"))
+    return all(x.get(k) == y.get(k) for k in ("rates", "layout", "backend")) and (
+        _rule_interval(x) == _rule_interval(y)
+    )
+
+
+def _rule_interval(x: Mapping[str, Any]) -> float:
+    """The rules' evaluation interval of a rule-cost run (older runs: the scrape interval)."""
+    return float(x.get("rule_interval_s") or x.get("interval_s") or 15.0)
 
 
 def _rule_label(x: Mapping[str, Any], *, sizes: bool = True) -> str:
-    """``5000 kernels, plain agents, --rates both --kernel-shards 1 [, VictoriaMetrics]``."""
+    """``5000 kernels, plain agents, --rates both --kernel-shards 1 [--interval 30s]
+    [, VictoriaMetrics]`` (``--interval`` where the rules run slower than the scrapes)."""
     parts = [f"{x['kernels']} kernels"] if sizes else []
     if x.get("layout"):
         parts.append(f"{x['layout']} agents")
     rules = f"--rates {x['rates']}"
     if sizes:
         rules += f" --kernel-shards {x['kernel_shards']}"
+    if _rule_interval(x) != float(x.get("interval_s") or 15.0):
+        rules += f" --interval {_rule_interval(x):g}s"
     parts.append(rules)
     if x.get("backend"):
         parts.append(str(x["backend"]))
@@ -506,7 +516,7 @@ def _format_goals(doc: Mapping[str, Any]) -> list[str]:
             continue
         projected = projected_share(x)
         groups = ", ".join(
-            f"{g} {v * 1000:.0f} ms ({v / x.get('interval_s', 15.0) * 100:.1f}% of the interval)"
+            f"{g} {v * 1000:.0f} ms ({v / _rule_interval(x) * 100:.1f}% of the interval)"
             for g, v in x["group_eval_s"].items()
         )
         if x.get("backend"):

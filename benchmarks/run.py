@@ -44,10 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from promstat.client import PrometheusClient
+from promstat.errors import ConfigError
 from promstat.generate.rules import recommended_kernel_shards
 from promstat.loader import CacheConfig
 from promstat.payload import untrack_payloads
 from promstat.planner import PlannerConfig
+from promstat.promql import parse_duration
 from promstat.selfmetrics import PromstatMetrics
 from promstat.service import LiveStats
 
@@ -94,14 +96,15 @@ class Settings:
     poll_clients: tuple[int, ...] = (10, 50)
     poll_seconds: float = 10.0
     backends: bool = True
-    # "KERNELS[:RATES[:SHARDS[:LAYOUT]]]": the rules as `promstat rules render --rates
-    # --kernel-shards`, SHARDS by default recommended_kernel_shards(KERNELS) (8 at 20,000: one
-    # per 2,500 kernels), LAYOUT the agents (plain: raw counters only, every Backend.AI agent
-    # today; exporter: promstat's exporter; mixed: half each), by default plain for --rates
-    # both and exporter for --rates exporter.
+    # "KERNELS[:RATES[:SHARDS[:LAYOUT[:EVERY]]]]": the rules as `promstat rules render --rates
+    # --kernel-shards --interval EVERY`, SHARDS by default recommended_kernel_shards(KERNELS)
+    # (8 at 20,000: one per 2,500 kernels), LAYOUT the agents (plain: raw counters only, every
+    # Backend.AI agent today; exporter: promstat's exporter; mixed: half each), by default
+    # plain for --rates both and exporter for --rates exporter; EVERY by default the scrape
+    # interval (15s; 30s: the agents' measurement interval).
     rules_cost: tuple[str, ...] = (
-        "5000", "5000:both:1:mixed", "5000:exporter",
-        "20000", "20000:both:8:mixed", "20000:exporter",
+        "5000", "5000:both:1:mixed", "5000:exporter", "5000:both:1:plain:30s",
+        "20000", "20000:both:8:mixed", "20000:exporter", "20000:both:8:plain:30s",
     )
     rules_cost_seconds: float = 60.0
     png: bool = True
@@ -116,26 +119,37 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
 
 
-def rule_run(spec: str) -> tuple[int, str, int, str]:
-    """``KERNELS[:RATES[:SHARDS[:LAYOUT]]]`` -> ``(kernels, rates, shards, layout)``.
+def rule_run(spec: str) -> tuple[int, str, int, str, float | None]:
+    """``KERNELS[:RATES[:SHARDS[:LAYOUT[:EVERY]]]]`` -> ``(kernels, rates, shards, layout,
+    every)``.
 
     Defaults: ``both``; :func:`~promstat.generate.rules.recommended_kernel_shards` of the
-    fleet; ``plain`` agents for ``both``, ``exporter`` agents for ``exporter``.
+    fleet; ``plain`` agents for ``both``, ``exporter`` agents for ``exporter``; ``every`` (the
+    rules' evaluation interval, ``promstat rules render --interval``, in seconds) ``None``:
+    the scrape interval.
 
     Raises:
         ValueError: the spec does not have that form.
     """
     kernels, *rest = spec.split(":")
-    if len(rest) > 3 or not kernels.isdigit() or (len(rest) >= 2 and not rest[1].isdigit()):
-        raise ValueError(f"{spec!r}: use KERNELS[:RATES[:SHARDS[:LAYOUT]]]")
+    if len(rest) > 4 or not kernels.isdigit() or (len(rest) >= 2 and not rest[1].isdigit()):
+        raise ValueError(f"{spec!r}: use KERNELS[:RATES[:SHARDS[:LAYOUT[:EVERY]]]]")
     if rest and rest[0] not in ("both", "exporter"):
         raise ValueError(f"{spec!r}: RATES is both or exporter")
-    if len(rest) == 3 and rest[2] not in LAYOUTS:
+    if len(rest) >= 3 and rest[2] not in LAYOUTS:
         raise ValueError(f"{spec!r}: LAYOUT is one of {', '.join(LAYOUTS)}")
+    every: float | None = None
+    if len(rest) == 4:
+        try:
+            every = parse_duration(rest[3])
+        except ConfigError:
+            every = 0.0
+        if not every > 0:
+            raise ValueError(f"{spec!r}: EVERY is a duration such as 30s")
     rates = rest[0] if rest else "both"
     shards = int(rest[1]) if len(rest) > 1 else recommended_kernel_shards(int(kernels))
     layout = rest[2] if len(rest) > 2 else ("plain" if rates == "both" else "exporter")
-    return int(kernels), rates, shards, layout
+    return int(kernels), rates, shards, layout, every
 
 
 def _rule_runs(text: str) -> tuple[str, ...]:
@@ -172,9 +186,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--no-backends", action="store_true",
                    help="skip the VictoriaMetrics + vmalert cold page")
     p.add_argument("--rules-cost", type=_rule_runs,
-                   help="live rule-cost runs, comma-separated KERNELS[:RATES[:SHARDS[:LAYOUT]]] "
-                        "(0: none; LAYOUT plain, exporter or mixed; full: 5000, "
-                        "5000:both:1:mixed, 5000:exporter and the same at 20000)")
+                   help="live rule-cost runs, comma-separated "
+                        "KERNELS[:RATES[:SHARDS[:LAYOUT[:EVERY]]]] (0: none; LAYOUT plain, "
+                        "exporter or mixed; EVERY the rules' interval, default the scrape "
+                        "interval; full: 5000, 5000:both:1:mixed, 5000:exporter, "
+                        "5000:both:1:plain:30s and the same at 20000)")
     p.add_argument("--gc-tracked", action="store_true",
                    help="leave cached payloads on the GC's list (promstat's default; the "
                         "benchmark otherwise opts in to untrack_payloads(), as a manager should)")
@@ -495,24 +511,27 @@ def _run(settings: Settings, wall0: float, started: str) -> dict[str, Any]:
             rss = measure_rss(fleet, settings, pages[-1])
         fleet_info = fleet.info
     rules_cost = []
-    paged: set[tuple[int, str]] = set()
+    paged: set[tuple[int, str, float | None]] = set()
     for run_spec in settings.rules_cost:
-        kernels, rates, shards, layout = rule_run(run_spec)
+        kernels, rates, shards, layout, every = rule_run(run_spec)
         _log(f"rules cost: live fleet of {kernels} kernels ({layout} agents), rules --rates "
-             f"{rates} --kernel-shards {shards}, {settings.rules_cost_seconds:g}s")
+             f"{rates} --kernel-shards {shards}"
+             + (f" --interval {every:g}s" if every else "")
+             + f", {settings.rules_cost_seconds:g}s")
         # Page traffic once per fleet size and rates mode: the page's plan follows the mode
         # (--rates exporter pages read the raw series), sharding does not change it.
         rules_cost.append(
             measure_rules_cost(kernels, seconds=settings.rules_cost_seconds, log=_log,
                                rates=rates, kernel_shards=shards, layout=layout,
-                               pages=(kernels, rates) not in paged)
+                               every=every, pages=(kernels, rates, every) not in paged)
         )
-        paged.add((kernels, rates))
+        paged.add((kernels, rates, every))
         if settings.backends:
             # The same rules and fleet on VictoriaMetrics + vmalert, reported beside.
             rules_cost.append(
                 measure_rules_cost_vm(kernels, seconds=settings.rules_cost_seconds, log=_log,
-                                      rates=rates, kernel_shards=shards, layout=layout)
+                                      rates=rates, kernel_shards=shards, layout=layout,
+                                      every=every)
             )
     decode = decode_benchmark(settings)
     doc = report.build(

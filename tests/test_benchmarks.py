@@ -272,7 +272,7 @@ def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
     smallest fleet (within 10%)."""
 
     def run_(
-        kernels: int, rates: str, shards: int, total: float, worst: float, **extra: str
+        kernels: int, rates: str, shards: int, total: float, worst: float, **extra: object
     ) -> dict[str, object]:
         return {
             "kernels": kernels,
@@ -292,6 +292,9 @@ def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
         run_(20000, "exporter", 4, 2.4, 0.66, layout="exporter"),
         run_(5000, "both", 1, 0.6, 0.6, layout="plain", backend="vm"),
         run_(20000, "both", 8, 2.4, 0.62, layout="plain", backend="vm"),
+        # the rules every 30 s over 15 s scrapes: labelled, and compared with their own kind
+        run_(5000, "both", 1, 0.9, 1.2, layout="plain", interval_s=15.0, rule_interval_s=30.0),
+        run_(20000, "both", 8, 3.0, 1.32, layout="plain", interval_s=15.0, rule_interval_s=30.0),
         {"kernels": 20000, "error": "RuntimeError: boom"},
     ]
     got = {g["goal"]: (g["value"], g["met"]) for g in report.goals({}, [], [], runs)}
@@ -307,24 +310,31 @@ def test_goals_rule_cost_share_of_a_core_and_flatness() -> None:
     assert got[flat] == (1.1, True)
     vm_flat = f"{slowest} (8 shards) / 5000 kernels, plain agents, --rates both, vm"
     assert got[vm_flat] == (1.03, True)
-    assert len([g for g in got if g.startswith("slowest kernel group")]) == 2
+    assert got[f"{share}, 5000 kernels, {both} 1 --interval 30s"] == (0.06, False)
+    slow_flat = f"{slowest} (8 shards) / 5000 kernels, plain agents, --rates both --interval 30s"
+    assert got[slow_flat] == (1.1, True)
+    assert len([g for g in got if g.startswith("slowest kernel group")]) == 3
     assert report.projected_share(runs[0]) == round(2.4 / 15.0 / 5000 * 50_000, 4)
     assert report.projected_share(runs[-1]) is None
 
 
 def test_rule_cost_runs_parse() -> None:
-    """--rules-cost takes KERNELS[:RATES[:SHARDS[:LAYOUT]]]; 0 means none; bad items are
-    errors; shards default to the recommended count, layouts to the rates mode's agents."""
+    """--rules-cost takes KERNELS[:RATES[:SHARDS[:LAYOUT[:EVERY]]]]; 0 means none; bad items
+    are errors; shards default to the recommended count, layouts to the rates mode's agents,
+    the rules' interval to the scrape interval."""
     assert parse_args(["--rules-cost", "5000,20000:exporter:4"]).rules_cost == (
         "5000",
         "20000:exporter:4",
     )
     assert parse_args(["--rules-cost", "0"]).rules_cost == ()
-    assert rule_run("5000") == (5000, "both", 1, "plain")
-    assert rule_run("20000") == (20000, "both", 8, "plain")
-    assert rule_run("20000:exporter") == (20000, "exporter", 8, "exporter")
-    assert rule_run("5000:both:2:mixed") == (5000, "both", 2, "mixed")
-    for bad in ("5000:fast", "x", "5000:both:two", "1:both:2:3", "1:both:2:mixed:x"):
+    assert rule_run("5000") == (5000, "both", 1, "plain", None)
+    assert rule_run("20000") == (20000, "both", 8, "plain", None)
+    assert rule_run("20000:exporter") == (20000, "exporter", 8, "exporter", None)
+    assert rule_run("5000:both:2:mixed") == (5000, "both", 2, "mixed", None)
+    assert rule_run("5000:both:1:plain:30s") == (5000, "both", 1, "plain", 30.0)
+    bad_runs = ("5000:fast", "x", "5000:both:two", "1:both:2:3", "1:both:2:mixed:x",
+                "1:both:2:mixed:0s", "1:both:2:mixed:30s:x")  # fmt: skip
+    for bad in bad_runs:
         with pytest.raises(SystemExit):
             parse_args(["--rules-cost", bad])
 
