@@ -51,7 +51,8 @@ def _backfill_rules(
 
 
 def _stage_files(c: int, s: int, workdir: Path, kernel_shards: int) -> list[Path]:
-    """The kernel and agent rules in two stages: base stats, then what reads them."""
+    """The kernel and agent rules (every ``s`` seconds) in two stages: base stats, then what
+    reads them."""
     files = build_rule_files(
         RuleProfile.parse(interval=f"{s}s", collect_interval=f"{c}s", kernel_shards=kernel_shards)
     )
@@ -75,16 +76,26 @@ def _stage_files(c: int, s: int, workdir: Path, kernel_shards: int) -> list[Path
 
 
 def prometheus_with_rules(
-    tmp_path: Path, c: int, s: int, om: str, start: int, end: int, *, kernel_shards: int = 1
+    tmp_path: Path,
+    c: int,
+    s: int,
+    om: str,
+    start: int,
+    end: int,
+    *,
+    kernel_shards: int = 1,
+    every: int | None = None,
 ) -> lab.PrometheusProcess:
-    """A Prometheus over ``om`` plus the generated rules (``interval=s``, ``collect_interval=c``)
-    evaluated from ``start`` to ``end`` and written as blocks, in two dependency stages."""
+    """A Prometheus over ``om`` plus the generated rules (``interval=every``, by default ``s``;
+    ``collect_interval=c``) evaluated every ``every`` seconds from ``start`` to ``end`` and
+    written as blocks, in two dependency stages."""
+    every = every or s
     data = tmp_path / "data"
     tsdb = data / "tsdb"  # where lab.start_prometheus keeps the TSDB of a data_dir
     lab.backfill_openmetrics(om, tsdb)
-    for i, rules in enumerate(_stage_files(c, s, tmp_path, kernel_shards)):
+    for i, rules in enumerate(_stage_files(c, every, tmp_path, kernel_shards)):
         with lab.start_prometheus(data_dir=data) as prom:
-            _backfill_rules(prom, rules, s, tmp_path / f"blocks{i}", start, end)
+            _backfill_rules(prom, rules, every, tmp_path / f"blocks{i}", start, end)
         for block in (tmp_path / f"blocks{i}").iterdir():
             shutil.move(str(block), tsdb / block.name)
     return lab.start_prometheus(data_dir=data)
