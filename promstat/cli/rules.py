@@ -75,7 +75,7 @@ def register(subparsers: Subparsers) -> None:
         default=None,
         metavar="N",
         help="about how many kernels the fleet runs at once: picks --kernel-shards for it "
-        "(one group up to 5,000 kernels, then one per 2,500, at most 16)",
+        "(one group up to 5,000 kernels, then one per 2,500 rounded up to 4, 8 or 16)",
     )
     render.add_argument(
         "--rates",
@@ -137,7 +137,7 @@ def profile_from_args(args: argparse.Namespace) -> RuleProfile:
     from promstat.catalog import DEFAULT_CATALOG, Catalog
 
     shards = args.kernel_shards
-    if getattr(args, "kernels", None) is not None:
+    if args.kernels is not None:  # argparse keeps it and --kernel-shards apart
         from promstat.generate.rules import recommended_kernel_shards
 
         shards = recommended_kernel_shards(args.kernels)
