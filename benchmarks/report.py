@@ -268,9 +268,14 @@ def _same_rules(x: Mapping[str, Any], y: Mapping[str, Any]) -> bool:
     )
 
 
+def _scrape_interval(x: Mapping[str, Any]) -> float:
+    """The scrape interval of a rule-cost run."""
+    return float(x.get("interval_s") or 15.0)
+
+
 def _rule_interval(x: Mapping[str, Any]) -> float:
     """The rules' evaluation interval of a rule-cost run (older runs: the scrape interval)."""
-    return float(x.get("rule_interval_s") or x.get("interval_s") or 15.0)
+    return float(x.get("rule_interval_s") or _scrape_interval(x))
 
 
 def _rule_label(x: Mapping[str, Any], *, sizes: bool = True) -> str:
@@ -282,7 +287,7 @@ def _rule_label(x: Mapping[str, Any], *, sizes: bool = True) -> str:
     rules = f"--rates {x['rates']}"
     if sizes:
         rules += f" --kernel-shards {x['kernel_shards']}"
-    if _rule_interval(x) != float(x.get("interval_s") or 15.0):
+    if _rule_interval(x) != _scrape_interval(x):
         rules += f" --interval {_rule_interval(x):g}s"
     parts.append(rules)
     if x.get("backend"):

@@ -87,6 +87,16 @@ def _rule_ids(grid: Sequence[tuple[int, int, int]]) -> list[str]:
     return [f"C{c}-S{s}" + (f"-R{r}" if r != s else "") for c, s, r in grid]
 
 
+def _last_measurement(c: int, phase: float, t: float) -> float:
+    """When the agent measuring every ``c`` s at ``phase`` last measured, at time ``t``."""
+    return phase + math.floor((t - phase) / c) * c
+
+
+def _eval_time(at: float) -> str:
+    """A promtool ``eval_time`` to the millisecond."""
+    return duration(round(at * 1000) / 1000)
+
+
 def _step_measured(c: int, phase: float) -> float:
     """When the agent measuring every ``c`` s at ``phase`` first measures the stepped gauge."""
     return phase + math.ceil((STEP_AT - phase) / c) * c
@@ -106,8 +116,7 @@ def _stairs(c: int, s: int, phase: float, rate: float, n: int) -> list[float]:
     out = []
     for i in range(n):
         t = i * s
-        measured = phase + math.floor((t - phase) / c) * c
-        out.append(base + rate * measured)
+        out.append(base + rate * _last_measurement(c, phase, t))
     return out
 
 
@@ -131,10 +140,10 @@ def _input_series(c: int, s: int, n: int) -> list[dict[str, str]]:
 
             series.append(one("cpu_util", "capacity", [1000.0] * n))
             step = _step_measured(c, phase)
-            mem = []
-            for i in range(n):
-                measured = phase + math.floor((i * s - phase) / c) * c
-                mem.append(GAUGE_AFTER if measured >= step else GAUGE_BEFORE)
+            mem = [
+                GAUGE_AFTER if _last_measurement(c, phase, i * s) >= step else GAUGE_BEFORE
+                for i in range(n)
+            ]
             series.append(one("mem", "current", mem))
             for metric, rate in RATES.items():
                 series.append(one(metric, "current", _stairs(c, s, phase, rate, n)))
@@ -178,7 +187,7 @@ def _freshness_checks(ex: LiveStatExpressions, c: int, s: int, r: int) -> Iterat
             ):
                 yield {
                     "expr": f"count(({expr}) == {_fmt(value)})",
-                    "eval_time": duration(round(at * 1000) / 1000),
+                    "eval_time": _eval_time(at),
                     "exp_samples": [{"labels": "{}", "value": 1}],
                 }
 
@@ -201,7 +210,7 @@ def _promtool_doc(
                 tests.append(
                     {
                         "expr": expr,
-                        "eval_time": duration(round(at * 1000) / 1000),
+                        "eval_time": _eval_time(at),
                         "exp_samples": [{"labels": "{}", "value": 2}],
                     }
                 )
